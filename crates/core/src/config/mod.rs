@@ -1,0 +1,510 @@
+//! Configuration: built-in default → config file → environment, validated once at start-up.
+//! The credential store, which outranks all three for the settings the admin form can change,
+//! is applied at run time by [`crate::credentials::Settings`].
+//!
+//! A bad value stops start-up with one line naming the setting ([`ConfigError`]); the binary
+//! turns that into exit code 2.
+
+pub mod settings;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+pub use settings::{Group, Kind, SETTINGS, Setting};
+
+/// Where the value in force came from, shown on the admin form and by `credentials list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Store,
+    Env,
+    File,
+    Default,
+    Unset,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Store => "store",
+            Source::Env => "env",
+            Source::File => "file",
+            Source::Default => "default",
+            Source::Unset => "unset",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The name the operator typed: env name, `[section] key`, or the file path.
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A wabridges forwarding subscriber (`[[wabridges.forward]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTarget {
+    pub url: String,
+    /// Event types to forward; empty = all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Standard Webhooks signing secret (`whsec_…` base64 or raw).
+    pub secret: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An approved WhatsApp template the operator may send (`[[bitrix.templates]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub name: String,
+    pub language: String,
+    /// Body parameters, in order; `{name}` is replaced by the customer's name.
+    #[serde(default)]
+    pub body_parameters: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The resolved static layers. Values are raw strings checked against their [`Kind`];
+/// typed accessors below give each bridge what it needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    values: BTreeMap<&'static str, (String, Source)>,
+    pub wabridges_forward: Vec<ForwardTarget>,
+    pub bitrix_templates: Vec<TemplateConfig>,
+    pub file: Option<PathBuf>,
+}
+
+/// Environment variables that belong to Switchboard's tooling rather than to a setting.
+const NON_SETTING_ENV: &[&str] = &["SWITCHBOARD_CONFIG"];
+const NON_SETTING_ENV_PREFIXES: &[&str] = &["SWITCHBOARD_TEST_", "SWITCHBOARD_BENCH_"];
+
+impl Config {
+    /// Loads from the process environment and the config file it names (or
+    /// `config/switchboard.toml` when that exists).
+    pub fn load(explicit_file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::from_sources(explicit_file, &env)
+    }
+
+    /// Pure form of [`Config::load`]: the tests give their own environment.
+    pub fn from_sources(
+        explicit_file: Option<PathBuf>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file = match explicit_file.or_else(|| env.get("SWITCHBOARD_CONFIG").map(PathBuf::from))
+        {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::new(
+                        path.display().to_string(),
+                        "config file not found",
+                    ));
+                }
+                Some(path)
+            }
+            None => {
+                let default = PathBuf::from("config/switchboard.toml");
+                default.exists().then_some(default)
+            }
+        };
+
+        let mut values = BTreeMap::new();
+        for s in SETTINGS {
+            if let Some(d) = s.default {
+                values.insert(s.key, (d.to_string(), Source::Default));
+            }
+        }
+
+        let mut cfg = Config {
+            values,
+            wabridges_forward: Vec::new(),
+            bitrix_templates: Vec::new(),
+            file: file.clone(),
+        };
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+            })?;
+            cfg.apply_file(&path.display().to_string(), &text)?;
+        }
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, name: &str, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::new(name, format!("not valid TOML: {}", e.message()))
+        })?;
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(section) => {
+                    if !SETTINGS.iter().any(|s| s.section() == Some(key.as_str())) {
+                        return Err(ConfigError::new(
+                            format!("[{key}]"),
+                            "unknown section in config file",
+                        ));
+                    }
+                    for (name, v) in section {
+                        self.apply_file_key(&key, &name, v)?;
+                    }
+                }
+                other => {
+                    let s = settings::find(&key)
+                        .ok_or_else(|| ConfigError::new(&key, "unknown setting in config file"))?;
+                    let raw = toml_to_raw(s, &other)?;
+                    self.values.insert(s.key, (raw, Source::File));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_file_key(
+        &mut self,
+        section: &str,
+        name: &str,
+        v: toml::Value,
+    ) -> Result<(), ConfigError> {
+        match (section, name) {
+            ("wabridges", "forward") => {
+                self.wabridges_forward = v.try_into().map_err(|e: toml::de::Error| {
+                    ConfigError::new("[[wabridges.forward]]", e.message().to_string())
+                })?;
+                Ok(())
+            }
+            ("bitrix", "templates") => {
+                self.bitrix_templates = v.try_into().map_err(|e: toml::de::Error| {
+                    ConfigError::new("[[bitrix.templates]]", e.message().to_string())
+                })?;
+                Ok(())
+            }
+            _ => {
+                let key = format!("{section}.{name}");
+                let s = settings::find(&key).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("[{section}] {name}"),
+                        "unknown setting in config file",
+                    )
+                })?;
+                let raw = toml_to_raw(s, &v)?;
+                self.values.insert(s.key, (raw, Source::File));
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (name, value) in env {
+            if !name.starts_with("SWITCHBOARD_")
+                || NON_SETTING_ENV.contains(&name.as_str())
+                || NON_SETTING_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            let s = settings::find_by_env(name).ok_or_else(|| {
+                ConfigError::new(name, "unknown setting (check the spelling against README)")
+            })?;
+            self.values.insert(s.key, (value.clone(), Source::Env));
+        }
+        // The conventional names lose to the explicit SWITCHBOARD_ ones, except PORT, which
+        // Cloud Run sets and expects to be obeyed.
+        if let Some(url) = env.get("DATABASE_URL")
+            && !env.contains_key("SWITCHBOARD_DATABASE_URL")
+        {
+            self.values
+                .insert("database.url", (url.clone(), Source::Env));
+        }
+        if let Some(port) = env.get("PORT") {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| ConfigError::new("PORT", format!("`{port}` is not a port number")))?;
+            self.values
+                .insert("listen", (format!("0.0.0.0:{port}"), Source::Env));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for s in SETTINGS {
+            let Some((raw, source)) = self.values.get(s.key) else {
+                continue;
+            };
+            let name = match source {
+                Source::Env => s.env.to_string(),
+                _ => s.file_form(),
+            };
+            check_kind(s, raw).map_err(|p| ConfigError::new(&name, p))?;
+        }
+        if let Some(key) = self.master_key() {
+            crate::credentials::parse_master_key(key.expose())
+                .map_err(|p| ConfigError::new("SWITCHBOARD_MASTER_KEY", p))?;
+        }
+        for (i, key) in self.old_master_keys().iter().enumerate() {
+            crate::credentials::parse_master_key(key.expose()).map_err(|p| {
+                ConfigError::new(
+                    "SWITCHBOARD_OLD_MASTER_KEYS",
+                    format!("entry {}: {p}", i + 1),
+                )
+            })?;
+        }
+        if let Some(f) = self.get("log_format")
+            && f != "json"
+            && f != "pretty"
+        {
+            return Err(ConfigError::new(
+                "SWITCHBOARD_LOG_FORMAT",
+                format!("`{f}` is neither `json` nor `pretty`"),
+            ));
+        }
+        let db = self.database_url();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        for t in &self.wabridges_forward {
+            if !is_http_url(&t.url) {
+                return Err(ConfigError::new(
+                    "[[wabridges.forward]] url",
+                    format!("`{}` is not an http(s) URL", t.url),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw value in force (file/env/default), `None` when unset or blank.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(|(v, _)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn source(&self, key: &str) -> Source {
+        match self.values.get(key) {
+            Some((v, s)) if !v.trim().is_empty() => *s,
+            _ => Source::Unset,
+        }
+    }
+
+    /// Overrides one value (tests and `serve` flags); validated like any other.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let s = settings::find(key).ok_or_else(|| ConfigError::new(key, "unknown setting"))?;
+        check_kind(s, value).map_err(|p| ConfigError::new(s.env, p))?;
+        self.values.insert(s.key, (value.to_string(), Source::Env));
+        Ok(())
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.get("listen")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn public_url(&self) -> &str {
+        self.get("public_url")
+            .unwrap_or("http://127.0.0.1:8080")
+            .trim_end_matches('/')
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.get("database.url")
+            .unwrap_or("sqlite://data/switchboard.db")
+    }
+
+    pub fn master_key(&self) -> Option<Secret> {
+        self.get("master_key").map(Secret::new)
+    }
+
+    pub fn old_master_keys(&self) -> Vec<Secret> {
+        self.list("old_master_keys")
+            .into_iter()
+            .map(Secret::new)
+            .collect()
+    }
+
+    pub fn admin_token(&self) -> Option<Secret> {
+        self.get("admin_token").map(Secret::new)
+    }
+
+    pub fn log_format(&self) -> Option<&str> {
+        self.get("log_format")
+    }
+
+    pub fn jobs_concurrency(&self) -> usize {
+        self.integer("jobs.concurrency").unwrap_or(8).max(1) as usize
+    }
+
+    pub fn integer(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.get(key)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn is_http_url(v: &str) -> bool {
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+fn check_kind(s: &Setting, raw: &str) -> Result<(), String> {
+    if raw.trim().is_empty() {
+        return Ok(());
+    }
+    match s.kind {
+        Kind::Url if !is_http_url(raw) => Err(format!("`{raw}` is not an absolute http(s) URL")),
+        Kind::SocketAddr if raw.parse::<SocketAddr>().is_err() => Err(format!(
+            "`{raw}` is not a host:port address like 127.0.0.1:8080"
+        )),
+        Kind::Integer if raw.trim().parse::<u64>().map(|n| n == 0).unwrap_or(true) => {
+            Err(format!("`{raw}` is not a positive whole number"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn toml_to_raw(s: &Setting, v: &toml::Value) -> Result<String, ConfigError> {
+    match (s.kind, v) {
+        (_, toml::Value::String(x)) => Ok(x.clone()),
+        (Kind::Integer, toml::Value::Integer(n)) => Ok(n.to_string()),
+        (Kind::List, toml::Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ConfigError::new(s.file_form(), "list items must be strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(",")),
+        _ => Err(ConfigError::new(
+            s.file_form(),
+            format!("expected {:?}, found a {}", s.kind, v.type_str()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_apply_with_no_configuration() {
+        let c = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(c.listen().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://data/switchboard.db");
+        assert_eq!(c.get("pbx.token_ttl_secs"), Some("82800"));
+        assert_eq!(c.source("pbx.token_ttl_secs"), Source::Default);
+        assert_eq!(c.source("pbx.base_url"), Source::Unset);
+    }
+
+    #[test]
+    fn env_beats_file_beats_default() {
+        let f = file("[pbx]\nbase_url = \"http://file.example\"\ntoken_ttl_secs = 60\n");
+        let c = Config::from_sources(
+            Some(f.path().into()),
+            &env(&[("SWITCHBOARD_PBX_BASE_URL", "http://env.example")]),
+        )
+        .unwrap();
+        assert_eq!(c.get("pbx.base_url"), Some("http://env.example"));
+        assert_eq!(c.source("pbx.base_url"), Source::Env);
+        assert_eq!(c.get("pbx.token_ttl_secs"), Some("60"));
+        assert_eq!(c.source("pbx.token_ttl_secs"), Source::File);
+        assert_eq!(c.get("meta.graph_version"), Some("v23.0"));
+    }
+
+    #[test]
+    fn port_means_all_interfaces() {
+        let c = Config::from_sources(None, &env(&[("PORT", "9090")])).unwrap();
+        assert_eq!(c.listen().to_string(), "0.0.0.0:9090");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = Config::from_sources(None, &env(&[("SWITCHBOARD_PBX_BASE_URL", "not a url")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "SWITCHBOARD_PBX_BASE_URL");
+        let e = Config::from_sources(None, &env(&[("SWITCHBOARD_MASTER_KEY", "c2hvcnQ=")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "SWITCHBOARD_MASTER_KEY");
+        let f = file("[nonsense]\nx = 1\n");
+        let e = Config::from_sources(Some(f.path().into()), &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "[nonsense]");
+        let e = Config::from_sources(None, &env(&[("SWITCHBOARD_PBX_BASEURL", "x")])).unwrap_err();
+        assert_eq!(e.setting, "SWITCHBOARD_PBX_BASEURL");
+    }
+
+    #[test]
+    fn forward_targets_parse_from_file() {
+        let f = file(
+            "[[wabridges.forward]]\nurl = \"http://127.0.0.1:1/h\"\nevents = [\"message\"]\nsecret = \"s\"\n",
+        );
+        let c = Config::from_sources(Some(f.path().into()), &env(&[])).unwrap();
+        assert_eq!(c.wabridges_forward.len(), 1);
+        assert_eq!(c.wabridges_forward[0].events, vec!["message"]);
+    }
+
+    /// The annotated example must list every setting with its real default, or operators are
+    /// told something the binary doesn't do.
+    #[test]
+    fn example_file_lists_every_setting() {
+        let text = include_str!("../../../../config/switchboard.example.toml");
+        for s in SETTINGS {
+            let line = format!("{} = ", s.name());
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches('#').trim_start().starts_with(&line)),
+                "{} missing from config/switchboard.example.toml",
+                s.key
+            );
+            assert!(text.contains(s.env), "{} not named in the example", s.env);
+        }
+    }
+}

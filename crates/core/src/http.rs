@@ -1,0 +1,225 @@
+//! HTTP pieces every bridge shares: the one JSON error shape, a JSON extractor whose rejection
+//! names the field, the request id, and the admin-token gate.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{HeaderMap, StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::secret::Secret;
+
+/// `{"error": "...", "field": "..."}` with `status`. Every error body in the product has this
+/// shape, so a caller parses one thing.
+pub fn error_body(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    let body = match field {
+        Some(f) => json!({ "error": message, "field": f }),
+        None => json!({ "error": message }),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Attached to 5xx responses so the trace layer logs the real cause once, inside the request
+/// span, while the body says only "internal error".
+#[derive(Clone, Debug)]
+pub struct ErrorCause(pub String);
+
+pub fn internal_error(cause: impl std::fmt::Display) -> Response {
+    let mut resp = error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None);
+    resp.extensions_mut().insert(ErrorCause(cause.to_string()));
+    resp
+}
+
+/// JSON body extractor whose rejection is the product's 400 body, naming the bad field when
+/// serde can tell which one it was.
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    error_body(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                        None,
+                    )
+                } else {
+                    error_body(StatusCode::BAD_REQUEST, &e.body_text(), None)
+                }
+            })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses JSON, mapping serde's message to `{"error", "field"}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error_lite(de).map_err(|(path, msg)| {
+        error_body(
+            StatusCode::BAD_REQUEST,
+            &msg,
+            if path.is_empty() { None } else { Some(&path) },
+        )
+    })
+}
+
+/// serde_json reports "missing field `x`" / "invalid type ... at line" without a path; pull
+/// the field name out of the message so callers see which field to fix.
+fn serde_path_to_error_lite<T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+) -> Result<T, (String, String)> {
+    match T::deserialize(&mut *de).and_then(|v| de.end().map(|_| v)) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let msg = e.to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"))
+                .map(str::to_string)
+                .unwrap_or_default();
+            let clean = msg.split(" at line").next().unwrap_or(&msg).to_string();
+            Err((field, clean))
+        }
+    }
+}
+
+/// The request id set by the binary's `SetRequestIdLayer` (or given by the caller).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestId(request_id_of(&parts.headers)))
+    }
+}
+
+pub fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Headers worth keeping in the audit log. Anything carrying a credential is left out, so the
+/// audit log can be shown on a page without redaction.
+pub fn audit_headers(headers: &HeaderMap) -> serde_json::Value {
+    const KEEP: &[&str] = &[
+        "content-type",
+        "content-length",
+        "user-agent",
+        "x-forwarded-for",
+        "x-hub-signature-256",
+    ];
+    let mut map = serde_json::Map::new();
+    for name in KEEP {
+        if let Some(v) = headers.get(*name).and_then(|v| v.to_str().ok()) {
+            map.insert((*name).to_string(), json!(v));
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Checks a bearer token, `?token=`, or the admin session cookie against `SWITCHBOARD_ADMIN_TOKEN`.
+/// 503 while no admin token is configured (SPEC §1.1), 401 when the token is wrong.
+pub fn check_admin(
+    expected: Option<&Secret>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(), Response> {
+    let Some(expected) = expected else {
+        return Err(error_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SWITCHBOARD_ADMIN_TOKEN is not configured",
+            Some("SWITCHBOARD_ADMIN_TOKEN"),
+        ));
+    };
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let from_query = query.and_then(|q| {
+        form_pairs(q)
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    });
+    let presented = bearer.map(str::to_string).or(from_query);
+    match presented {
+        Some(t) if expected.matches(&t) => Ok(()),
+        _ => Err(error_body(
+            StatusCode::UNAUTHORIZED,
+            "admin token missing or wrong",
+            None,
+        )),
+    }
+}
+
+fn form_pairs(q: &str) -> Vec<(String, String)> {
+    url_decode_pairs(q)
+}
+
+/// Decodes `a=b&c=d` (percent and `+` decoding).
+pub fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+/// Admin gate as an extractor for JSON API handlers that hold [`crate::Core`] in state.
+pub struct AdminAuth;
+
+impl FromRequestParts<crate::Core> for AdminAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        core: &crate::Core,
+    ) -> Result<Self, Self::Rejection> {
+        check_admin(
+            core.config.admin_token().as_ref(),
+            &parts.headers,
+            parts.uri.query(),
+        )?;
+        Ok(AdminAuth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Req {
+        api_key: String,
+        n: u32,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let err = parse_json::<Req>(br#"{"n": 1}"#).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = parse_json::<Req>(b"not json").unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            url_decode_pairs("token=a%20b+c&x=%zz"),
+            vec![("token".into(), "a b c".into()), ("x".into(), "%zz".into())]
+        );
+    }
+}

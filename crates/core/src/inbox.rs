@@ -1,0 +1,509 @@
+//! The webhook inbox and audit log (SPEC §1.3).
+//!
+//! A bridge hands [`Inbox::record`] what arrived (source, dedupe key, raw body, headers) and
+//! gets back [`Recorded::New`] or [`Recorded::Duplicate`] only after the row is durably
+//! committed — so the 2xx that follows never acknowledges something a crash could lose.
+//!
+//! Commits are grouped: concurrent `record` calls queue for one writer task that inserts a
+//! whole batch in one transaction, so many acks share one fsync. New rows that need work are
+//! then handed to the job queue ([`crate::jobs`]); a row whose hand-off a crash interrupted is
+//! still `dispatched_at IS NULL` and is handed over again by [`Inbox::dispatch_pending`] at
+//! start and periodically.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use axum::http::HeaderMap;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::{
+    db::{Db, now_ms},
+    on_pool,
+};
+
+/// What became of an inbound call. Stored as lower-case text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Received,
+    Processed,
+    Duplicate,
+    Skipped,
+    Rejected,
+    Failed,
+    BlockedWindow,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Received,
+        Status::Processed,
+        Status::Duplicate,
+        Status::Skipped,
+        Status::Rejected,
+        Status::Failed,
+        Status::BlockedWindow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Processed => "processed",
+            Status::Duplicate => "duplicate",
+            Status::Skipped => "skipped",
+            Status::Rejected => "rejected",
+            Status::Failed => "failed",
+            Status::BlockedWindow => "blocked_window",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// One inbound call as a bridge describes it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub request_id: String,
+    /// `meta`, `bitrix`, `wabridges`, … — each source has its own dedupe key space.
+    pub source: String,
+    pub route: String,
+    /// `None` for calls that are not deduplicated (rejected calls, envelopes).
+    pub dedupe_key: Option<String>,
+    pub body: Vec<u8>,
+    pub headers: serde_json::Value,
+    /// `Received` for work to do; `Rejected`/`Skipped` are recorded and not processed.
+    pub status: Status,
+    pub error: Option<String>,
+    /// When the request started, for the audit row's duration.
+    pub started: Instant,
+}
+
+impl Incoming {
+    pub fn new(
+        request_id: &str,
+        source: &str,
+        route: &str,
+        body: &[u8],
+        headers: &HeaderMap,
+    ) -> Self {
+        Self {
+            request_id: request_id.to_string(),
+            source: source.to_string(),
+            route: route.to_string(),
+            dedupe_key: None,
+            body: body.to_vec(),
+            headers: crate::http::audit_headers(headers),
+            status: Status::Received,
+            error: None,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn dedupe(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+
+    pub fn rejected(mut self, why: impl Into<String>) -> Self {
+        self.status = Status::Rejected;
+        self.error = Some(why.into());
+        self
+    }
+
+    pub fn skipped(mut self, why: impl Into<String>) -> Self {
+        self.status = Status::Skipped;
+        self.error = Some(why.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time this key was seen: process row `id`.
+    New(i64),
+    /// Already seen: the audit row `id` is marked duplicate, nothing downstream.
+    Duplicate(i64),
+    /// Stored as rejected or skipped; nothing to process.
+    Logged(i64),
+}
+
+impl Recorded {
+    pub fn id(self) -> i64 {
+        match self {
+            Recorded::New(id) | Recorded::Duplicate(id) | Recorded::Logged(id) => id,
+        }
+    }
+}
+
+/// A stored event as processors and the admin pages see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub request_id: String,
+    pub source: String,
+    pub route: String,
+    pub dedupe_key: Option<String>,
+    pub status: String,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub headers: String,
+    pub received_at: i64,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub processed_at: Option<i64>,
+}
+
+impl StoredEvent {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+const EVENT_COLUMNS: &str = "id, request_id, source, route, COALESCE(dedupe_key, dedupe_ref) AS dedupe_key, status, body, headers, received_at, duration_ms, error, attempts, processed_at";
+
+fn event_from_row<R>(r: &R) -> Result<StoredEvent, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredEvent {
+        id: r.try_get("id")?,
+        request_id: r.try_get("request_id")?,
+        source: r.try_get("source")?,
+        route: r.try_get("route")?,
+        dedupe_key: r.try_get("dedupe_key")?,
+        status: r.try_get("status")?,
+        body: r.try_get("body")?,
+        headers: r.try_get("headers")?,
+        received_at: r.try_get("received_at")?,
+        duration_ms: r.try_get("duration_ms")?,
+        error: r.try_get("error")?,
+        attempts: r.try_get("attempts")?,
+        processed_at: r.try_get("processed_at")?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("inbox database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("inbox writer stopped")]
+    WriterGone,
+}
+
+type Reply = oneshot::Sender<Result<Recorded, Arc<sqlx::Error>>>;
+
+/// How many waiting calls one commit takes at most. Large enough to amortise the fsync, small
+/// enough that one transaction never holds the SQLite write lock for long.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct Inbox {
+    db: Db,
+    tx: mpsc::Sender<(Incoming, Reply)>,
+    /// Wakes the dispatcher when new rows need handing to the job queue.
+    pub(crate) new_work: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Starts the group-commit writer on the current runtime.
+    pub fn start(db: Db) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let new_work = Arc::new(Notify::new());
+        tokio::spawn(writer(db.clone(), rx, new_work.clone()));
+        Self { db, tx, new_work }
+    }
+
+    /// Durably records one inbound call. Returns only after the commit.
+    pub async fn record(&self, incoming: Incoming) -> Result<Recorded, InboxError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send((incoming, reply))
+            .await
+            .map_err(|_| InboxError::WriterGone)?;
+        let result = wait.await.map_err(|_| InboxError::WriterGone)?;
+        let recorded = result.map_err(|e| {
+            InboxError::Db(sqlx::Error::Protocol(format!("batch commit failed: {e}")))
+        })?;
+        if let Recorded::New(_) = recorded {
+            metrics::counter!("switchboard_webhooks_total", "outcome" => "new").increment(1);
+        } else if let Recorded::Duplicate(_) = recorded {
+            metrics::counter!("switchboard_webhooks_total", "outcome" => "duplicate").increment(1);
+        } else {
+            metrics::counter!("switchboard_webhooks_total", "outcome" => "logged").increment(1);
+        }
+        Ok(recorded)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<StoredEvent>, InboxError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM inbox_events WHERE id = $1");
+        Ok(on_pool!(&self.db, |p| {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+            {
+                Some(r) => Some(event_from_row(&r)?),
+                None => None,
+            }
+        }))
+    }
+
+    /// Newest first, optionally filtered; `before` pages by id.
+    pub async fn list(
+        &self,
+        source: Option<&str>,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, InboxError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM inbox_events
+             WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        Ok(on_pool!(&self.db, |p| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(source)
+                .bind(status)
+                .bind(before)
+                .bind(limit.clamp(1, 500))
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(event_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    pub async fn count_by_status(&self) -> Result<HashMap<String, i64>, InboxError> {
+        let rows: Vec<(String, i64)> = on_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT status, COUNT(*) FROM inbox_events GROUP BY status"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Claims row `id` for processing for `lease_ms`. `None` when it is finished or another
+    /// worker holds a live claim — the caller then does nothing, which is what makes a double
+    /// hand-off (crash between enqueue and marking dispatched) harmless.
+    pub async fn claim(&self, id: i64, lease_ms: i64) -> Result<Option<StoredEvent>, InboxError> {
+        let now = now_ms();
+        let claimed = on_pool!(&self.db, |p| sqlx::query(
+            "UPDATE inbox_events SET claimed_until = $1, attempts = attempts + 1
+             WHERE id = $2 AND status IN ('received', 'failed')
+               AND (claimed_until IS NULL OR claimed_until < $3)"
+        )
+        .bind(now + lease_ms)
+        .bind(id)
+        .bind(now)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if claimed == 0 {
+            return Ok(None);
+        }
+        self.get(id).await
+    }
+
+    /// Records the outcome of processing and releases the claim.
+    pub async fn finish(
+        &self,
+        id: i64,
+        status: Status,
+        error: Option<&str>,
+    ) -> Result<(), InboxError> {
+        let processed_at = (status != Status::Failed).then(now_ms);
+        on_pool!(&self.db, |p| {
+            sqlx::query(
+            "UPDATE inbox_events SET status = $1, error = $2, processed_at = $3, claimed_until = NULL WHERE id = $4"
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(processed_at)
+        .bind(id)
+        .execute(p)
+        .await.map(|r| r.rows_affected())
+        })?;
+        metrics::counter!("switchboard_events_processed_total", "status" => status.as_str())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Rows whose hand-off to the job queue has not happened yet.
+    pub(crate) async fn undispatched(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, i64)>, InboxError> {
+        Ok(on_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT id, source, request_id, replays FROM inbox_events
+             WHERE dispatched_at IS NULL AND status = 'received' ORDER BY id LIMIT $1"
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    pub(crate) async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), InboxError> {
+        let now = now_ms();
+        on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            for id in ids {
+                sqlx::query("UPDATE inbox_events SET dispatched_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Puts stored rows back to `received` and undispatched so they are processed again.
+    /// Replay is idempotent because every processor deduplicates its own effects.
+    pub async fn replay(&self, ids: &[i64]) -> Result<u64, InboxError> {
+        let mut n = 0;
+        for id in ids {
+            n += on_pool!(&self.db, |p| {
+                sqlx::query(
+                "UPDATE inbox_events SET status = 'received', dispatched_at = NULL, claimed_until = NULL, error = NULL, replays = replays + 1
+                 WHERE id = $1 AND status NOT IN ('duplicate', 'rejected')"
+            )
+            .bind(id)
+            .execute(p)
+            .await.map(|r| r.rows_affected())
+            })?;
+        }
+        self.new_work.notify_one();
+        Ok(n)
+    }
+
+    /// Ids matching a replay selection (source and/or since a time), oldest first.
+    pub async fn select_for_replay(
+        &self,
+        source: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<i64>, InboxError> {
+        let rows: Vec<(i64,)> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+            "SELECT id FROM inbox_events WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR received_at >= $2)
+               AND status NOT IN ('duplicate', 'rejected') ORDER BY id"
+        )
+        .bind(source)
+        .bind(since_ms)
+        .fetch_all(p)
+        .await
+        })?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Deletes finished rows older than the cut-off (PII retention). Unfinished and failed rows
+    /// are kept whatever their age: deleting them would lose work.
+    pub async fn prune(&self, older_than_ms: i64) -> Result<u64, InboxError> {
+        let cutoff = now_ms() - older_than_ms;
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query(
+            "DELETE FROM inbox_events WHERE received_at < $1 AND status IN ('processed', 'duplicate', 'skipped')"
+        )
+        .bind(cutoff)
+        .execute(p)
+        .await.map(|r| r.rows_affected())
+        })?)
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let items: Vec<Incoming> = batch.iter().map(|(i, _)| i.clone()).collect();
+        let result = commit_batch(&db, &items).await;
+        metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                if outcomes.iter().any(|o| matches!(o, Recorded::New(_))) {
+                    new_work.notify_one();
+                }
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = items.len(), "inbox batch commit failed");
+                let e = Arc::new(e);
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO inbox_events
+        (request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id";
+    on_pool!(db, |p| {
+        let mut tx = p.begin().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            let now = now_ms();
+            let duration = i.started.elapsed().as_millis() as i64;
+            let headers = i.headers.to_string();
+            let work = i.status == Status::Received;
+            // Rows without work are "dispatched" from birth so recovery never looks at them.
+            let dispatched = if work { None } else { Some(now) };
+            let first: Option<(i64,)> = sqlx::query_as(INSERT)
+                .bind(&i.request_id)
+                .bind(&i.source)
+                .bind(&i.route)
+                .bind(if work { i.dedupe_key.as_deref() } else { None })
+                .bind(i.dedupe_key.as_deref())
+                .bind(i.status.as_str())
+                .bind(&i.body)
+                .bind(&headers)
+                .bind(now)
+                .bind(duration)
+                .bind(i.error.as_deref())
+                .bind(dispatched)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let outcome = match first {
+                Some((id,)) if work => Recorded::New(id),
+                Some((id,)) => Recorded::Logged(id),
+                None => {
+                    let (id,): (i64,) = sqlx::query_as(INSERT)
+                        .bind(&i.request_id)
+                        .bind(&i.source)
+                        .bind(&i.route)
+                        .bind(None::<&str>)
+                        .bind(i.dedupe_key.as_deref())
+                        .bind(Status::Duplicate.as_str())
+                        .bind(&i.body)
+                        .bind(&headers)
+                        .bind(now)
+                        .bind(duration)
+                        .bind(None::<&str>)
+                        .bind(Some(now))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Recorded::Duplicate(id)
+                }
+            };
+            out.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(out)
+    })
+}

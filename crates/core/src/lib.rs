@@ -1,0 +1,86 @@
+//! Switchboard core: everything the three bridges share and nothing specific to any of them —
+//! configuration, the database and its migrations, the webhook inbox/audit log with dedupe,
+//! the durable job queue, the encrypted credential store, metrics, tracing, the JSON error
+//! shape and the operations routes (`/health`, `/metrics`).
+//!
+//! Must not name a bridge, a bridge's route or a bridge's payload: bridges describe themselves
+//! to core through [`ops::BridgeInfo`] and register their work through [`jobs::JobRegistry`]
+//! and [`processing::Processors`]. Start with [`Core`], then `inbox.rs` and `jobs.rs`.
+
+pub mod config;
+pub mod credentials;
+pub mod db;
+pub mod http;
+pub mod inbox;
+pub mod jobs;
+pub mod metrics;
+pub mod ops;
+pub mod processing;
+pub mod scheduler;
+pub mod secret;
+pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use credentials::Settings;
+pub use db::Db;
+pub use inbox::{Inbox, Incoming, Recorded, Status};
+pub use jobs::{JobContext, JobError, JobKind, JobRegistry, Jobs};
+pub use secret::Secret;
+
+/// The shared handle every bridge receives. Cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub inbox: Inbox,
+    pub jobs: Jobs,
+    pub settings: Settings,
+    /// One HTTP client for all outbound calls (connection reuse across bridges).
+    pub http: reqwest::Client,
+    pub started_at: std::time::Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+}
+
+impl Core {
+    /// Connects, migrates and starts the inbox writer. Workers are started separately
+    /// ([`jobs::run_workers`]) so `serve --no-workers` can leave them out.
+    pub async fn start(config: Config) -> Result<Self, CoreError> {
+        crate::metrics::install();
+        let db = Db::connect(config.database_url()).await?;
+        db.migrate().await?;
+        Ok(Self::with_db(config, db))
+    }
+
+    pub fn with_db(config: Config, db: Db) -> Self {
+        let config = Arc::new(config);
+        Self {
+            inbox: Inbox::start(db.clone()),
+            jobs: Jobs::new(db.clone()),
+            settings: Settings::new(db.clone(), config.clone()),
+            http: http_client(),
+            config,
+            db,
+            started_at: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Outbound HTTP client: bounded connect time, a product user agent, rustls.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("static reqwest client configuration")
+}

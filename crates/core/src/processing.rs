@@ -1,0 +1,115 @@
+//! Processing of stored inbox rows. A bridge registers one processor per source; the core job
+//! `core.process-event` claims the row, runs the processor and records the outcome, so every
+//! bridge gets the same claim/lease, retry and audit behaviour.
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures::future::BoxFuture;
+
+use crate::{
+    inbox::{Inbox, Status, StoredEvent},
+    jobs::{JobContext, JobError, JobRegistry, ProcessEvent},
+};
+
+/// What processing made of an event; each maps to the audit status of the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Processed,
+    Skipped(String),
+    BlockedWindow(String),
+}
+
+pub type Processor = Arc<
+    dyn Fn(StoredEvent, JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync,
+>;
+
+/// Source name → processor.
+#[derive(Clone, Default)]
+pub struct Processors {
+    by_source: HashMap<String, Processor>,
+}
+
+impl Processors {
+    pub fn register<F, Fut>(&mut self, source: &str, f: F)
+    where
+        F: Fn(StoredEvent, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.by_source.insert(
+            source.to_string(),
+            Arc::new(move |e, c| {
+                let f = f.clone();
+                Box::pin(async move { f(e, c).await })
+            }),
+        );
+    }
+
+    /// Registers `core.process-event` in `registry`, dispatching to these processors.
+    pub fn install(self, inbox: Inbox, registry: &mut JobRegistry) {
+        let processors = Arc::new(self);
+        registry.register(move |job: ProcessEvent, ctx: JobContext| {
+            let processors = processors.clone();
+            let inbox = inbox.clone();
+            async move { process_event(&processors, &inbox, job, ctx).await }
+        });
+    }
+}
+
+/// How long one attempt may hold a row before another worker may take it over (a worker that
+/// died mid-job must not block the row forever).
+const CLAIM_LEASE_MS: i64 = 5 * 60 * 1000;
+
+async fn process_event(
+    processors: &Processors,
+    inbox: &Inbox,
+    job: ProcessEvent,
+    ctx: JobContext,
+) -> Result<(), JobError> {
+    let retry = |e: crate::inbox::InboxError| JobError::Retry(e.to_string());
+    let Some(event) = inbox
+        .claim(job.event_id, CLAIM_LEASE_MS)
+        .await
+        .map_err(retry)?
+    else {
+        // Finished already, or another worker holds it: a repeated hand-off, nothing to do.
+        tracing::debug!(
+            event_id = job.event_id,
+            "event already processed or claimed"
+        );
+        return Ok(());
+    };
+    let Some(processor) = processors.by_source.get(&event.source).cloned() else {
+        inbox
+            .finish(
+                event.id,
+                Status::Skipped,
+                Some("no processor for this source"),
+            )
+            .await
+            .map_err(retry)?;
+        return Ok(());
+    };
+    let id = event.id;
+    match processor(event, ctx).await {
+        Ok(Outcome::Processed) => inbox
+            .finish(id, Status::Processed, None)
+            .await
+            .map_err(retry),
+        Ok(Outcome::Skipped(why)) => inbox
+            .finish(id, Status::Skipped, Some(&why))
+            .await
+            .map_err(retry),
+        Ok(Outcome::BlockedWindow(why)) => inbox
+            .finish(id, Status::BlockedWindow, Some(&why))
+            .await
+            .map_err(retry),
+        Err(e) => {
+            inbox
+                .finish(id, Status::Failed, Some(&e.to_string()))
+                .await
+                .map_err(retry)?;
+            Err(e)
+        }
+    }
+}

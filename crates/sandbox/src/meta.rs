@@ -1,0 +1,263 @@
+//! Fake Meta WhatsApp Cloud API, following `shared/protocols/meta-whatsapp-cloud-api.md`.
+//!
+//! Serves the Graph routes the product calls (send, mark read, media upload/node/download/delete,
+//! phone-number node, `subscribed_apps`) with Meta's validation, error shapes and HTTP statuses,
+//! and plays Meta's side towards the product: signed webhooks with Meta's byte encoding, retries
+//! until a 200, the verification handshake, and status notifications after each send — `sent`
+//! and `delivered` inside the 24-hour window, `failed` 131047 outside it, as Meta answers 200
+//! first and reports the failure later.
+//!
+//! Read `graph.rs` (routes), `validate.rs` (what a send must look like), then `sender.rs`.
+
+mod errors;
+mod graph;
+mod media;
+mod messages;
+mod payload;
+mod sender;
+mod state;
+mod validate;
+
+pub use errors::GraphError;
+pub use messages::{Customer, InboundMedia, InboundMessage, Status};
+pub use payload::{WebhookPayload, meta_json_bytes};
+pub use sender::{Delivered, DeliveryError, Signature, VerifyError, WebhookSender};
+pub use state::{MediaOrigin, SentMessage, StoredMedia, WebhookDelivery};
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+
+use crate::{Recorder, Served};
+use state::Shared;
+
+/// The account the fake pretends to be. Defaults reuse the protocol doc's example ids.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    pub access_token: String,
+    /// Key of the webhook HMAC (§2.1).
+    pub app_secret: String,
+    pub app_id: String,
+    pub app_name: String,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    /// Bare digits, as in webhook `metadata` and in `context.from`.
+    pub display_phone_number: String,
+    /// Formatted, as the phone-number node reports it (§7).
+    pub formatted_phone_number: String,
+    pub verified_name: String,
+    /// The version products are expected to pin; `FakeMeta::graph_url` appends it. Any
+    /// `vNN.N` is served.
+    pub graph_version: String,
+    /// Lifetime of a lookaside URL from the media node (Meta: 5 minutes).
+    pub media_url_ttl: Duration,
+    /// Post `sent` and `delivered` after each in-window send. Failures are posted regardless.
+    pub auto_statuses: bool,
+    /// Whether the app starts subscribed to the WABA; unsubscribed, no status webhooks flow.
+    pub subscribed: bool,
+    /// Approved templates; any other name/language is refused with 132001.
+    pub templates: Vec<Template>,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        Self {
+            access_token: "EAAsandboxTOKENforSwitchboardTests0000".into(),
+            app_secret: "sandbox-app-secret-0123456789abcdef".into(),
+            app_id: "1234567890123456".into(),
+            app_name: "Switchboard Sandbox".into(),
+            phone_number_id: "112233445566778".into(),
+            waba_id: "104829365520117".into(),
+            display_phone_number: "4930123456789".into(),
+            formatted_phone_number: "+49 30 123456789".into(),
+            verified_name: "Zuse GmbH".into(),
+            graph_version: "v23.0".into(),
+            media_url_ttl: Duration::from_secs(5 * 60),
+            auto_statuses: true,
+            subscribed: true,
+            // Every new WhatsApp Business Account comes with Meta's `hello_world` template.
+            templates: vec![Template::new("hello_world", "en_US", 0)],
+        }
+    }
+}
+
+/// An approved message template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+    /// Number of `{{n}}` variables in the body; a send must supply exactly that many (132000).
+    pub body_params: usize,
+    /// `utility`, `marketing` or `authentication`; shows up as `pricing.category`.
+    pub category: String,
+}
+
+impl Template {
+    pub fn new(name: &str, language: &str, body_params: usize) -> Self {
+        Self {
+            name: name.into(),
+            language: language.into(),
+            body_params,
+            category: "utility".into(),
+        }
+    }
+}
+
+/// A running fake Meta. Dropping it stops the server.
+pub struct FakeMeta {
+    shared: Arc<Shared>,
+    recorder: Recorder,
+    served: Served,
+}
+
+impl FakeMeta {
+    pub async fn start(cfg: MetaConfig) -> Self {
+        let shared = Shared::new(cfg);
+        let recorder = Recorder::default();
+        let served = crate::serve(graph::router(shared.clone(), recorder.clone())).await;
+        shared
+            .base_url
+            .set(served.url())
+            .expect("base URL is set once, at start");
+        Self {
+            shared,
+            recorder,
+            served,
+        }
+    }
+
+    /// Graph base URL, standing in for `https://graph.facebook.com`; the product appends
+    /// `/{version}/…`.
+    pub fn url(&self) -> String {
+        self.served.url()
+    }
+
+    /// `url()` plus the configured version.
+    pub fn graph_url(&self) -> String {
+        format!("{}/{}", self.url(), self.shared.cfg.graph_version)
+    }
+
+    pub fn config(&self) -> &MetaConfig {
+        &self.shared.cfg
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    pub fn webhooks(&self) -> WebhookSender {
+        WebhookSender::new(self.shared.clone())
+    }
+
+    /// Accepted sends, oldest first (mark-read calls are not sends).
+    pub fn sent_messages(&self) -> Vec<SentMessage> {
+        self.shared.state().sent.clone()
+    }
+
+    /// wamids the product marked as read, in call order.
+    pub fn marked_read(&self) -> Vec<String> {
+        self.shared.state().marked_read.clone()
+    }
+
+    /// Media the product uploaded and has not deleted.
+    pub fn uploaded_media(&self) -> Vec<StoredMedia> {
+        let st = self.shared.state();
+        st.media
+            .iter()
+            .filter(|m| m.origin == MediaOrigin::Uploaded)
+            .cloned()
+            .collect()
+    }
+
+    /// Registers media a customer "sent", downloadable like any Meta media; put the returned
+    /// reference in an `InboundMessage`.
+    pub fn add_inbound_media(&self, bytes: impl Into<Bytes>, mime: &str) -> InboundMedia {
+        let m = media::store(&self.shared, bytes.into(), mime, None, MediaOrigin::Inbound);
+        InboundMedia {
+            id: m.id,
+            mime_type: m.mime_type,
+            sha256: m.sha256,
+        }
+    }
+
+    /// The next `count` sends (not mark-read calls) fail synchronously with `code`'s documented
+    /// body and HTTP status.
+    pub fn fail_next_sends(&self, code: u32, count: usize) {
+        self.shared
+            .state()
+            .sync_failures
+            .extend(std::iter::repeat_n(code, count));
+    }
+
+    /// The next `count` in-window sends are accepted with 200, then reported `failed` with
+    /// `code` by webhook (how 131026 and friends usually arrive).
+    pub fn fail_next_deliveries(&self, code: u32, count: usize) {
+        self.shared
+            .state()
+            .async_failures
+            .extend(std::iter::repeat_n(code, count));
+    }
+
+    /// Replaces the valid token; the old one then fails with 190 "Session has expired".
+    pub fn set_access_token(&self, token: impl Into<String>) {
+        let mut st = self.shared.state();
+        let old = std::mem::replace(&mut st.access_token, token.into());
+        st.retired_tokens.push(old);
+    }
+
+    /// The product's webhook URL (`…/webhook/whatsapp`), where deliveries and statuses go.
+    pub fn set_webhook_target(&self, url: impl Into<String>) {
+        self.shared.state().webhook_target = Some(url.into());
+    }
+
+    pub fn set_auto_statuses(&self, on: bool) {
+        self.shared.state().auto_statuses = on;
+    }
+
+    /// Pretends the customer last wrote at `unix_secs` (moves the window either way).
+    pub fn set_last_inbound(&self, wa_id: &str, unix_secs: u64) {
+        self.shared
+            .state()
+            .last_inbound
+            .insert(wa_id.to_string(), unix_secs);
+    }
+
+    pub fn last_inbound(&self, wa_id: &str) -> Option<u64> {
+        self.shared.state().last_inbound.get(wa_id).copied()
+    }
+
+    /// The fake's clock (Unix seconds), used for timestamps, the window and URL expiry.
+    pub fn now(&self) -> u64 {
+        self.shared.clock.now()
+    }
+
+    /// Moves the fake's clock forward: expire lookaside URLs or close windows without waiting.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.shared.state().subscribed
+    }
+
+    /// Distinct Graph versions seen in request paths, first use first.
+    pub fn graph_versions(&self) -> Vec<String> {
+        self.shared.state().graph_versions.clone()
+    }
+
+    /// Status webhooks the fake posted on its own after sends.
+    pub fn webhook_log(&self) -> Vec<WebhookDelivery> {
+        self.shared.state().webhook_log.clone()
+    }
+
+    /// See `WebhookSender::verify_subscription`.
+    pub async fn verify_subscription(
+        &self,
+        callback_url: &str,
+        verify_token: &str,
+    ) -> Result<(), VerifyError> {
+        self.webhooks()
+            .verify_subscription(callback_url, verify_token)
+            .await
+    }
+}

@@ -1,0 +1,97 @@
+//! The one place routers meet. Path → this file → the crate's `routes.rs` table → handler.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::MatchedPath,
+    http::{HeaderName, Request, Response},
+};
+use switchboard_core::{
+    Core, http::ErrorCause, jobs::JobRegistry, ops::BridgeInfo, processing::Processors, scheduler,
+};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+pub fn bridges(core: &Core) -> Vec<BridgeInfo> {
+    vec![
+        pbx_bridge::info(core),
+        wabridges_hooks::info(core),
+        bitrix_connector::info(core),
+    ]
+}
+
+pub fn router(core: &Core) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(switchboard_core::ops::router(core, bridges(core))) // /health /metrics
+        .merge(pbx_bridge::router(core)) // POST /whatsapp-bridge
+        .merge(wabridges_hooks::router(core)) // POST /wabridges/hooks/{bridge}, /api/wabridges/*
+        .merge(bitrix_connector::router(core)) // /webhook/whatsapp /bitrix/* /media/{id}
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let path = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(MatchedPath::as_str)
+                        .unwrap_or("unmatched");
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), route = path, request_id)
+                })
+                .on_request(())
+                .on_response(|resp: &Response<_>, latency: Duration, _span: &Span| {
+                    let status = resp.status().as_u16();
+                    metrics::counter!("switchboard_http_requests_total", "status" => status.to_string()).increment(1);
+                    metrics::histogram!("switchboard_http_request_duration_seconds").record(latency.as_secs_f64());
+                    match resp.extensions().get::<ErrorCause>() {
+                        Some(cause) => tracing::error!(status, latency_ms = latency.as_millis() as u64, cause = %cause.0, "request failed"),
+                        None => tracing::info!(status, latency_ms = latency.as_millis() as u64, "request"),
+                    }
+                })
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}
+
+/// Every bridge's jobs and inbox processors, plus core's own.
+pub fn job_registry(core: &Core) -> JobRegistry {
+    let mut registry = JobRegistry::default();
+    let mut processors = Processors::default();
+    pbx_bridge::register(core, &mut registry, &mut processors);
+    wabridges_hooks::register(core, &mut registry, &mut processors);
+    bitrix_connector::register(core, &mut registry, &mut processors);
+    processors.install(core.inbox.clone(), &mut registry);
+    registry
+}
+
+/// Periodic work: core's retention prune, then each bridge's.
+pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
+    let inbox = core.inbox.clone();
+    let mut tasks = vec![scheduler::Task::new(
+        "core.prune-events",
+        scheduler::When::DailyAt { hour: 3 },
+        move || {
+            let inbox = inbox.clone();
+            async move {
+                inbox
+                    .prune(crate::cli::DEFAULT_RETENTION_MS)
+                    .await
+                    .map(|n| format!("pruned {n} audit rows"))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )];
+    tasks.extend(pbx_bridge::scheduled(core));
+    tasks.extend(wabridges_hooks::scheduled(core));
+    tasks.extend(bitrix_connector::scheduled(core));
+    tasks
+}

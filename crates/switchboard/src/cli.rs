@@ -1,0 +1,381 @@
+//! Command line: what each command does is in its `--help`; the work itself lives in core and
+//! the bridges.
+
+use std::{future::IntoFuture, io::Read, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use switchboard_core::{Config, Core, config::Source, jobs, telemetry};
+
+pub const DEFAULT_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Three WhatsApp bridges (PBX, wabridges hooks, Bitrix24) on one durable core.",
+    long_about = "Three WhatsApp bridges on one durable core.\n\n\
+        With no configuration, `switchboard serve` runs on an embedded SQLite database \
+        (./data/switchboard.db) and listens on 127.0.0.1:8080. Settings come from the credential \
+        store, then SWITCHBOARD_* environment variables, then config/switchboard.toml \
+        (or --config / SWITCHBOARD_CONFIG), then built-in defaults."
+)]
+pub struct Cli {
+    /// Config file (default: config/switchboard.toml when present; also SWITCHBOARD_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server, the job workers and the scheduler in one process.
+    Serve {
+        /// Serve HTTP only; run workers elsewhere with `switchboard worker` (scale-out).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run job workers and the scheduler only (no HTTP), for split deployments.
+    Worker,
+    /// Apply database migrations and exit (serve and worker also apply them on start).
+    Migrate,
+    /// Master key management for the encrypted credential store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read and write settings in the encrypted credential store.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// The webhook audit log: replay stored payloads, prune old rows.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// The job queue: list jobs and dead letters, retry dead letters.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) for SWITCHBOARD_MASTER_KEY.
+    Generate,
+    /// Re-encrypt every stored secret under SWITCHBOARD_MASTER_KEY. Put the previous key in
+    /// SWITCHBOARD_OLD_MASTER_KEYS first so the old values can still be read.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Store a setting encrypted, e.g. `switchboard credentials set meta.app_secret --stdin`.
+    /// Keys are the config-file names (meta.access_token, bitrix.client_secret, …).
+    Set {
+        key: String,
+        /// The value; omit it and pass --stdin to keep secrets out of shell history.
+        value: Option<String>,
+        /// Read the value from standard input.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Show every setting, where its value comes from, with secrets masked.
+    List,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Process stored payloads again (idempotent: effects already done are not repeated).
+    Replay(ReplayArgs),
+    /// Delete processed, duplicate and skipped audit rows older than a cut-off (PII
+    /// retention). Failed and unfinished rows are kept. Runs daily at 03:00 UTC by itself.
+    Prune {
+        /// Age like 30d, 12h or 90m.
+        #[arg(long, default_value = "30d")]
+        older_than: String,
+    },
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// One audit row id.
+    #[arg(long, conflicts_with_all = ["source", "since"])]
+    id: Option<i64>,
+    /// Only this source (meta, bitrix, wabridges…).
+    #[arg(long)]
+    source: Option<String>,
+    /// Received at or after: RFC 3339 time (2026-11-25T10:00:00Z) or an age (2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List recent jobs (or only dead letters) with attempts and last error.
+    List {
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put dead letters back on the queue: `jobs retry all` or `jobs retry <ID>`.
+    Retry { target: String },
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let config = match Config::load(cli.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format());
+    match dispatch(cli.command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Keys(KeysCommand::Generate) => {
+            println!("{}", switchboard_core::credentials::generate_master_key());
+            Ok(())
+        }
+        Command::Serve { no_workers } => serve(config, !no_workers).await,
+        Command::Worker => worker(config).await,
+        Command::Migrate => {
+            let core = start(config).await?;
+            println!("migrations applied ({})", core.db.backend());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let core = start(config).await?;
+            let n = core
+                .settings
+                .rotate()
+                .await
+                .context("re-encrypting stored secrets")?;
+            println!(
+                "re-encrypted {n} stored value(s) under key id {}",
+                core.settings.keyring().current_id().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Command::Credentials(c) => credentials(config, c).await,
+        Command::Events(e) => events(config, e).await,
+        Command::Jobs(j) => jobs_command(config, j).await,
+    }
+}
+
+async fn start(config: Config) -> anyhow::Result<Core> {
+    Core::start(config).await.context("starting the core")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received; finishing in-flight requests and jobs");
+}
+
+async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
+    let listen = config.listen();
+    let core = start(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+
+    jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    tracing::info!(
+        %listen,
+        database = core.db.backend(),
+        workers = with_workers,
+        "switchboard listening"
+    );
+    let app = crate::app::router(&core);
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
+    // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
+    let (served, ()) = tokio::join!(server.into_future(), async {
+        if with_workers {
+            run_workers(&core, stopped()).await;
+        }
+    });
+    served.context("HTTP server")?;
+    core.db.close().await;
+    Ok(())
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let core = start(config).await?;
+    jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    tracing::info!(database = core.db.backend(), "switchboard worker running");
+    run_workers(&core, shutdown_signal()).await;
+    core.db.close().await;
+    Ok(())
+}
+
+/// Workers and the scheduler, until `stop` and the in-flight jobs have drained.
+async fn run_workers(core: &Core, stop: impl Future<Output = ()> + Send + 'static) {
+    let registry = crate::app::job_registry(core);
+    let scheduler = tokio::spawn(switchboard_core::scheduler::run(
+        core.db.clone(),
+        crate::app::scheduled(core),
+        Duration::from_secs(30),
+    ));
+    let jobs = core.jobs.clone();
+    let concurrency = core.config.jobs_concurrency();
+    if let Err(e) = jobs::run_workers(jobs, registry, concurrency, stop).await {
+        tracing::error!(error = %e, "workers stopped with an error");
+    }
+    scheduler.abort();
+}
+
+async fn credentials(config: Config, command: CredentialsCommand) -> anyhow::Result<()> {
+    let core = start(config).await?;
+    match command {
+        CredentialsCommand::Set { key, value, stdin } => {
+            let value = match (value, stdin) {
+                (Some(v), false) => v,
+                (None, true) => {
+                    let mut v = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut v)
+                        .context("reading standard input")?;
+                    v.trim_end_matches(['\n', '\r']).to_string()
+                }
+                _ => anyhow::bail!("give the value as an argument or with --stdin (not both)"),
+            };
+            core.settings.set(&key, &value).await?;
+            println!(
+                "{key} {}",
+                if value.is_empty() {
+                    "cleared"
+                } else {
+                    "stored (encrypted)"
+                }
+            );
+            Ok(())
+        }
+        CredentialsCommand::List => {
+            println!("{:<32} {:<8} {:<38} value", "setting", "source", "env");
+            for v in core.settings.list().await? {
+                let source = if v.source == Source::Unset {
+                    "-"
+                } else {
+                    v.source.as_str()
+                };
+                println!("{:<32} {:<8} {:<38} {}", v.key, source, v.env, v.shown);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn events(config: Config, command: EventsCommand) -> anyhow::Result<()> {
+    let core = start(config).await?;
+    match command {
+        EventsCommand::Replay(args) => {
+            let ids = match args.id {
+                Some(id) => vec![id],
+                None => {
+                    if args.source.is_none() && args.since.is_none() {
+                        anyhow::bail!("say what to replay: --id ID, or --source and/or --since");
+                    }
+                    let since = args.since.as_deref().map(parse_since).transpose()?;
+                    core.inbox
+                        .select_for_replay(args.source.as_deref(), since)
+                        .await?
+                }
+            };
+            let n = core.inbox.replay(&ids).await?;
+            let dispatched = jobs::dispatch_pending(&core.inbox, &core.jobs).await?;
+            println!("{n} event(s) queued for reprocessing ({dispatched} handed to workers)");
+            Ok(())
+        }
+        EventsCommand::Prune { older_than } => {
+            let age = parse_age(&older_than)?;
+            let n = core.inbox.prune(age).await?;
+            println!("pruned {n} audit row(s) older than {older_than}");
+            Ok(())
+        }
+    }
+}
+
+async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()> {
+    let core = start(config).await?;
+    match command {
+        JobsCommand::List { dead, limit } => {
+            let stats = core.jobs.stats().await?;
+            println!(
+                "queue: {} pending, {} running, {} dead",
+                stats.pending, stats.running, stats.dead
+            );
+            for j in core.jobs.list(dead, limit).await? {
+                println!(
+                    "{}  {:<36} {:<8} {}/{}  {}",
+                    j.id,
+                    j.kind,
+                    j.status,
+                    j.attempts,
+                    j.max_attempts,
+                    j.last_error.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Retry { target } => {
+            let id = (target != "all").then_some(target.as_str());
+            let n = core.jobs.retry(id).await?;
+            println!("{n} dead letter(s) put back on the queue");
+            Ok(())
+        }
+    }
+}
+
+/// `30d`, `12h`, `90m`, `45s` → milliseconds.
+fn parse_age(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not an age like 30d"))?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => anyhow::bail!("`{s}`: use d, h, m or s (e.g. 30d)"),
+    };
+    Ok(n * unit_ms)
+}
+
+fn parse_since(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    Ok(switchboard_core::db::now_ms() - parse_age(s)?)
+}
