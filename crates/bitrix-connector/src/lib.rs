@@ -27,18 +27,18 @@ pub fn router(_core: &Core) -> Router {
 
 pub fn info(core: &Core) -> BridgeInfo {
     let settings = core.settings.clone();
-    BridgeInfo {
-        name: "bitrix",
-        title: "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
-        routes: &[
+    BridgeInfo::new(
+        "bitrix",
+        "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
+        &[
             "/webhook/whatsapp",
             "/bitrix/events",
             "/bitrix/install",
             "/media/{id}",
         ],
-        readiness: std::sync::Arc::new(move || {
+        move || {
             let settings = settings.clone();
-            Box::pin(async move {
+            async move {
                 let mut missing = Vec::new();
                 for (key, env) in REQUIRED {
                     if !matches!(settings.get(key).await, Ok(Some(_))) {
@@ -49,9 +49,9 @@ pub fn info(core: &Core) -> BridgeInfo {
                     configured: missing.is_empty(),
                     missing,
                 }
-            })
-        }),
-    }
+            }
+        },
+    )
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

@@ -34,6 +34,30 @@ pub struct BridgeInfo {
     pub readiness: ReadinessFn,
 }
 
+impl BridgeInfo {
+    pub fn new<F, Fut>(
+        name: &'static str,
+        title: &'static str,
+        routes: &'static [&'static str],
+        readiness: F,
+    ) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Readiness> + Send + 'static,
+    {
+        let readiness = Arc::new(readiness);
+        Self {
+            name,
+            title,
+            routes,
+            readiness: Arc::new(move || {
+                let r = readiness.clone();
+                Box::pin(async move { r().await })
+            }),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct OpsState {
     core: Core,

@@ -80,3 +80,42 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
         .collect();
     Config::from_sources(None, &env).expect("test configuration is valid")
 }
+
+/// Runs `body` while this process's job workers and inbox dispatcher run, then stops them and
+/// lets in-flight jobs finish. (apalis' worker future can't be `tokio::spawn`ed from generic
+/// code, so tests run it beside their body instead.)
+pub async fn with_workers<B: Future<Output = ()>>(
+    core: &Core,
+    registry: crate::JobRegistry,
+    body: B,
+) {
+    let dispatcher = crate::jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let workers = crate::jobs::run_workers(core.jobs.clone(), registry, 4, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(workers);
+    tokio::select! {
+        _ = &mut workers => panic!("workers stopped early"),
+        _ = body => {}
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), workers).await;
+    dispatcher.abort();
+}
+
+/// Polls `check` until it is true, failing the test after `secs` (never a fixed sleep).
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}

@@ -2,55 +2,18 @@
 //! `SWITCHBOARD_TEST_DATABASE=postgres`): inbox durability and dedupe, the job queue's retry
 //! schedule and dead letters, and the credential store's key rotation.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use axum::http::HeaderMap;
 use switchboard_core::{
     Core, Incoming, JobContext, JobError, JobKind, JobRegistry, Recorded, Status,
     credentials::{CredentialError, generate_master_key},
-    jobs,
     processing::{Outcome, Processors},
-    testing::{TestDb, config},
+    testing::{TestDb, config, eventually, with_workers},
 };
-
-/// Polls `check` until it is true or the deadline passes (no fixed sleeps).
-async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// Runs `body` while this process's workers (and the inbox dispatcher) run, then stops them.
-async fn with_workers<B: Future<Output = ()>>(core: &Core, registry: JobRegistry, body: B) {
-    let dispatcher = jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let workers = jobs::run_workers(core.jobs.clone(), registry, 4, async {
-        let _ = stop_rx.await;
-    });
-    tokio::pin!(workers);
-    tokio::select! {
-        _ = &mut workers => panic!("workers stopped early"),
-        _ = body => {}
-    }
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
-    dispatcher.abort();
-}
 
 fn incoming(source: &str, key: &str, body: &str) -> Incoming {
     Incoming::new(

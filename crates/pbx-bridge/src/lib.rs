@@ -35,13 +35,13 @@ pub fn router(core: &Core) -> Router {
 
 pub fn info(core: &Core) -> BridgeInfo {
     let core = core.clone();
-    BridgeInfo {
-        name: "pbx",
-        title: "PBX bridge (MSG91 → AstraPBX)",
-        routes: &["POST /whatsapp-bridge"],
-        readiness: std::sync::Arc::new(move || {
+    BridgeInfo::new(
+        "pbx",
+        "PBX bridge (MSG91 → AstraPBX)",
+        &["POST /whatsapp-bridge"],
+        move || {
             let configured = core.config.get("pbx.base_url").is_some();
-            Box::pin(async move {
+            async move {
                 Readiness {
                     configured,
                     missing: if configured {
@@ -50,9 +50,9 @@ pub fn info(core: &Core) -> BridgeInfo {
                         vec!["SWITCHBOARD_PBX_BASE_URL"]
                     },
                 }
-            })
-        }),
-    }
+            }
+        },
+    )
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

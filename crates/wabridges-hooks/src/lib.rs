@@ -14,13 +14,13 @@ pub fn router(_core: &Core) -> Router {
 
 pub fn info(core: &Core) -> BridgeInfo {
     let settings = core.settings.clone();
-    BridgeInfo {
-        name: "wabridges",
-        title: "wabridges hooks",
-        routes: &["POST /wabridges/hooks/{bridge}"],
-        readiness: std::sync::Arc::new(move || {
+    BridgeInfo::new(
+        "wabridges",
+        "wabridges hooks",
+        &["POST /wabridges/hooks/{bridge}"],
+        move || {
             let settings = settings.clone();
-            Box::pin(async move {
+            async move {
                 let configured = matches!(settings.get("wabridges.token").await, Ok(Some(_)));
                 Readiness {
                     configured,
@@ -30,9 +30,9 @@ pub fn info(core: &Core) -> BridgeInfo {
                         vec!["SWITCHBOARD_WABRIDGES_TOKEN"]
                     },
                 }
-            })
-        }),
-    }
+            }
+        },
+    )
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
