@@ -52,8 +52,16 @@ pub enum DbError {
     QueueMigrate(String),
 }
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+/// Our migrations. On SQLite the job queue's migrations share the `_sqlx_migrations` table, so
+/// each migrator must ignore the other's versions instead of calling them "missing".
+fn migrator(engine: &Db) -> sqlx::migrate::Migrator {
+    let mut m = match engine {
+        Db::Sqlite(_) => sqlx::migrate!("../../migrations/sqlite"),
+        Db::Postgres(_) => sqlx::migrate!("../../migrations/postgres"),
+    };
+    m.set_ignore_missing(true);
+    m
+}
 
 impl Db {
     /// Opens the database named by `url`, creating an SQLite file (and its folder) on first run.
@@ -109,9 +117,10 @@ impl Db {
 
     /// Applies Switchboard's own migrations and the job queue's.
     pub async fn migrate(&self) -> Result<(), DbError> {
+        let ours = migrator(self);
         match self {
-            Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
-            Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+            Db::Sqlite(p) => ours.run(p).await?,
+            Db::Postgres(p) => ours.run(p).await?,
         }
         crate::jobs::migrate(self)
             .await

@@ -1,0 +1,241 @@
+//! The real `switchboard` binary, as an operator runs it: start-up on the configured database,
+//! `/health`, configuration errors (exit 2 naming the setting), and the CLI's credential and
+//! key-rotation round trip. Runs on SQLite, or PostgreSQL with SWITCHBOARD_TEST_DATABASE=postgres.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use switchboard_core::{credentials::generate_master_key, testing::fresh_database_url};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A command with a clean environment: only what the test sets reaches the binary.
+fn switchboard(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    switchboard(dir, env)
+        .args(args)
+        .output()
+        .expect("run switchboard")
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(dir: &Path, env: &[(&str, &str)]) -> (Server, Duration) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all: Vec<(&str, &str)> = env.to_vec();
+    all.push(("SWITCHBOARD_LISTEN", &listen));
+    all.push(("SWITCHBOARD_LOG_FORMAT", "json"));
+    let started = Instant::now();
+    let child = switchboard(dir, &all)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn switchboard serve");
+    let server = Server {
+        child,
+        base: format!("http://{listen}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
+            && r.status() == 200
+        {
+            return (server, started.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switchboard did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn serves_health_on_the_configured_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let (server, _) = serve(dir.path(), &[("DATABASE_URL", &url)]).await;
+    let health: serde_json::Value = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    let backend = if url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(health["database"]["backend"], backend);
+    assert_eq!(health["queue"]["dead_letters"], 0);
+    // No credentials: every bridge is mounted but says it is not configured.
+    for bridge in ["pbx", "wabridges", "bitrix"] {
+        assert_eq!(health["bridges"][bridge]["configured"], false, "{bridge}");
+    }
+}
+
+/// README's run command with no configuration at all: SQLite under ./data, created on first run.
+#[tokio::test]
+async fn runs_with_no_configuration_on_embedded_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = serve(dir.path(), &[]).await;
+    assert!(dir.path().join("data/switchboard.db").exists());
+    let r = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("switchboard_"));
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("SWITCHBOARD_PBX_BASE_URL", "devpbx.example.com")],
+            "SWITCHBOARD_PBX_BASE_URL",
+        ),
+        (
+            &[("SWITCHBOARD_MASTER_KEY", "dG9vIHNob3J0")],
+            "SWITCHBOARD_MASTER_KEY",
+        ),
+        (&[("SWITCHBOARD_LISTEN", "localhost")], "SWITCHBOARD_LISTEN"),
+        (
+            &[("SWITCHBOARD_PBX_TOKEN_TTL_SECS", "soon")],
+            "SWITCHBOARD_PBX_TOKEN_TTL_SECS",
+        ),
+        (
+            &[("SWITCHBOARD_PBX_BASEURL", "http://x")],
+            "SWITCHBOARD_PBX_BASEURL",
+        ),
+        (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+    ];
+    for (env, name) in cases {
+        let out = run(dir.path(), env, &["serve"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(name), "{name} not named in: {stderr}");
+    }
+    std::fs::write(dir.path().join("bad.toml"), "[nonsense]\nkey = 1\n").unwrap();
+    let out = run(dir.path(), &[], &["--config", "bad.toml", "migrate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[nonsense]"));
+}
+
+#[tokio::test]
+async fn credentials_cli_stores_masks_and_survives_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let (old, new) = (generate_master_key(), generate_master_key());
+    let secret = "EAAG-very-secret-access-token";
+
+    let mut set = switchboard(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_MASTER_KEY", &old)],
+    )
+    .args(["credentials", "set", "meta.access_token", "--stdin"])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    use std::io::Write;
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    assert!(set.wait().unwrap().success());
+
+    let list = run(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_MASTER_KEY", &old)],
+        &["credentials", "list"],
+    );
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success());
+    assert!(!text.contains(secret), "secret printed by credentials list");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("meta.access_token"))
+        .unwrap();
+    assert!(row.contains("store") && row.contains("••••••••"), "{row}");
+
+    // New key alone: the stored value is unreadable and the error says what to do.
+    let wrong = run(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_MASTER_KEY", &new)],
+        &["credentials", "list"],
+    );
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("SWITCHBOARD_OLD_MASTER_KEYS"));
+
+    let rotate = run(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &url),
+            ("SWITCHBOARD_MASTER_KEY", &new),
+            ("SWITCHBOARD_OLD_MASTER_KEYS", &old),
+        ],
+        &["keys", "rotate"],
+    );
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let after = run(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_MASTER_KEY", &new)],
+        &["credentials", "list"],
+    );
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+}
+
+#[test]
+fn keys_generate_prints_a_usable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &[], &["keys", "generate"]);
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert!(switchboard_core::credentials::parse_master_key(key.trim()).is_ok());
+}
