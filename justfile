@@ -17,9 +17,11 @@ lint:
 
 # Load harness for SPEC §6; writes bench/results/latest.md.
 bench:
-    @echo "not yet: the load harness lands with the sandbox issue"
+    cargo build --release -p switchboard
+    cargo run --release -p sandbox --bin switchboard-bench
 
 
 # End-to-end demo against the sandbox fakes: no accounts needed.
 demo:
-    @echo "not yet: the demo lands with the sandbox issue"
+    cargo build -p switchboard
+    cargo run -q -p sandbox --bin switchboard-sandbox -- demo

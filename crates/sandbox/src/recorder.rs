@@ -18,6 +18,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// When the fake received it: the benchmark correlates this with when it sent the cause.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -76,6 +78,7 @@ pub async fn record(State(rec): State<Recorder>, req: Request, next: Next) -> Re
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
         body: bytes.clone(),
+        at: std::time::Instant::now(),
     });
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

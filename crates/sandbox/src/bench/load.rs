@@ -1,0 +1,127 @@
+//! Load generation: closed loop (as fast as the server answers, for throughput) and open loop
+//! (a fixed request rate, for latency without coordinated omission). Loopback only, bounded in
+//! count and time.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Builds request number `i` (unique bodies defeat the product's dedupe).
+pub type MakeRequest = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub ok: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Stats {
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[idx.min(v.len() - 1)]
+    }
+
+    pub fn max(&self) -> Duration {
+        self.latencies.iter().copied().max().unwrap_or_default()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("bench client")
+}
+
+/// `concurrency` loops each sending the next request as soon as the previous answered, for
+/// `duration`.
+pub async fn closed_loop(make: MakeRequest, concurrency: usize, duration: Duration) -> Stats {
+    let client = client();
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, make, next, failed) =
+            (client.clone(), make.clone(), next.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match make(&client, i).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap_or_default());
+    }
+    Stats {
+        ok: latencies.len(),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+/// Sends `rate` requests per second for `duration`, each on its own schedule slot, measuring
+/// from the slot's planned start (so a stalled server shows up as latency, not as fewer sends).
+pub async fn open_loop(make: MakeRequest, rate: u64, duration: Duration) -> Stats {
+    let client = client();
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let planned = start + interval * i as u32;
+        tokio::time::sleep_until(planned.into()).await;
+        let (client, make) = (client.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            match make(&client, i).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    Some(planned.elapsed())
+                }
+                _ => None,
+            }
+        }));
+    }
+    let mut stats = Stats::default();
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(l) => stats.latencies.push(l),
+            None => stats.failed += 1,
+        }
+    }
+    stats.ok = stats.latencies.len();
+    stats.elapsed = start.elapsed();
+    stats
+}

@@ -1,0 +1,207 @@
+//! Relay latency, end to end: fake Meta posts a signed webhook → the product persists, acks,
+//! relays → fake Bitrix records `imconnector.send.messages`. Correlated by wamid; the clock is
+//! this process's (both fakes run here).
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sandbox::{
+    bitrix::{BitrixConfig, FakeBitrix},
+    meta::{Customer, FakeMeta, InboundMessage, MetaConfig},
+};
+
+use crate::{Row, ms, process, row, start_product};
+
+const FIGURE: &str =
+    "relay latency, Meta webhook in → Bitrix imconnector.send.messages out (p50 / p99)";
+
+pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let meta_cfg = MetaConfig::default();
+    let meta = FakeMeta::start(meta_cfg.clone()).await;
+    let bitrix_cfg = BitrixConfig::default();
+    let bitrix = FakeBitrix::start(bitrix_cfg.clone()).await;
+    let master_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("SWITCHBOARD_MASTER_KEY".into(), master_key),
+        ("SWITCHBOARD_META_GRAPH_URL".into(), meta.url()),
+        (
+            "SWITCHBOARD_META_GRAPH_VERSION".into(),
+            meta_cfg.graph_version.clone(),
+        ),
+        (
+            "SWITCHBOARD_META_APP_SECRET".into(),
+            meta_cfg.app_secret.clone(),
+        ),
+        (
+            "SWITCHBOARD_META_ACCESS_TOKEN".into(),
+            meta_cfg.access_token.clone(),
+        ),
+        (
+            "SWITCHBOARD_META_PHONE_NUMBER_ID".into(),
+            meta_cfg.phone_number_id.clone(),
+        ),
+        (
+            "SWITCHBOARD_META_VERIFY_TOKEN".into(),
+            "bench-verify".into(),
+        ),
+        ("SWITCHBOARD_BITRIX_PORTAL_URL".into(), bitrix.portal_url()),
+        ("SWITCHBOARD_BITRIX_OAUTH_URL".into(), bitrix.oauth_url()),
+        (
+            "SWITCHBOARD_BITRIX_CLIENT_ID".into(),
+            bitrix_cfg.client_id.clone(),
+        ),
+        (
+            "SWITCHBOARD_BITRIX_CLIENT_SECRET".into(),
+            bitrix_cfg.client_secret.clone(),
+        ),
+        (
+            "SWITCHBOARD_BITRIX_LINE_ID".into(),
+            bitrix_cfg.line_id.to_string(),
+        ),
+    ];
+    let (proc, dir) = start_product(None, &env).await?;
+    env.push(("SWITCHBOARD_PUBLIC_URL".into(), proc.base.clone()));
+
+    let install = bitrix
+        .install_into(&format!("{}/bitrix/install", proc.base))
+        .await;
+    anyhow::ensure!(
+        install.status.is_some_and(|s| (200..300).contains(&s)),
+        "Bitrix install answered {:?}",
+        install.status
+    );
+    for args in [
+        ["bitrix", "register-connector"],
+        ["bitrix", "activate-connector"],
+    ] {
+        let out = Command::new(process::sibling("switchboard"))
+            .current_dir(&dir.0)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`switchboard {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    meta.set_webhook_target(format!("{}/webhook/whatsapp", proc.base));
+
+    // Warm-up message (first lead creation and OAuth use are one-off costs).
+    let warm = meta
+        .webhooks()
+        .send_inbound(
+            &Customer::new("4917600000000", "Warm Up"),
+            InboundMessage::text("hi"),
+        )
+        .await?;
+    wait_for(
+        &bitrix,
+        &warm.wamid,
+        Instant::now(),
+        Duration::from_secs(20),
+    )
+    .await?;
+
+    // 200 messages from 20 returning customers at ~50 per second.
+    let mut sent = Vec::new();
+    for i in 0..200u32 {
+        let customer = Customer::new(
+            format!("49176{:08}", i % 20),
+            format!("Customer {}", i % 20),
+        );
+        let t0 = Instant::now();
+        let d = meta
+            .webhooks()
+            .send_inbound(
+                &customer,
+                InboundMessage::text(format!("bench message {i}")),
+            )
+            .await?;
+        anyhow::ensure!(d.status == 200, "webhook answered {}", d.status);
+        sent.push((d.wamid, t0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::new();
+    for (wamid, t0) in &sent {
+        latencies.push(wait_for(&bitrix, wamid, *t0, Duration::from_secs(30)).await?);
+    }
+    latencies.sort_unstable();
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+
+    // Baseline: the same Bitrix call made directly, without the product in between.
+    let client = crate::load::client();
+    let token = bitrix
+        .current_tokens()
+        .map(|g| g.access_token)
+        .unwrap_or_default();
+    let mut direct = Vec::new();
+    for i in 0..50 {
+        let t0 = Instant::now();
+        let _ = client
+            .post(format!("{}/rest/imconnector.status.json", bitrix.portal_url()))
+            .json(&serde_json::json!({"CONNECTOR": "switchboard_whatsapp", "LINE": bitrix_cfg.line_id, "auth": token, "n": i}))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        direct.push(t0.elapsed());
+    }
+    direct.sort_unstable();
+    rows.push(row(
+        FIGURE,
+        "≤ 20 ms / ≤ 100 ms",
+        format!(
+            "{} / {} (max {}, n={})",
+            ms(p(0.5)),
+            ms(p(0.99)),
+            ms(*latencies.last().unwrap()),
+            latencies.len()
+        ),
+        format!(
+            "one direct Bitrix REST call {}",
+            ms(direct[direct.len() / 2])
+        ),
+        format!(
+            "{:.1}× direct p50",
+            p(0.5).as_secs_f64() / direct[direct.len() / 2].as_secs_f64().max(1e-9)
+        ),
+        Some(p(0.5) <= Duration::from_millis(20) && p(0.99) <= Duration::from_millis(100)),
+    ));
+    drop(proc);
+    Ok(())
+}
+
+/// Time from `t0` until the fake Bitrix recorded a send.messages carrying `wamid`.
+async fn wait_for(
+    bitrix: &FakeBitrix,
+    wamid: &str,
+    t0: Instant,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(r) = bitrix.recorder().all().into_iter().find(|r| {
+            r.path.contains("imconnector.send.messages") && contains(&r.body, wamid.as_bytes())
+        }) {
+            return Ok(r.at.saturating_duration_since(t0));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "message {wamid} never reached Bitrix"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

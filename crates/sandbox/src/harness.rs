@@ -1,0 +1,110 @@
+//! Child processes for the benchmark and the demo: the product binary (run from the same
+//! target folder as the harness) and the bare axum baseline.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child that is killed when dropped, so an aborted run leaves nothing behind.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub start_to_healthy: Duration,
+}
+
+impl Proc {
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sibling binary in the same target folder as this one.
+pub fn sibling(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    me.parent().expect("exe folder").join(name)
+}
+
+/// Starts `cmd` and polls `health_path` until it answers 200; the time includes process start.
+pub async fn start(mut cmd: Command, port: u16, health_path: &str) -> anyhow::Result<Proc> {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}{health_path}");
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut proc = Proc {
+        child,
+        base,
+        start_to_healthy: Duration::ZERO,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status() == 200
+        {
+            proc.start_to_healthy = started.elapsed();
+            return Ok(proc);
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            anyhow::bail!("process exited with {status} before it was healthy");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not healthy after 30 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The product on its own fresh data folder with `env`.
+pub fn switchboard(dir: &Path, port: u16, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(sibling("switchboard"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .arg("serve");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// This harness re-run as a bare axum server answering 200 to everything: the baseline.
+pub fn baseline(port: u16) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.arg("baseline-server").arg(port.to_string());
+    cmd
+}
+
+/// Body of the `baseline-server` subcommand: the cheapest correct HTTP 200 axum can give.
+pub async fn run_baseline_server(port: u16) -> anyhow::Result<()> {
+    use axum::{Router, routing::any};
+    let app = Router::new().fallback(any(|| async { axum::http::StatusCode::OK }));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
