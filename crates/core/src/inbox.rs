@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{
     db::{Db, now_ms},
+    jobs::EnqueueInTx,
     on_pool,
 };
 
@@ -206,16 +207,17 @@ const MAX_BATCH: usize = 256;
 pub struct Inbox {
     db: Db,
     tx: mpsc::Sender<(Incoming, Reply)>,
-    /// Wakes the dispatcher when new rows need handing to the job queue.
+    /// Wakes the dispatcher when replayed rows need handing to the job queue.
     pub(crate) new_work: Arc<Notify>,
 }
 
 impl Inbox {
-    /// Starts the group-commit writer on the current runtime.
-    pub fn start(db: Db) -> Self {
+    /// Starts the group-commit writer on the current runtime. `jobs` is woken after each commit
+    /// that queued work.
+    pub fn start(db: Db, jobs: crate::jobs::Jobs) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let new_work = Arc::new(Notify::new());
-        tokio::spawn(writer(db.clone(), rx, new_work.clone()));
+        tokio::spawn(writer(db.clone(), rx, jobs));
         Self { db, tx, new_work }
     }
 
@@ -423,7 +425,7 @@ impl Inbox {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: Arc<Notify>) {
+async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, jobs: crate::jobs::Jobs) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let items: Vec<Incoming> = batch.iter().map(|(i, _)| i.clone()).collect();
@@ -432,7 +434,7 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: Arc
         match result {
             Ok(outcomes) => {
                 if outcomes.iter().any(|o| matches!(o, Recorded::New(_))) {
-                    new_work.notify_one();
+                    jobs.wake();
                 }
                 for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -457,13 +459,15 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
     on_pool!(db, |p| {
         let mut tx = p.begin().await?;
         let mut out = Vec::with_capacity(items.len());
+        let mut jobs = Vec::new();
         for i in items {
             let now = now_ms();
             let duration = i.started.elapsed().as_millis() as i64;
             let headers = i.headers.to_string();
             let work = i.status == Status::Received;
-            // Rows without work are "dispatched" from birth so recovery never looks at them.
-            let dispatched = if work { None } else { Some(now) };
+            // Work is enqueued in this same transaction, and rows without work need none: either
+            // way the row is dispatched from birth.
+            let dispatched = Some(now);
             let first: Option<(i64,)> = sqlx::query_as(INSERT)
                 .bind(&i.request_id)
                 .bind(&i.source)
@@ -480,7 +484,15 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                 .fetch_optional(&mut *tx)
                 .await?;
             let outcome = match first {
-                Some((id,)) if work => Recorded::New(id),
+                Some((id,)) if work => {
+                    jobs.push(crate::jobs::process_event_job(
+                        id,
+                        &i.source,
+                        &i.request_id,
+                        0,
+                    ));
+                    Recorded::New(id)
+                }
                 Some((id,)) => Recorded::Logged(id),
                 None => {
                     let (id,): (i64,) = sqlx::query_as(INSERT)
@@ -502,6 +514,9 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                 }
             };
             out.push(outcome);
+        }
+        if !jobs.is_empty() {
+            tx.enqueue(jobs).await?;
         }
         tx.commit().await?;
         Ok(out)

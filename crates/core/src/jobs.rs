@@ -141,6 +141,61 @@ pub enum QueueError {
     Db(#[from] sqlx::Error),
 }
 
+/// Writes jobs into the queue inside the caller's transaction, so a row and the job that
+/// processes it are committed together or not at all (the inbox uses this for every new row).
+pub(crate) trait EnqueueInTx {
+    async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error>;
+}
+
+fn task_for(job: &Job, key: String) -> Result<Task<Vec<u8>>, sqlx::Error> {
+    let bytes = serde_json::to_vec(job).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    Ok(TaskBuilder::new(bytes)
+        .max_attempts(MAX_ATTEMPTS)
+        .idempotency_key(key)
+        .build())
+}
+
+impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
+        let tasks = jobs
+            .iter()
+            .map(|(j, k)| task_for(j, k.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        apalis_sqlite::queries::push_tasks(&mut **self, QUEUE, &tasks)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("enqueue: {e}")))
+    }
+}
+
+impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
+        let tasks = jobs
+            .iter()
+            .map(|(j, k)| task_for(j, k.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        apalis_postgres::queries::push_tasks(&mut **self, QUEUE, tasks)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("enqueue: {e}")))
+    }
+}
+
+/// The job that processes inbox row `id` on its `replays`-th dispatch, with its idempotency key.
+pub(crate) fn process_event_job(
+    id: i64,
+    source: &str,
+    request_id: &str,
+    replays: i64,
+) -> (Job, String) {
+    (
+        Job {
+            kind: ProcessEvent::KIND.to_string(),
+            payload: serde_json::json!({ "event_id": id, "source": source }),
+            request_id: request_id.to_string(),
+        },
+        format!("inbox:{id}:{replays}"),
+    )
+}
+
 /// Applies apalis' own migrations without its `setup()`, which would also switch one pooled
 /// SQLite connection to `synchronous = OFF` and so quietly weaken the inbox's durability.
 pub(crate) async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
@@ -203,6 +258,11 @@ impl Jobs {
             wake,
             wake_rx: Arc::new(std::sync::Mutex::new(Some(rx))),
         }
+    }
+
+    /// Wakes this process's workers now (SQLite; PostgreSQL workers hear NOTIFY).
+    pub fn wake(&self) {
+        let _ = self.wake.unbounded_send(());
     }
 
     /// Enqueues a typed job.
@@ -579,9 +639,10 @@ impl JobKind for ProcessEvent {
     const KIND: &'static str = "core.process-event";
 }
 
-/// Hands new inbox rows to the queue as they are committed, and rows a crash left behind at
-/// start and every few seconds. Runs in every process that records or works (serve and
-/// worker); the idempotency key makes a hand-off done twice a no-op.
+/// Hands rows that need (re)processing and have no job yet to the queue: replayed rows, and
+/// rows written before a version that enqueued in the same transaction. New rows get their job
+/// in the inbox's own transaction. Runs in every process that records or works; the
+/// idempotency key makes a hand-off done twice a no-op.
 pub fn spawn_dispatcher(inbox: Inbox, jobs: Jobs) -> tokio::task::JoinHandle<()> {
     tokio::spawn(dispatch_loop(inbox, jobs))
 }

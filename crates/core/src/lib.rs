@@ -62,9 +62,10 @@ impl Core {
 
     pub fn with_db(config: Config, db: Db) -> Self {
         let config = Arc::new(config);
+        let jobs = Jobs::new(db.clone());
         Self {
-            inbox: Inbox::start(db.clone()),
-            jobs: Jobs::new(db.clone()),
+            inbox: Inbox::start(db.clone(), jobs.clone()),
+            jobs,
             settings: Settings::new(db.clone(), config.clone()),
             http: http_client(),
             config,

@@ -53,6 +53,9 @@ async fn fifty_concurrent_duplicates_give_exactly_one_new() {
     let counts = core.inbox.count_by_status().await.unwrap();
     assert_eq!(counts.get("duplicate"), Some(&49));
     assert_eq!(counts.get("received"), Some(&1));
+    // The new row's job was committed with it (no dispatcher is running here); duplicates
+    // queue nothing.
+    assert_eq!(core.jobs.stats().await.unwrap().pending, 1);
     // The same key from another source is a different event.
     assert!(matches!(
         core.inbox
