@@ -189,6 +189,17 @@ where
     })
 }
 
+/// The result of trying to claim a row for processing.
+#[derive(Debug)]
+pub enum Claim {
+    Mine(Box<StoredEvent>),
+    /// Already processed (or gone): a repeated hand-off, nothing to do.
+    Finished,
+    /// Someone holds a live claim — possibly a worker that died mid-job, whose lease must run
+    /// out before the row can be taken over. Try again later; never drop the row.
+    HeldElsewhere,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InboxError {
     #[error("inbox database error: {0}")]
@@ -296,10 +307,8 @@ impl Inbox {
         Ok(rows.into_iter().collect())
     }
 
-    /// Claims row `id` for processing for `lease_ms`. `None` when it is finished or another
-    /// worker holds a live claim — the caller then does nothing, which is what makes a double
-    /// hand-off (crash between enqueue and marking dispatched) harmless.
-    pub async fn claim(&self, id: i64, lease_ms: i64) -> Result<Option<StoredEvent>, InboxError> {
+    /// Claims row `id` for processing for `lease_ms`.
+    pub async fn claim(&self, id: i64, lease_ms: i64) -> Result<Claim, InboxError> {
         let now = now_ms();
         let claimed = on_pool!(&self.db, |p| sqlx::query(
             "UPDATE inbox_events SET claimed_until = $1, attempts = attempts + 1
@@ -312,10 +321,16 @@ impl Inbox {
         .execute(p)
         .await
         .map(|r| r.rows_affected()))?;
-        if claimed == 0 {
-            return Ok(None);
+        if claimed == 1 {
+            return Ok(match self.get(id).await? {
+                Some(ev) => Claim::Mine(Box::new(ev)),
+                None => Claim::Finished,
+            });
         }
-        self.get(id).await
+        Ok(match self.get(id).await? {
+            Some(ev) if ev.status == "received" || ev.status == "failed" => Claim::HeldElsewhere,
+            _ => Claim::Finished,
+        })
     }
 
     /// Records the outcome of processing and releases the claim.

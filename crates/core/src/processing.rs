@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use futures::future::BoxFuture;
 
 use crate::{
-    inbox::{Inbox, Status, StoredEvent},
+    inbox::{Claim, Inbox, Status, StoredEvent},
     jobs::{JobContext, JobError, JobRegistry, ProcessEvent},
 };
 
@@ -56,9 +56,11 @@ impl Processors {
     }
 }
 
-/// How long one attempt may hold a row before another worker may take it over (a worker that
-/// died mid-job must not block the row forever).
-const CLAIM_LEASE_MS: i64 = 5 * 60 * 1000;
+/// How long one attempt may hold a row before another worker may take it over. A worker killed
+/// mid-job leaves its claim behind; its job comes back through apalis' orphan recovery (~15 s)
+/// and must find the lease expired soon after, or the row would wait (regression: issue 9's
+/// kill -9 test lost rows to a 5-minute lease). Processing is a few HTTP calls, well inside it.
+const CLAIM_LEASE_MS: i64 = 30 * 1000;
 
 async fn process_event(
     processors: &Processors,
@@ -67,17 +69,22 @@ async fn process_event(
     ctx: JobContext,
 ) -> Result<(), JobError> {
     let retry = |e: crate::inbox::InboxError| JobError::Retry(e.to_string());
-    let Some(event) = inbox
+    let event = match inbox
         .claim(job.event_id, CLAIM_LEASE_MS)
         .await
         .map_err(retry)?
-    else {
-        // Finished already, or another worker holds it: a repeated hand-off, nothing to do.
-        tracing::debug!(
-            event_id = job.event_id,
-            "event already processed or claimed"
-        );
-        return Ok(());
+    {
+        Claim::Mine(event) => *event,
+        Claim::Finished => {
+            tracing::debug!(event_id = job.event_id, "event already processed");
+            return Ok(());
+        }
+        Claim::HeldElsewhere => {
+            return Err(JobError::Retry(format!(
+                "event {} is claimed by another worker (or one that died); retrying after its lease",
+                job.event_id
+            )));
+        }
     };
     let Some(processor) = processors.by_source.get(&event.source).cloned() else {
         inbox
