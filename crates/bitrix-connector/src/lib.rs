@@ -1,13 +1,38 @@
 //! Bitrix24 connector: relays WhatsApp Cloud API messages into a Bitrix24 Open Channel and
 //! operator replies back. Owns `/webhook/whatsapp`, `/bitrix/*`, `/media/{id}`, the relay jobs
-//! and the Meta and Bitrix clients. Must not depend on another bridge or start workers itself
-//! (the binary does).
+//! and the Meta and Bitrix clients, and the `bitrix …` / `whatsapp …` CLI commands
+//! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
+//! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
+//! binary does). Read `routes.rs`, then `jobs.rs`.
+
+pub mod bbcode;
+pub mod bitrix;
+pub mod commands;
+mod error;
+pub mod events;
+mod inbound;
+pub mod jobs;
+pub mod media;
+pub mod meta;
+pub mod meta_payload;
+mod notes;
+mod outbound;
+pub mod php_form;
+mod reply;
+mod routes;
+mod settings;
+mod signature;
+pub mod store;
 
 use axum::Router;
 use switchboard_core::{
-    Core,
+    Core, JobRegistry,
     ops::{BridgeInfo, Readiness},
+    processing::Processors,
+    scheduler::{Task, When},
 };
+
+pub use error::{Error, fix};
 
 /// Settings without which nothing can be relayed, as (setting key, env name).
 const REQUIRED: &[(&str, &str)] = &[
@@ -21,8 +46,9 @@ const REQUIRED: &[(&str, &str)] = &[
     ("bitrix.line_id", "SWITCHBOARD_BITRIX_LINE_ID"),
 ];
 
-pub fn router(_core: &Core) -> Router {
-    Router::new()
+/// `/webhook/whatsapp`, `/bitrix/install`, `/bitrix/events`, `/media/{id}`.
+pub fn router(core: &Core) -> Router {
+    routes::router(core)
 }
 
 pub fn info(core: &Core) -> BridgeInfo {
@@ -55,14 +81,83 @@ pub fn info(core: &Core) -> BridgeInfo {
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
-pub fn register(
-    _core: &Core,
-    _jobs: &mut switchboard_core::JobRegistry,
-    _processors: &mut switchboard_core::processing::Processors,
-) {
+pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors) {
+    let relay = jobs::Relay {
+        core: core.clone(),
+        bitrix: bitrix::Bitrix::new(core),
+    };
+    let r = relay.clone();
+    processors.register("meta", move |event, ctx| {
+        let r = r.clone();
+        async move { jobs::process_meta_event(&r, event, ctx).await }
+    });
+    let r = relay.clone();
+    jobs.register(move |job: jobs::RelayToBitrix, ctx| {
+        let r = r.clone();
+        async move { jobs::relay_to_bitrix(&r, job, ctx).await }
+    });
+    let r = relay.clone();
+    processors.register("bitrix", move |event, ctx| {
+        let r = r.clone();
+        async move { reply::process_bitrix_event(&r, event, ctx).await }
+    });
+    let r = relay.clone();
+    jobs.register(move |job: reply::RelayToWhatsapp, ctx| {
+        let r = r.clone();
+        async move { reply::relay_to_whatsapp(&r, job, ctx).await }
+    });
+    let r = relay;
+    jobs.register(move |job: jobs::RelayStatusToBitrix, ctx| {
+        let r = r.clone();
+        async move { jobs::relay_status_to_bitrix(&r, job, ctx).await }
+    });
 }
 
+/// Refresh tokens live 180 days (older docs: 28); refreshing when none happened for this long
+/// keeps a quiet install alive without the blind timed refresh Bitrix warns against.
+const KEEP_ALIVE_AFTER_SECS: i64 = 20 * 24 * 3600;
+
 /// This bridge's periodic work (called by the binary).
-pub fn scheduled(_core: &Core) -> Vec<switchboard_core::scheduler::Task> {
-    Vec::new()
+pub fn scheduled(core: &Core) -> Vec<Task> {
+    let db = core.db.clone();
+    let c = core.clone();
+    vec![
+        Task::new(
+            "bitrix.prune-media",
+            When::Every(std::time::Duration::from_secs(3600)),
+            move || {
+                let db = db.clone();
+                async move {
+                    media::prune(&db)
+                        .await
+                        .map(|n| format!("deleted {n} expired media copies"))
+                        .map_err(|e| e.to_string())
+                }
+            },
+        ),
+        Task::new(
+            "bitrix.keep-grant-alive",
+            When::Every(std::time::Duration::from_secs(6 * 3600)),
+            move || {
+                let c = c.clone();
+                async move {
+                    let client = bitrix::Bitrix::new(&c);
+                    let grant = match bitrix::oauth::load(&c).await {
+                        Ok(Some(g)) => g,
+                        Ok(None) => return Ok("not installed; nothing to keep alive".into()),
+                        Err(e) => return Err(e.explained()),
+                    };
+                    if bitrix::oauth::now_secs() - grant.issued_at < KEEP_ALIVE_AFTER_SECS {
+                        return Ok("grant refreshed recently; nothing to do".into());
+                    }
+                    client
+                        .oauth
+                        .refresh_replacing(&grant.access_token)
+                        .await
+                        .map(|_| "grant refreshed to keep the refresh token alive".into())
+                        .map_err(|e| e.explained())
+                }
+            },
+        ),
+    ]
 }

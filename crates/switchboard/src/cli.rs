@@ -52,6 +52,36 @@ enum Command {
     /// The job queue: list jobs and dead letters, retry dead letters.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Bitrix24 connector set-up: register the connector, activate it on an Open Channel.
+    #[command(subcommand)]
+    Bitrix(BitrixCommand),
+    /// WhatsApp Cloud API checks.
+    #[command(subcommand)]
+    Whatsapp(WhatsappCommand),
+}
+
+#[derive(Subcommand)]
+enum BitrixCommand {
+    /// Register the WhatsApp connector in Contact Center and bind OnImConnectorMessageAdd to
+    /// /bitrix/events.
+    RegisterConnector {
+        /// Unregister the connector first.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Connect the registered connector to an Open Channel and verify STATUS/CONFIGURED.
+    /// Required before sending: without it Bitrix answers NOT_ACTIVE_LINE.
+    ActivateConnector {
+        /// Open Channel (LINE) id; default bitrix.line_id.
+        #[arg(long)]
+        line: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WhatsappCommand {
+    /// Probe the Meta phone-number node to confirm the access token works (catches error 190).
+    CheckToken,
 }
 
 #[derive(Subcommand)]
@@ -165,7 +195,27 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Credentials(c) => credentials(config, c).await,
         Command::Events(e) => events(config, e).await,
         Command::Jobs(j) => jobs_command(config, j).await,
+        Command::Bitrix(b) => bitrix_command(config, b).await,
+        Command::Whatsapp(WhatsappCommand::CheckToken) => {
+            let core = start(config).await?;
+            println!("{}", bitrix_connector::commands::check_token(&core).await?);
+            Ok(())
+        }
     }
+}
+
+async fn bitrix_command(config: Config, command: BitrixCommand) -> anyhow::Result<()> {
+    let core = start(config).await?;
+    let report = match command {
+        BitrixCommand::RegisterConnector { fresh } => {
+            bitrix_connector::commands::register_connector(&core, fresh).await?
+        }
+        BitrixCommand::ActivateConnector { line } => {
+            bitrix_connector::commands::activate_connector(&core, line).await?
+        }
+    };
+    println!("{report}");
+    Ok(())
 }
 
 async fn start(config: Config) -> anyhow::Result<Core> {

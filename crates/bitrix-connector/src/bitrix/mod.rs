@@ -1,0 +1,121 @@
+//! Typed client for Bitrix24 REST (protocol §3): JSON calls on the grant's `client_endpoint`,
+//! the OAuth grant handled in `oauth.rs`, the portal's rate limit in `limit.rs`, and every
+//! failure classified in `error.rs`.
+
+mod error;
+pub mod limit;
+pub mod oauth;
+
+pub use error::BitrixError;
+pub use oauth::{Grant, OAuth};
+
+use serde_json::Value;
+use switchboard_core::Core;
+
+#[derive(Clone)]
+pub struct Bitrix {
+    core: Core,
+    pub oauth: OAuth,
+    bucket: limit::Bucket,
+}
+
+impl Bitrix {
+    pub fn new(core: &Core) -> Self {
+        Self {
+            core: core.clone(),
+            oauth: OAuth::new(core),
+            bucket: limit::Bucket::default(),
+        }
+    }
+
+    /// Calls `method` with the stored grant; on `expired_token` refreshes once and repeats
+    /// (protocol §2). Returns the response's `result`.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, BitrixError> {
+        let grant = self.oauth.current().await?;
+        match self.call_with(&grant, method, &params).await {
+            Err(BitrixError::Api { code, .. }) if code == "expired_token" => {
+                let grant = self.oauth.refresh_replacing(&grant.access_token).await?;
+                self.call_with(&grant, method, &params).await
+            }
+            other => other,
+        }
+    }
+
+    /// One call with `grant`, no refresh (install uses it to prove a new grant works).
+    pub async fn call_with(
+        &self,
+        grant: &Grant,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, BitrixError> {
+        self.bucket.acquire().await;
+        let mut body = params.clone();
+        if let Value::Object(m) = &mut body {
+            m.insert("auth".into(), Value::String(grant.access_token.clone()));
+        }
+        let url = format!(
+            "{}/{method}.json",
+            grant.client_endpoint.trim_end_matches('/')
+        );
+        let resp = self
+            .core
+            .http
+            .post(url)
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| BitrixError::Transport(e.without_url().to_string()))?;
+        let http = resp.status().as_u16();
+        let parsed: Option<Value> = resp.json().await.ok();
+        let Some(parsed) = parsed else {
+            return Err(BitrixError::Unavailable { http });
+        };
+        if let Some(code) = parsed.get("error").and_then(Value::as_str) {
+            let err = BitrixError::Api {
+                code: code.to_string(),
+                description: parsed
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                http,
+            };
+            if code == "QUERY_LIMIT_EXCEEDED" {
+                self.bucket.saturate();
+            }
+            tracing::warn!(method, http, code, "Bitrix24 call failed");
+            return Err(err);
+        }
+        if !(200..300).contains(&http) {
+            return Err(BitrixError::Unavailable { http });
+        }
+        Ok(parsed.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// `(connector id, line id)` from settings.
+    pub async fn connector_and_line(&self) -> Result<(String, String), BitrixError> {
+        let connector = crate::settings::required(&self.core, "bitrix.connector_id").await?;
+        let line = crate::settings::required(&self.core, "bitrix.line_id").await?;
+        Ok((connector, line))
+    }
+}
+
+/// Bitrix sends ids as strings or numbers (protocol §3); compare them as text.
+pub fn id_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// PHP booleans: `true`, `"Y"`, `1`, `"1"`, `"true"`.
+pub fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_i64() == Some(1),
+        Some(Value::String(s)) => matches!(s.as_str(), "Y" | "1" | "true" | "TRUE"),
+        _ => false,
+    }
+}

@@ -1,0 +1,191 @@
+//! The Bitrix24 OAuth grant (protocol §2): stored encrypted in the credential store, refreshed
+//! only when it is about to be used and near expiry, or when the portal says `expired_token` —
+//! never on a blind timer, which Bitrix warns can get an app blocked. Refresh tokens rotate, so
+//! refreshes are single-flight in the process and each new grant replaces the old one in one
+//! write; a refresh that loses a race with another process picks up that process's grant.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchboard_core::Core;
+use tokio::sync::Mutex;
+
+use super::BitrixError;
+use crate::settings::{required, required_secret};
+
+/// Name of the encrypted blob holding the grant.
+pub const GRANT_BLOB: &str = "bitrix.grant";
+
+/// Refresh when fewer than this many seconds of access-token life remain.
+const NEAR_EXPIRY_SECS: i64 = 60;
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub member_id: String,
+    /// REST base, `https://<portal>/rest/`.
+    pub client_endpoint: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub application_token: Option<String>,
+    /// Unix seconds of the last refresh or install (the scheduler's once-per-lifetime check).
+    #[serde(default)]
+    pub issued_at: i64,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("member_id", &self.member_id)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn now_secs() -> i64 {
+    switchboard_core::db::now_ms() / 1000
+}
+
+#[derive(Clone)]
+pub struct OAuth {
+    core: Core,
+    refreshing: Arc<Mutex<()>>,
+}
+
+impl OAuth {
+    pub fn new(core: &Core) -> Self {
+        Self {
+            core: core.clone(),
+            refreshing: Arc::default(),
+        }
+    }
+
+    pub async fn load(&self) -> Result<Grant, BitrixError> {
+        load(&self.core).await?.ok_or(BitrixError::NotInstalled)
+    }
+
+    /// The grant to use now, refreshed first if it is about to expire.
+    pub async fn current(&self) -> Result<Grant, BitrixError> {
+        let grant = self.load().await?;
+        if grant.expires_at - now_secs() > NEAR_EXPIRY_SECS {
+            return Ok(grant);
+        }
+        self.refresh_replacing(&grant.access_token).await
+    }
+
+    /// Refreshes unless someone already replaced `stale_access` while we waited for the lock.
+    pub async fn refresh_replacing(&self, stale_access: &str) -> Result<Grant, BitrixError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let stored = self.load().await?;
+        if stored.access_token != stale_access {
+            return Ok(stored);
+        }
+        self.refresh(&stored).await
+    }
+
+    async fn refresh(&self, stored: &Grant) -> Result<Grant, BitrixError> {
+        let oauth_url = required(&self.core, "bitrix.oauth_url").await?;
+        let client_id = required(&self.core, "bitrix.client_id").await?;
+        let secret = required_secret(&self.core, "bitrix.client_secret").await?;
+        let resp = self
+            .core
+            .http
+            .get(format!("{}/oauth/token/", oauth_url.trim_end_matches('/')))
+            .query(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id.as_str()),
+                ("client_secret", secret.expose()),
+                ("refresh_token", stored.refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| BitrixError::Transport(e.without_url().to_string()))?;
+        let http = resp.status().as_u16();
+        let body: Option<Value> = resp.json().await.ok();
+        let Some(body) = body else {
+            return Err(BitrixError::Unavailable { http });
+        };
+        if let Some(code) = body.get("error").and_then(Value::as_str) {
+            // Another process may have rotated the refresh token under us: its grant is stored.
+            if code == "invalid_grant"
+                && let Some(newer) = load(&self.core).await?
+                && newer.refresh_token != stored.refresh_token
+            {
+                return Ok(newer);
+            }
+            tracing::error!(code, "Bitrix24 token refresh refused");
+            return Err(BitrixError::OAuth {
+                code: code.to_string(),
+                description: body
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            });
+        }
+        if !(200..300).contains(&http) {
+            return Err(BitrixError::Unavailable { http });
+        }
+        let grant = grant_from_refresh(&body, stored)?;
+        store(&self.core, &grant).await?;
+        tracing::info!(member_id = %grant.member_id, "Bitrix24 grant refreshed");
+        Ok(grant)
+    }
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn grant_from_refresh(body: &Value, previous: &Grant) -> Result<Grant, BitrixError> {
+    let missing = || BitrixError::Storage("refresh answer lacks access_token/refresh_token".into());
+    let now = now_secs();
+    let expires_in = text(body, "expires_in")
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(3600);
+    Ok(Grant {
+        access_token: text(body, "access_token").ok_or_else(missing)?,
+        refresh_token: text(body, "refresh_token").ok_or_else(missing)?,
+        expires_at: now + expires_in,
+        member_id: text(body, "member_id").unwrap_or_else(|| previous.member_id.clone()),
+        client_endpoint: text(body, "client_endpoint")
+            .unwrap_or_else(|| previous.client_endpoint.clone()),
+        domain: previous.domain.clone(),
+        application_token: previous.application_token.clone(),
+        issued_at: now,
+    })
+}
+
+pub async fn load(core: &Core) -> Result<Option<Grant>, BitrixError> {
+    let Some(raw) = core
+        .settings
+        .get_blob(GRANT_BLOB)
+        .await
+        .map_err(|e| BitrixError::Storage(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(&raw)
+        .map(Some)
+        .map_err(|e| BitrixError::Storage(format!("stored grant does not parse: {e}")))
+}
+
+/// One encrypted write replaces the whole grant, so readers see the old pair or the new one,
+/// never a new access token with a used refresh token.
+pub async fn store(core: &Core, grant: &Grant) -> Result<(), BitrixError> {
+    let raw = serde_json::to_string(grant).map_err(|e| BitrixError::Storage(e.to_string()))?;
+    core.settings
+        .put_blob(GRANT_BLOB, &raw)
+        .await
+        .map_err(|e| BitrixError::Storage(e.to_string()))
+}

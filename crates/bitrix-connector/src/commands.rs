@@ -1,0 +1,195 @@
+//! The connector's CLI commands (SPEC §4), as functions returning the report to print or an
+//! error that carries the seed's fix text. The binary only parses arguments and prints.
+
+use serde_json::{Value, json};
+use switchboard_core::Core;
+
+use crate::{
+    bitrix::{Bitrix, BitrixError, truthy},
+    meta::MetaClient,
+    settings::{public_link, required},
+};
+
+/// A failed command: what went wrong and how to fix it, ready to print.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandFailed(pub String);
+
+impl From<BitrixError> for CommandFailed {
+    fn from(e: BitrixError) -> Self {
+        CommandFailed(e.explained())
+    }
+}
+
+impl From<crate::Error> for CommandFailed {
+    fn from(e: crate::Error) -> Self {
+        CommandFailed(e.to_string())
+    }
+}
+
+/// Shown in Contact Center.
+const CONNECTOR_NAME: &str = "WhatsApp (Switchboard)";
+
+fn icon(color: &str) -> Value {
+    let svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'><circle cx='16' cy='16' r='15' fill='{color}'/><path d='M10 22l1.2-3.6A7 7 0 1 1 14 21z' fill='white'/></svg>"
+    );
+    let encoded: String = svg
+        .bytes()
+        .map(|b| match b {
+            b'<' => "%3C".to_string(),
+            b'>' => "%3E".to_string(),
+            b'#' => "%23".to_string(),
+            b'"' => "%22".to_string(),
+            _ => (b as char).to_string(),
+        })
+        .collect();
+    json!({
+        "DATA_IMAGE": format!("data:image/svg+xml;charset=US-ASCII,{encoded}"),
+        "COLOR": color,
+        "SIZE": "100%",
+        "POSITION": "center",
+    })
+}
+
+/// `switchboard bitrix register-connector [--fresh]`.
+pub async fn register_connector(core: &Core, fresh: bool) -> Result<String, CommandFailed> {
+    let b = Bitrix::new(core);
+    let connector = required(core, "bitrix.connector_id").await?;
+    let mut report = Vec::new();
+    if fresh {
+        let r = b
+            .call("imconnector.unregister", json!({"ID": connector}))
+            .await?;
+        report.push(if truthy(r.get("result")) {
+            format!("unregistered connector {connector}")
+        } else {
+            format!("connector {connector} was not registered; nothing to unregister")
+        });
+    }
+    // Failure comes back inside a 200 `result` (protocol §4); flags as JSON booleans.
+    let r = b
+        .call(
+            "imconnector.register",
+            json!({
+                "ID": connector,
+                "NAME": CONNECTOR_NAME,
+                "ICON": icon("#25D366"),
+                "ICON_DISABLED": icon("#9AA5AD"),
+                "PLACEMENT_HANDLER": public_link(core, crate::routes::BITRIX_INSTALL),
+                "CHAT_GROUP": false,
+            }),
+        )
+        .await?;
+    if !truthy(r.get("result")) {
+        let code = r.get("error").and_then(Value::as_str).unwrap_or("unknown");
+        let why = r
+            .get("error_description")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return Err(CommandFailed(format!(
+            "imconnector.register failed: {code} ({why}). bitrix.connector_id must be [a-z0-9_] without dots."
+        )));
+    }
+    report.push(format!(
+        "registered connector {connector} as \"{CONNECTOR_NAME}\""
+    ));
+    let handler = public_link(core, crate::routes::BITRIX_EVENTS);
+    match b
+        .call(
+            "event.bind",
+            json!({"event": "OnImConnectorMessageAdd", "handler": handler}),
+        )
+        .await
+    {
+        Ok(_) => report.push(format!("bound OnImConnectorMessageAdd → {handler}")),
+        Err(BitrixError::Api { description, .. }) if description.contains("already binded") => {
+            report.push(format!(
+                "OnImConnectorMessageAdd → {handler} was already bound"
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    report.push(
+        "next: Contact Center → the connector → Connect, bind it to an Open Channel, then run \
+         `switchboard bitrix activate-connector --line ID`"
+            .into(),
+    );
+    Ok(report.join("\n"))
+}
+
+/// `switchboard bitrix activate-connector [--line ID]`.
+pub async fn activate_connector(
+    core: &Core,
+    line: Option<String>,
+) -> Result<String, CommandFailed> {
+    let b = Bitrix::new(core);
+    let connector = required(core, "bitrix.connector_id").await?;
+    let configured = crate::settings::optional(core, "bitrix.line_id").await?;
+    let line = match line.or(configured.clone()) {
+        Some(l) => l,
+        None => {
+            return Err(CommandFailed(
+                "no line: pass --line ID or save the Open Channel (LINE) ID as bitrix.line_id"
+                    .into(),
+            ));
+        }
+    };
+    b.call(
+        "imconnector.activate",
+        json!({"CONNECTOR": connector, "LINE": line, "ACTIVE": 1}),
+    )
+    .await?;
+    let url = core.config.public_url().to_string();
+    b.call(
+        "imconnector.connector.data.set",
+        json!({"CONNECTOR": connector, "LINE": line,
+               "DATA": {"ID": connector, "URL": url, "URL_IM": url, "NAME": CONNECTOR_NAME}}),
+    )
+    .await?;
+    let status = b
+        .call(
+            "imconnector.status",
+            json!({"CONNECTOR": connector, "LINE": line}),
+        )
+        .await?;
+    let (active, configured_ok) = (
+        truthy(status.get("STATUS")),
+        truthy(status.get("CONFIGURED")),
+    );
+    if !(active && configured_ok) {
+        return Err(CommandFailed(format!(
+            "connector {connector} on line {line}: STATUS:{active}, CONFIGURED:{configured_ok}. \
+             Check that line {line} exists and the connector is registered (`switchboard bitrix register-connector`)."
+        )));
+    }
+    let mut report =
+        format!("connector {connector} active on line {line}: STATUS:true, CONFIGURED:true");
+    if configured.as_deref() != Some(line.as_str()) {
+        report.push_str(&format!(
+            "\nnote: save {line} as bitrix.line_id (`switchboard credentials set bitrix.line_id {line}`) so relays use this line"
+        ));
+    }
+    Ok(report)
+}
+
+/// `switchboard whatsapp check-token`.
+pub async fn check_token(core: &Core) -> Result<String, CommandFailed> {
+    let meta = MetaClient::from_settings(core).await?;
+    let node = meta
+        .phone_number()
+        .await
+        .map_err(|e| CommandFailed(e.explained()))?;
+    let field = |k: &str| {
+        node.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    Ok(format!(
+        "OK — token is valid.\n{} ({}), quality {}",
+        field("verified_name"),
+        field("display_phone_number"),
+        field("quality_rating")
+    ))
+}

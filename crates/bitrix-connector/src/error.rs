@@ -1,0 +1,67 @@
+//! The crate's one error type for HTTP handlers, and the fix texts of the seed's
+//! troubleshooting table, shared by jobs, logs and the CLI so each problem is explained once.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use switchboard_core::{
+    credentials::CredentialError,
+    http::{error_body, internal_error},
+    inbox::InboxError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SPEC §1.1: a bridge without its settings answers 503 naming the missing one.
+    #[error("{setting} is not configured")]
+    NotConfigured { setting: &'static str },
+    #[error("X-Hub-Signature-256 is missing or does not match the body")]
+    BadSignature,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match &self {
+            Error::NotConfigured { setting } => error_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &self.to_string(),
+                Some(setting),
+            ),
+            Error::BadSignature => error_body(StatusCode::UNAUTHORIZED, &self.to_string(), None),
+            Error::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, m, None),
+            Error::Forbidden(m) => error_body(StatusCode::FORBIDDEN, m, None),
+            Error::NotFound => error_body(StatusCode::NOT_FOUND, "not found", None),
+            _ => internal_error(&self),
+        }
+    }
+}
+
+/// Fix texts from the seed's troubleshooting table, in this product's words.
+pub mod fix {
+    pub const INVALID_TOKEN: &str = "Stored OAuth grant isn't valid for the app/portal (never installed, reinstalled, or placeholder). Re-install the local app in Bitrix24, then retry (`switchboard jobs retry all`).";
+    pub const INVALID_GRANT: &str = "The refresh token is fake, revoked or from another app. Re-install the local app to mint a fresh grant, and confirm bitrix.client_id / bitrix.client_secret match the current app.";
+    pub const NOT_ACTIVE_LINE: &str = "Connector registered but not connected to the line. Run `switchboard bitrix activate-connector`.";
+    pub const NOT_INSTALLED: &str = "No Bitrix24 OAuth grant is stored: install the local application from inside Bitrix24 (install path {public_url}/bitrix/install).";
+    pub const NO_PROVIDER: &str = "The connector is not registered on the portal (or bitrix.connector_id differs). Run `switchboard bitrix register-connector`, then `switchboard bitrix activate-connector`.";
+    pub const SCOPE: &str = "The local application lacks a scope: give it crm, imconnector, imopenlines and im, then re-install it.";
+    pub const WRONG_AUTH_TYPE: &str = "imconnector.* needs the local application's OAuth token, not an inbound webhook: install the local app and let the bridge use its grant.";
+    pub const META_190: &str = "Meta access token invalid or expired. Generate a non-expiring System User token, save it as meta.access_token, and verify with `switchboard whatsapp check-token`.";
+    pub const META_131030: &str = "Using a test number: add the recipient to the allowed list in the Meta app, or move to a production number.";
+    pub const META_131047: &str = "More than 24 hours since the customer's last message: WhatsApp only allows an approved template now. Send one with `/template NAME`, or wait for the customer to write.";
+    pub const APPLICATION_TOKEN: &str = "bitrix.application_token doesn't match the token Bitrix sends. Paste the local app's application token into the form, or clear it to let the bridge bootstrap it from the next event of the installed portal.";
+}

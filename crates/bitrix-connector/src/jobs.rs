@@ -1,0 +1,404 @@
+//! The work behind the routes. A stored Meta POST is split by [`process_meta_event`] into one
+//! job per message and per status, each pushed once under its own key, so one failing message
+//! retries alone and a redelivered or replayed wamid never doubles. Jobs are plain structs;
+//! handlers take the shared [`Relay`] state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_core::{
+    Core, JobContext, JobError, JobKind, inbox::StoredEvent, processing::Outcome,
+};
+
+use crate::{
+    bitrix::{Bitrix, BitrixError, id_text, truthy},
+    inbound::{self, split_name},
+    media::{self, Media},
+    meta::MetaClient,
+    meta_payload::{self, InboundUnit, StatusUnit},
+    settings::public_link,
+    store::{self, LeadClaim},
+};
+
+/// A customer message to put into the Open Channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayToBitrix {
+    pub unit: InboundUnit,
+}
+
+impl JobKind for RelayToBitrix {
+    const KIND: &'static str = "bitrix-connector.relay-to-bitrix";
+}
+
+/// A Meta status of an operator's message, to report to Bitrix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayStatusToBitrix {
+    pub unit: StatusUnit,
+}
+
+impl JobKind for RelayStatusToBitrix {
+    const KIND: &'static str = "bitrix-connector.relay-status-to-bitrix";
+}
+
+/// What every handler needs: the core and one Bitrix client per process (its refresh lock and
+/// rate bucket must be shared by all jobs to mean anything).
+#[derive(Clone)]
+pub struct Relay {
+    pub core: Core,
+    pub bitrix: Bitrix,
+}
+
+fn db_retry(e: sqlx::Error) -> JobError {
+    JobError::Retry(format!("database: {e}"))
+}
+
+fn bitrix_job_error(e: BitrixError) -> JobError {
+    e.into_job_error()
+}
+
+/// Processor of source `meta`: records each unit and pushes its job.
+pub async fn process_meta_event(
+    relay: &Relay,
+    event: StoredEvent,
+    _ctx: JobContext,
+) -> Result<Outcome, JobError> {
+    let db = &relay.core.db;
+    let envelope = meta_payload::parse(&event.body).map_err(JobError::Permanent)?;
+    let units = meta_payload::units(&envelope);
+    for e in &units.errors {
+        tracing::warn!(error = %e, "Meta reported an error not tied to a message");
+    }
+    let total = units.messages.len() + units.statuses.len();
+    let mut fresh = 0;
+    for unit in units.messages {
+        if store::record_inbound(db, &unit.wamid, &unit.customer)
+            .await
+            .map_err(db_retry)?
+        {
+            fresh += 1;
+        }
+        store::record_customer(
+            db,
+            &unit.customer,
+            unit.name.as_deref(),
+            unit.timestamp * 1000,
+        )
+        .await
+        .map_err(db_retry)?;
+        // Pushed even when the wamid was known: the key makes it a no-op, and it covers a crash
+        // between recording the unit and pushing its job.
+        let key = format!("relay:{}", unit.wamid);
+        relay
+            .core
+            .jobs
+            .push_once(&RelayToBitrix { unit }, &event.request_id, &key)
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+    }
+    for unit in units.statuses {
+        if store::record_status(db, &unit.wamid, &unit.status)
+            .await
+            .map_err(db_retry)?
+        {
+            fresh += 1;
+        }
+        let key = format!("status:{}:{}", unit.wamid, unit.status);
+        relay
+            .core
+            .jobs
+            .push_once(&RelayStatusToBitrix { unit }, &event.request_id, &key)
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+    }
+    Ok(match (total, fresh) {
+        (0, _) => Outcome::Skipped("no messages or statuses in this notification".into()),
+        (_, 0) => Outcome::Skipped("duplicate: every message and status was seen before".into()),
+        _ => Outcome::Processed,
+    })
+}
+
+pub async fn relay_to_bitrix(
+    relay: &Relay,
+    job: RelayToBitrix,
+    _ctx: JobContext,
+) -> Result<(), JobError> {
+    let unit = job.unit;
+    let Some(rendered) = inbound::render(&unit.message) else {
+        tracing::info!(wamid = %unit.wamid, "nothing to show an operator; not relayed");
+        return Ok(());
+    };
+    let db = &relay.core.db;
+    let (connector, line) = relay
+        .bitrix
+        .connector_and_line()
+        .await
+        .map_err(bitrix_job_error)?;
+    if !store::is_relayed(db, &unit.wamid).await.map_err(db_retry)? {
+        let mut files = Vec::new();
+        if let Some(m) = &rendered.media {
+            let meta = MetaClient::from_settings(&relay.core)
+                .await
+                .map_err(|e| JobError::Permanent(e.to_string()))?;
+            let (bytes, mime) = meta
+                .download_media(&m.media_id)
+                .await
+                .map_err(|e| e.into_job_error())?;
+            let copy = Media {
+                mime,
+                filename: m.filename.clone(),
+                bytes,
+            };
+            let id = media::put(db, &format!("meta:{}", m.media_id), &copy)
+                .await
+                .map_err(db_retry)?;
+            files.push(json!({"url": public_link(&relay.core, &format!("/media/{id}")), "name": m.filename}));
+        }
+        let item = bitrix_message(&unit, rendered.text.as_deref(), files);
+        let result = relay
+            .bitrix
+            .call(
+                "imconnector.send.messages",
+                json!({"CONNECTOR": connector, "LINE": line, "MESSAGES": [item]}),
+            )
+            .await
+            .map_err(bitrix_job_error)?;
+        let first = result.pointer("/DATA/RESULT/0");
+        if !truthy(result.get("SUCCESS")) || !truthy(first.and_then(|r| r.get("SUCCESS"))) {
+            let errors = first
+                .and_then(|r| r.get("ERRORS"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            return Err(item_failure(&errors));
+        }
+        let chat_id = id_text(first.and_then(|r| r.pointer("/session/CHAT_ID")));
+        store::mark_relayed(db, &unit.wamid, chat_id.as_deref())
+            .await
+            .map_err(db_retry)?;
+        metrics::counter!("switchboard_bitrix_relayed_total", "direction" => "inbound")
+            .increment(1);
+    }
+    ensure_lead(relay, &unit, &line, rendered.text.as_deref())
+        .await
+        .map_err(bitrix_job_error)
+}
+
+/// The `MESSAGES[]` item of protocol §4.1.
+fn bitrix_message(unit: &InboundUnit, text: Option<&str>, files: Vec<Value>) -> Value {
+    let (first, last) = split_name(unit.name.as_deref());
+    let mut user = json!({"id": unit.customer, "skip_phone_validate": "Y"});
+    if !first.is_empty() {
+        user["name"] = json!(first);
+    }
+    if !last.is_empty() {
+        user["last_name"] = json!(last);
+    }
+    if let Some(phone) = phone_of(&unit.customer) {
+        user["phone"] = json!(phone);
+    }
+    let mut message = json!({"id": unit.wamid, "date": unit.timestamp});
+    if let Some(t) = text {
+        message["text"] = json!(t);
+    }
+    if !files.is_empty() {
+        message["files"] = json!(files);
+    }
+    let mut chat = json!({"id": unit.customer});
+    if let Some(n) = &unit.name {
+        chat["name"] = json!(n);
+    }
+    if phone_of(&unit.customer).is_some() {
+        chat["url"] = json!(format!("https://wa.me/{}", unit.customer));
+    }
+    json!({"user": user, "message": message, "chat": chat})
+}
+
+/// `+<digits>` for a wa_id; `None` for a business-scoped user id, which is no phone number.
+fn phone_of(customer: &str) -> Option<String> {
+    (!customer.is_empty() && customer.chars().all(|c| c.is_ascii_digit()))
+        .then(|| format!("+{customer}"))
+}
+
+fn item_failure(errors: &Value) -> JobError {
+    let codes: Vec<String> = errors
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .map(|e| {
+                    format!(
+                        "{} ({})",
+                        e.get("code").and_then(Value::as_str).unwrap_or("?"),
+                        e.get("message").and_then(Value::as_str).unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = format!("Bitrix24 refused the message: {}", codes.join("; "));
+    if codes.iter().any(|c| c.starts_with("NOT_ACTIVE_LINE")) {
+        JobError::Permanent(format!("{text}. {}", crate::error::fix::NOT_ACTIVE_LINE))
+    } else {
+        JobError::Permanent(text)
+    }
+}
+
+/// One CRM lead per new number (protocol §7): the phone's row is claimed first, so concurrent
+/// first messages, replays and other processes can't create a second; the portal is searched
+/// before creating, so a lead whose creation answer was lost is found instead of repeated.
+async fn ensure_lead(
+    relay: &Relay,
+    unit: &InboundUnit,
+    line: &str,
+    first_text: Option<&str>,
+) -> Result<(), BitrixError> {
+    let Some(phone) = phone_of(&unit.customer) else {
+        return Ok(());
+    };
+    let db = &relay.core.db;
+    let storage = |e: sqlx::Error| BitrixError::Storage(e.to_string());
+    match store::claim_lead(db, &phone).await.map_err(storage)? {
+        LeadClaim::Mine => {}
+        LeadClaim::Done(_) | LeadClaim::Busy => return Ok(()),
+    }
+    match find_or_create_lead(relay, unit, &phone, line, first_text).await {
+        Ok(id) => store::finish_lead(db, &phone, &id).await.map_err(storage),
+        Err(e) => {
+            store::release_lead(db, &phone).await.map_err(storage)?;
+            Err(e)
+        }
+    }
+}
+
+async fn find_or_create_lead(
+    relay: &Relay,
+    unit: &InboundUnit,
+    phone: &str,
+    line: &str,
+    first_text: Option<&str>,
+) -> Result<String, BitrixError> {
+    let b = &relay.bitrix;
+    // A line set to create leads itself would give the customer a second one.
+    match b
+        .call("imopenlines.config.get", json!({"CONFIG_ID": line}))
+        .await
+    {
+        Ok(cfg) if truthy(cfg.get("CRM")) && cfg.get("CRM_CREATE") == Some(&json!("lead")) => {
+            return Ok("by-openlines".into());
+        }
+        Ok(_) => {}
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => tracing::warn!(error = %e, "could not read the Open Channel's CRM settings"),
+    }
+    let found = b
+        .call(
+            "crm.duplicate.findbycomm",
+            json!({"type": "PHONE", "values": [phone, unit.customer], "entity_type": "LEAD"}),
+        )
+        .await?;
+    if let Some(id) = id_text(found.pointer("/LEAD/0")) {
+        return Ok(id);
+    }
+    let (first, last) = split_name(unit.name.as_deref());
+    let title = unit.name.clone().unwrap_or_else(|| phone.to_string());
+    let mut fields = json!({
+        "TITLE": format!("WhatsApp: {title}"),
+        "PHONE": [{"VALUE": phone, "VALUE_TYPE": "MOBILE"}],
+        "IM": [{"VALUE": unit.customer, "VALUE_TYPE": "OTHER"}],
+        "SOURCE_ID": "OTHER",
+        "SOURCE_DESCRIPTION": "WhatsApp Cloud API",
+        "STATUS_ID": "NEW",
+        "OPENED": "Y",
+    });
+    if !first.is_empty() {
+        fields["NAME"] = json!(first);
+    }
+    if !last.is_empty() {
+        fields["LAST_NAME"] = json!(last);
+    }
+    if let Some(t) = first_text {
+        fields["COMMENTS"] = json!(format!("First message: {t}"));
+    }
+    let id = b
+        .call(
+            "crm.lead.add",
+            json!({"fields": fields, "params": {"REGISTER_SONET_EVENT": "Y"}}),
+        )
+        .await?;
+    let id = id_text(Some(&id)).unwrap_or_default();
+    tracing::info!(lead_id = %id, "CRM lead created for a new WhatsApp customer");
+    Ok(id)
+}
+
+pub async fn relay_status_to_bitrix(
+    relay: &Relay,
+    job: RelayStatusToBitrix,
+    _ctx: JobContext,
+) -> Result<(), JobError> {
+    let unit = job.unit;
+    let db = &relay.core.db;
+    let Some(row) = store::outbound_by_wamid(db, &unit.wamid)
+        .await
+        .map_err(db_retry)?
+    else {
+        // Not a message this bridge sent for an operator (or sent before the map existed).
+        return Ok(());
+    };
+    let (connector, line) = relay
+        .bitrix
+        .connector_and_line()
+        .await
+        .map_err(bitrix_job_error)?;
+    let item = |with_date: bool| {
+        let mut message = json!({"id": [unit.wamid]});
+        if with_date {
+            message["date"] = json!(crate::bitrix::oauth::now_secs());
+        }
+        json!({
+            "im": {"chat_id": row.bitrix_chat_id, "message_id": row.bitrix_message_id},
+            "message": message,
+            "chat": {"id": row.wa_id},
+        })
+    };
+    let call = |method: &'static str, with_date: bool| {
+        let params = json!({"CONNECTOR": connector, "LINE": line, "MESSAGES": [item(with_date)]});
+        async move { relay.bitrix.call(method, params).await }
+    };
+    match unit.status.as_str() {
+        "delivered" => {
+            call("imconnector.send.status.delivery", true)
+                .await
+                .map_err(bitrix_job_error)?;
+        }
+        "read" => {
+            // `read` may arrive without `delivered` (protocol §2.4); delivery also clears
+            // "sending", so confirm it first when it is still outstanding.
+            if row.state != "delivered" && row.state != "read" {
+                call("imconnector.send.status.delivery", true)
+                    .await
+                    .map_err(bitrix_job_error)?;
+            }
+            call("imconnector.send.status.reading", false)
+                .await
+                .map_err(bitrix_job_error)?;
+        }
+        "failed" => {
+            let code = unit
+                .errors
+                .first()
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_i64);
+            crate::outbound::report_failed_status(relay, &row, code, &unit.errors).await?;
+            return Ok(());
+        }
+        _ => return Ok(()),
+    }
+    if row.state != "failed" && row.state != "blocked_window" {
+        let state = if unit.status == "read" {
+            "read"
+        } else {
+            "delivered"
+        };
+        store::set_outbound(db, &row.bitrix_message_id, state, None, None)
+            .await
+            .map_err(db_retry)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Re-hosted media: Meta's files need the access token and Bitrix's links are short-lived, so
+//! each side gets a copy it can fetch without credentials at `/media/{id}`. The id is 128
+//! random bits (unguessable) and every copy expires.
+
+use rand::RngCore;
+use switchboard_core::{Db, db::now_ms, on_pool};
+
+/// How long a re-hosted copy stays fetchable.
+pub const MEDIA_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct Media {
+    pub mime: String,
+    pub filename: String,
+    pub bytes: Vec<u8>,
+}
+
+fn new_id() -> String {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// Stores `media` once per `source_key` (a retry of the same relay reuses the first copy) and
+/// returns its id.
+pub async fn put(db: &Db, source_key: &str, media: &Media) -> Result<String, sqlx::Error> {
+    let now = now_ms();
+    on_pool!(db, |p| sqlx::query(
+        "INSERT INTO bitrix_media (id, source_key, mime, filename, bytes, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source_key) DO NOTHING"
+    )
+    .bind(new_id())
+    .bind(source_key)
+    .bind(&media.mime)
+    .bind(&media.filename)
+    .bind(&media.bytes)
+    .bind(now)
+    .bind(now + MEDIA_TTL_MS)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    let (id,): (String,) = on_pool!(db, |p| sqlx::query_as(
+        "SELECT id FROM bitrix_media WHERE source_key = $1"
+    )
+    .bind(source_key)
+    .fetch_one(p)
+    .await)?;
+    Ok(id)
+}
+
+/// The copy under `id`, unless it is unknown or expired.
+pub async fn get(db: &Db, id: &str) -> Result<Option<Media>, sqlx::Error> {
+    let row: Option<(String, String, Vec<u8>)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT mime, filename, bytes FROM bitrix_media WHERE id = $1 AND expires_at > $2"
+    )
+    .bind(id)
+    .bind(now_ms())
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.map(|(mime, filename, bytes)| Media {
+        mime,
+        filename,
+        bytes,
+    }))
+}
+
+pub async fn prune(db: &Db) -> Result<u64, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "DELETE FROM bitrix_media WHERE expires_at <= $1"
+    )
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+}
+
+/// Extension for a mime type. WhatsApp photos, voice notes and stickers come without a file
+/// name, and Bitrix decides inline preview by extension (protocol §2.3, §4.1).
+pub fn extension(mime: &str) -> &'static str {
+    let base = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match base.as_str() {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "video/mp4" => "mp4",
+        "video/3gpp" => "3gp",
+        "audio/ogg" => "ogg",
+        "audio/mpeg" => "mp3",
+        "audio/mp4" => "m4a",
+        "audio/aac" => "aac",
+        "audio/amr" => "amr",
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        "application/msword" => "doc",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => "docx",
+        "application/vnd.ms-excel" => "xls",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => "xlsx",
+        "application/vnd.ms-powerpoint" => "ppt",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation" => "pptx",
+        _ => "bin",
+    }
+}
+
+/// A file name safe for a `Content-Disposition` header and a Bitrix file list.
+pub fn safe_filename(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '\\' | '/'))
+        .take(120)
+        .collect();
+    if cleaned.trim().is_empty() {
+        "file".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_128_bit_and_distinct() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(extension("audio/ogg; codecs=opus"), "ogg");
+        assert_eq!(extension("IMAGE/JPEG"), "jpg");
+        assert_eq!(safe_filename("a\"b\r\n/c.pdf"), "abc.pdf");
+        assert_eq!(safe_filename("\n"), "file");
+    }
+}

@@ -1,0 +1,241 @@
+//! Typed client for the Graph API calls this bridge makes (protocol §3, §4, §7). The base URL
+//! and version come from settings, so tests aim it at the sandbox.
+
+use serde_json::Value;
+use switchboard_core::{Core, JobError, Secret};
+
+use crate::{
+    error::fix,
+    media::Media,
+    settings::{optional, required, required_secret},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("Meta Graph API unreachable: {0}")]
+    Transport(String),
+    #[error("Meta error {code}: {message}")]
+    Api {
+        code: i64,
+        http: u16,
+        message: String,
+    },
+    #[error("Meta answered HTTP {http} without an error body")]
+    Http { http: u16 },
+    #[error("Meta answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// Codes Meta documents as transient (protocol §5.2 retry policy).
+const RETRYABLE: &[i64] = &[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057];
+
+impl MetaError {
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            MetaError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The seed's fix for codes an operator can act on.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self.code()? {
+            0 | 190 => Some(fix::META_190),
+            131030 => Some(fix::META_131030),
+            131047 => Some(fix::META_131047),
+            _ => None,
+        }
+    }
+
+    /// The error with its fix, for logs, job errors and the CLI.
+    pub fn explained(&self) -> String {
+        match self.fix() {
+            Some(f) => format!("{self}. {f}"),
+            None => self.to_string(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MetaError::Transport(_) => true,
+            MetaError::Http { http } => *http >= 500 || *http == 429,
+            MetaError::Api { code, http, .. } => {
+                RETRYABLE.contains(code) || (*http >= 500 && !matches!(code, 3 | 131031))
+            }
+            MetaError::Unexpected(_) => false,
+        }
+    }
+
+    pub fn into_job_error(self) -> JobError {
+        if self.is_retryable() {
+            JobError::Retry(self.explained())
+        } else {
+            JobError::Permanent(self.explained())
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetaClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+    phone_number_id: Option<String>,
+}
+
+impl MetaClient {
+    pub async fn from_settings(core: &Core) -> Result<Self, crate::Error> {
+        let url = required(core, "meta.graph_url").await?;
+        let version = required(core, "meta.graph_version").await?;
+        Ok(Self {
+            http: core.http.clone(),
+            base: format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                version.trim_matches('/')
+            ),
+            token: required_secret(core, "meta.access_token").await?,
+            phone_number_id: optional(core, "meta.phone_number_id").await?,
+        })
+    }
+
+    fn phone_number_id(&self) -> Result<&str, MetaError> {
+        self.phone_number_id.as_deref().ok_or_else(|| {
+            MetaError::Unexpected("SWITCHBOARD_META_PHONE_NUMBER_ID is not configured".into())
+        })
+    }
+
+    async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Value, MetaError> {
+        let resp = resp.map_err(|e| MetaError::Transport(e.without_url().to_string()))?;
+        let http = resp.status().as_u16();
+        let body: Option<Value> = resp.json().await.ok();
+        if (200..300).contains(&http) {
+            return body.ok_or_else(|| MetaError::Unexpected("a non-JSON success body".into()));
+        }
+        match body.as_ref().and_then(|b| b.get("error")) {
+            Some(e) => Err(MetaError::Api {
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+                http,
+                message: e
+                    .pointer("/error_data/details")
+                    .or_else(|| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+                    .to_string(),
+            }),
+            None => Err(MetaError::Http { http }),
+        }
+    }
+
+    /// Fetches an inbound media object: the media node gives a short-lived URL, which is then
+    /// downloaded with the same bearer token (protocol §4: both calls need it).
+    pub async fn download_media(&self, media_id: &str) -> Result<(Vec<u8>, String), MetaError> {
+        let node = Self::read(
+            self.http
+                .get(format!("{}/{media_id}", self.base))
+                .bearer_auth(self.token.expose())
+                .send()
+                .await,
+        )
+        .await?;
+        let url = node
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| MetaError::Unexpected("media node without url".into()))?;
+        let mime = node
+            .get("mime_type")
+            .and_then(Value::as_str)
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| MetaError::Transport(e.without_url().to_string()))?;
+        let http = resp.status().as_u16();
+        if !resp.status().is_success() {
+            return Err(if http == 401 {
+                MetaError::Api {
+                    code: 190,
+                    http,
+                    message: "media download refused the access token".into(),
+                }
+            } else {
+                MetaError::Http { http }
+            });
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| MetaError::Transport(e.without_url().to_string()))?;
+        Ok((bytes.to_vec(), mime))
+    }
+
+    /// The phone-number node (protocol §7): proves the token and the id work together.
+    pub async fn phone_number(&self) -> Result<Value, MetaError> {
+        let id = self.phone_number_id()?;
+        Self::read(
+            self.http
+                .get(format!("{}/{id}", self.base))
+                .query(&[(
+                    "fields",
+                    "display_phone_number,verified_name,quality_rating",
+                )])
+                .bearer_auth(self.token.expose())
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// `POST /{phone-number-id}/messages`; returns the new wamid.
+    pub async fn send(&self, body: &Value) -> Result<String, MetaError> {
+        let id = self.phone_number_id()?;
+        let answer = Self::read(
+            self.http
+                .post(format!("{}/{id}/messages", self.base))
+                .bearer_auth(self.token.expose())
+                .json(body)
+                .send()
+                .await,
+        )
+        .await?;
+        answer
+            .pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| MetaError::Unexpected("send answer without messages[0].id".into()))
+    }
+}
+
+/// A re-hostable copy of an inbound media object.
+pub fn media_copy(bytes: Vec<u8>, mime: String, filename: String) -> Media {
+    Media {
+        mime,
+        filename,
+        bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_follows_the_protocol_table() {
+        let api = |code, http| MetaError::Api {
+            code,
+            http,
+            message: String::new(),
+        };
+        assert!(api(130429, 400).is_retryable());
+        assert!(api(131000, 500).is_retryable());
+        assert!(!api(190, 401).is_retryable());
+        assert!(!api(131047, 400).is_retryable());
+        assert!(!api(100, 400).is_retryable());
+        assert!(api(190, 401).explained().contains("check-token"));
+        assert!(MetaError::Transport("x".into()).is_retryable());
+    }
+}

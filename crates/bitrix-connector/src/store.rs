@@ -1,0 +1,275 @@
+//! This bridge's tables (migrations `0003_bitrix.sql`), written once with `$n` placeholders
+//! for both engines. Every "only once" guarantee here rests on a primary key or unique index
+//! and `ON CONFLICT DO NOTHING`, so it holds across worker tasks and across processes.
+
+use switchboard_core::{Db, db::now_ms, on_pool};
+
+/// First sight of an inbound wamid? `false` for a redelivery or replay.
+pub async fn record_inbound(db: &Db, wamid: &str, customer: &str) -> Result<bool, sqlx::Error> {
+    let n = on_pool!(db, |p| sqlx::query(
+        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at) VALUES ($1, $2, $3)
+         ON CONFLICT (wamid) DO NOTHING"
+    )
+    .bind(wamid)
+    .bind(customer)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+pub async fn is_relayed(db: &Db, wamid: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(Option<i64>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT relayed_at FROM bitrix_inbound WHERE wamid = $1"
+    )
+    .bind(wamid)
+    .fetch_optional(p)
+    .await)?;
+    Ok(matches!(row, Some((Some(_),))))
+}
+
+pub async fn mark_relayed(db: &Db, wamid: &str, chat_id: Option<&str>) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE bitrix_inbound SET relayed_at = $1, bitrix_chat_id = $2 WHERE wamid = $3"
+    )
+    .bind(now_ms())
+    .bind(chat_id)
+    .bind(wamid)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Remembers the customer and moves `last_inbound_at` forward only: a late redelivery of an old
+/// message must not shrink the 24-hour window.
+pub async fn record_customer(
+    db: &Db,
+    customer: &str,
+    name: Option<&str>,
+    message_at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| {
+        sqlx::query(
+        "INSERT INTO bitrix_customers (wa_id, name, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (wa_id) DO UPDATE SET
+           name = COALESCE(excluded.name, bitrix_customers.name),
+           last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_customers.last_inbound_at
+                                  THEN excluded.last_inbound_at ELSE bitrix_customers.last_inbound_at END,
+           updated_at = excluded.updated_at"
+    )
+    .bind(customer)
+    .bind(name)
+    .bind(message_at_ms)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// When the customer last wrote (Unix ms of the message timestamp), for the 24-hour guard.
+pub async fn last_inbound_at(db: &Db, customer: &str) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT last_inbound_at FROM bitrix_customers WHERE wa_id = $1"
+    )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.map(|(t,)| t))
+}
+
+/// First sight of this (wamid, status) pair?
+pub async fn record_status(db: &Db, wamid: &str, status: &str) -> Result<bool, sqlx::Error> {
+    let n = on_pool!(db, |p| sqlx::query(
+        "INSERT INTO bitrix_statuses (wamid, status, received_at) VALUES ($1, $2, $3)
+         ON CONFLICT (wamid, status) DO NOTHING"
+    )
+    .bind(wamid)
+    .bind(status)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// Who may create the lead for a phone number.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeadClaim {
+    /// This caller holds the claim and must create (or find) the lead, then `finish_lead`.
+    Mine,
+    /// The lead exists already.
+    Done(String),
+    /// Another worker holds a live claim and is creating it.
+    Busy,
+}
+
+/// A claim older than this belongs to a worker that died mid-way; it may be taken over.
+const STALE_CLAIM_MS: i64 = 5 * 60 * 1000;
+
+pub async fn claim_lead(db: &Db, phone: &str) -> Result<LeadClaim, sqlx::Error> {
+    let now = now_ms();
+    let n = on_pool!(db, |p| {
+        sqlx::query(
+        "INSERT INTO bitrix_leads (phone, claimed_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING"
+    )
+    .bind(phone)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    if n == 1 {
+        return Ok(LeadClaim::Mine);
+    }
+    let row: Option<(Option<String>, i64)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT lead_id, claimed_at FROM bitrix_leads WHERE phone = $1"
+    )
+    .bind(phone)
+    .fetch_optional(p)
+    .await)?;
+    match row {
+        Some((Some(id), _)) => Ok(LeadClaim::Done(id)),
+        Some((None, at)) if at < now - STALE_CLAIM_MS => {
+            let taken = on_pool!(db, |p| sqlx::query(
+                "UPDATE bitrix_leads SET claimed_at = $1
+                 WHERE phone = $2 AND lead_id IS NULL AND claimed_at = $3"
+            )
+            .bind(now)
+            .bind(phone)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+            Ok(if taken == 1 {
+                LeadClaim::Mine
+            } else {
+                LeadClaim::Busy
+            })
+        }
+        Some((None, _)) => Ok(LeadClaim::Busy),
+        // Released between our insert and select: try again next attempt.
+        None => Ok(LeadClaim::Busy),
+    }
+}
+
+pub async fn finish_lead(db: &Db, phone: &str, lead_id: &str) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE bitrix_leads SET lead_id = $1, created_at = $2 WHERE phone = $3"
+    )
+    .bind(lead_id)
+    .bind(now_ms())
+    .bind(phone)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Gives the claim back after a failure so the retry (or another worker) can take it.
+pub async fn release_lead(db: &Db, phone: &str) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "DELETE FROM bitrix_leads WHERE phone = $1 AND lead_id IS NULL"
+    )
+    .bind(phone)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// An operator message relayed to WhatsApp.
+#[derive(Debug, Clone)]
+pub struct OutboundRow {
+    pub bitrix_message_id: String,
+    pub bitrix_chat_id: String,
+    pub wa_id: String,
+    pub wamid: Option<String>,
+    pub state: String,
+}
+
+pub async fn outbound_by_wamid(db: &Db, wamid: &str) -> Result<Option<OutboundRow>, sqlx::Error> {
+    outbound_where(db, "wamid", wamid).await
+}
+
+pub async fn outbound_by_message(
+    db: &Db,
+    bitrix_message_id: &str,
+) -> Result<Option<OutboundRow>, sqlx::Error> {
+    outbound_where(db, "bitrix_message_id", bitrix_message_id).await
+}
+
+async fn outbound_where(
+    db: &Db,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<OutboundRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT bitrix_message_id, bitrix_chat_id, wa_id, wamid, state FROM bitrix_messages WHERE {column} = $1"
+    );
+    let row: Option<(String, String, String, Option<String>, String)> =
+        on_pool!(db, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(value)
+            .fetch_optional(p)
+            .await)?;
+    Ok(row.map(
+        |(bitrix_message_id, bitrix_chat_id, wa_id, wamid, state)| OutboundRow {
+            bitrix_message_id,
+            bitrix_chat_id,
+            wa_id,
+            wamid,
+            state,
+        },
+    ))
+}
+
+/// First sight of an operator message? The row is the outbound dedupe key.
+pub async fn record_outbound(
+    db: &Db,
+    bitrix_message_id: &str,
+    bitrix_chat_id: &str,
+    wa_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let n = on_pool!(db, |p| {
+        sqlx::query(
+        "INSERT INTO bitrix_messages (bitrix_message_id, bitrix_chat_id, wa_id, state, created_at, updated_at)
+         VALUES ($1, $2, $3, 'received', $4, $4) ON CONFLICT (bitrix_message_id) DO NOTHING"
+    )
+    .bind(bitrix_message_id)
+    .bind(bitrix_chat_id)
+    .bind(wa_id)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(n == 1)
+}
+
+pub async fn set_outbound(
+    db: &Db,
+    bitrix_message_id: &str,
+    state: &str,
+    wamid: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| {
+        sqlx::query(
+        "UPDATE bitrix_messages SET state = $1, wamid = COALESCE($2, wamid), error = $3, updated_at = $4
+         WHERE bitrix_message_id = $5"
+    )
+    .bind(state)
+    .bind(wamid)
+    .bind(error)
+    .bind(now_ms())
+    .bind(bitrix_message_id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `TestApp`: the connector's router over a fresh database (SQLite, or PostgreSQL with
+//! `SWITCHBOARD_TEST_DATABASE=postgres`), served on a loopback port, with settings aimed at a
+//! fake Meta and a fake Bitrix24 portal, plus scenario helpers.
+#![allow(dead_code)]
+
+use bitrix_connector::commands;
+use sandbox::{
+    bitrix::{BitrixConfig, ChatMessage, CustomerMessage, FakeBitrix},
+    meta::{FakeMeta, MetaConfig},
+};
+use switchboard_core::{
+    Core, JobRegistry,
+    credentials::generate_master_key,
+    processing::Processors,
+    testing::{TestDb, config},
+};
+
+pub const VERIFY_TOKEN: &str = "verify-me-please";
+pub const ANNA: &str = "4917612345678";
+
+pub struct TestApp {
+    pub core: Core,
+    pub meta: FakeMeta,
+    pub bitrix: FakeBitrix,
+    /// The app's base URL.
+    pub url: String,
+    pub db: TestDb,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(BitrixConfig::default(), &[]).await
+    }
+
+    /// `omit` lists env names to leave unset (to test "not configured").
+    pub async fn start_with(bitrix_cfg: BitrixConfig, omit: &[&str]) -> Self {
+        let meta = FakeMeta::start(MetaConfig::default()).await;
+        let bitrix = FakeBitrix::start(bitrix_cfg).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mc = meta.config().clone();
+        let bc = bitrix.config();
+        let key = generate_master_key();
+        let pairs: Vec<(&str, String)> = vec![
+            ("SWITCHBOARD_PUBLIC_URL", url.clone()),
+            ("SWITCHBOARD_MASTER_KEY", key),
+            ("SWITCHBOARD_META_GRAPH_URL", meta.url()),
+            ("SWITCHBOARD_META_APP_SECRET", mc.app_secret.clone()),
+            ("SWITCHBOARD_META_ACCESS_TOKEN", mc.access_token.clone()),
+            (
+                "SWITCHBOARD_META_PHONE_NUMBER_ID",
+                mc.phone_number_id.clone(),
+            ),
+            ("SWITCHBOARD_META_VERIFY_TOKEN", VERIFY_TOKEN.to_string()),
+            ("SWITCHBOARD_BITRIX_PORTAL_URL", bitrix.portal_url()),
+            ("SWITCHBOARD_BITRIX_OAUTH_URL", bitrix.oauth_url()),
+            ("SWITCHBOARD_BITRIX_CLIENT_ID", bc.client_id.clone()),
+            ("SWITCHBOARD_BITRIX_CLIENT_SECRET", bc.client_secret.clone()),
+            ("SWITCHBOARD_BITRIX_LINE_ID", bc.line_id.to_string()),
+        ];
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .filter(|(k, _)| !omit.contains(k))
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let db = TestDb::new().await;
+        let core = db.core(config(&pairs));
+        let app = bitrix_connector::router(&core);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        meta.set_webhook_target(format!("{url}/webhook/whatsapp"));
+        Self {
+            core,
+            meta,
+            bitrix,
+            url,
+            db,
+            server,
+        }
+    }
+
+    /// Job handlers and processors as the binary registers them.
+    pub fn registry(&self) -> JobRegistry {
+        let mut registry = JobRegistry::default();
+        let mut processors = Processors::default();
+        bitrix_connector::register(&self.core, &mut registry, &mut processors);
+        processors.install(self.core.inbox.clone(), &mut registry);
+        registry
+    }
+
+    pub async fn install(&self) {
+        let out = self
+            .bitrix
+            .install_into(&format!("{}/bitrix/install", self.url))
+            .await;
+        assert_eq!(out.status, Some(200), "install answered: {}", out.body);
+    }
+
+    pub async fn register_connector(&self) {
+        commands::register_connector(&self.core, false)
+            .await
+            .expect("register-connector");
+    }
+
+    /// Installed, registered and activated on the line: ready to relay.
+    pub async fn ready(&self) {
+        self.install().await;
+        self.register_connector().await;
+        let report = commands::activate_connector(&self.core, None)
+            .await
+            .expect("activate-connector");
+        assert!(report.contains("STATUS:true, CONFIGURED:true"), "{report}");
+    }
+
+    pub fn customer_messages(&self, wa_id: &str) -> Vec<CustomerMessage> {
+        self.bitrix
+            .messages_in_chat(wa_id)
+            .into_iter()
+            .filter_map(|m| match m {
+                ChatMessage::Customer(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Dead letters' errors, newest first.
+    pub async fn dead_letters(&self) -> Vec<String> {
+        self.core
+            .jobs
+            .list(true, 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.last_error.unwrap_or_default())
+            .collect()
+    }
+
+    /// Inbox rows not yet finished, plus queued or running jobs.
+    pub async fn idle(&self) -> bool {
+        let counts = self.core.inbox.count_by_status().await.unwrap();
+        let stats = self.core.jobs.stats().await.unwrap();
+        counts.get("received").copied().unwrap_or(0) == 0
+            && stats.pending == 0
+            && stats.running == 0
+    }
+
+    pub async fn post_raw(&self, body: &[u8], signature: Option<String>) -> reqwest::Response {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/webhook/whatsapp", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        req.send().await.unwrap()
+    }
+}
