@@ -24,7 +24,9 @@ fn forward_config(dir: &std::path::Path, subscriber: &str) -> String {
 #[tokio::test]
 async fn two_workers_on_postgres_run_every_job_exactly_once() {
     if !wants_postgres() {
-        eprintln!("SQLite run: multi-process scale-out needs PostgreSQL; covered by the PostgreSQL pass");
+        eprintln!(
+            "SQLite run: multi-process scale-out needs PostgreSQL; covered by the PostgreSQL pass"
+        );
         return;
     }
     const N: usize = 1000;
@@ -66,14 +68,19 @@ async fn two_workers_on_postgres_run_every_job_exactly_once() {
 
     let w1 = spawn(dir.path(), "worker1", &["worker"], &env);
     let w2 = spawn(dir.path(), "worker2", &["worker"], &env);
-    eventually("all 1,000 events forwarded", 120, || async { subscriber.counts().0 == N }).await;
+    eventually("all 1,000 events forwarded", 120, || async {
+        subscriber.counts().0 == N
+    })
+    .await;
     eventually("queue drained", 60, || async {
         let h = health(&web).await;
         h["queue"]["depth"] == 0 && h["queue"]["running"] == 0
     })
     .await;
     let (distinct, total) = subscriber.counts();
-    println!("scale-out: {N} webhooks → {distinct} distinct forwards, {total} deliveries, 2 workers");
+    println!(
+        "scale-out: {N} webhooks → {distinct} distinct forwards, {total} deliveries, 2 workers"
+    );
     assert_eq!(subscriber.duplicates(), vec![], "a job ran twice");
     assert_eq!((distinct, total), (N, N));
     assert_eq!(health(&web).await["queue"]["dead_letters"], 0);

@@ -16,7 +16,11 @@ use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCod
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `switchboard` process, killed (SIGKILL) when dropped.
@@ -78,7 +82,11 @@ pub async fn healthy(p: &Proc) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "not healthy; log:\n{}", p.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "not healthy; log:\n{}",
+            p.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
