@@ -28,7 +28,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    } else {
+        println!("\n{n}. {text}");
+    }
 }
 
 async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
@@ -214,11 +219,15 @@ async fn demo() -> anyhow::Result<()> {
     );
 
     step(6, "Where to look");
-    println!("   {base}/health                    readiness JSON");
-    println!("   {base}/setup?token={admin}       setup checklist");
-    println!("   {base}/admin/events?token={admin} audit log (replay from here)");
-    println!("   {base}/admin/jobs?token={admin}   queue and dead letters");
-    println!("   {base}/metrics                   Prometheus metrics");
+    for (path, what) in [
+        ("/health".to_string(), "readiness JSON"),
+        (format!("/setup?token={admin}"), "setup checklist"),
+        (format!("/admin/events?token={admin}"), "audit log (replay from here)"),
+        (format!("/admin/jobs?token={admin}"), "queue and dead letters"),
+        ("/metrics".to_string(), "Prometheus metrics"),
+    ] {
+        println!("   {:<62} {what}", format!("{base}{path}"));
+    }
     println!("\nDemo finished; the product and the fakes stop now.");
     drop(product);
     let _ = std::fs::remove_dir_all(&dir);
