@@ -1,7 +1,7 @@
 //! Switchboard core: everything the three bridges share and nothing specific to any of them —
 //! configuration, the database and its migrations, the webhook inbox/audit log with dedupe,
 //! the durable job queue, the encrypted credential store, metrics, tracing, the JSON error
-//! shape and the operations routes (`/health`, `/metrics`).
+//! shape and the operations surface (`/health`, `/metrics` and the operator pages).
 //!
 //! Must not name a bridge, a bridge's route or a bridge's payload: bridges describe themselves
 //! to core through [`ops::BridgeInfo`] and register their work through [`jobs::JobRegistry`]

@@ -222,8 +222,14 @@ async fn demo() -> anyhow::Result<()> {
     for (path, what) in [
         ("/health".to_string(), "readiness JSON"),
         (format!("/setup?token={admin}"), "setup checklist"),
-        (format!("/admin/events?token={admin}"), "audit log (replay from here)"),
-        (format!("/admin/jobs?token={admin}"), "queue and dead letters"),
+        (
+            format!("/admin/events?token={admin}"),
+            "audit log (replay from here)",
+        ),
+        (
+            format!("/admin/jobs?token={admin}"),
+            "queue and dead letters",
+        ),
         ("/metrics".to_string(), "Prometheus metrics"),
     ] {
         println!("   {:<62} {what}", format!("{base}{path}"));

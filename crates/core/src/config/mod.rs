@@ -382,7 +382,9 @@ fn is_http_url(v: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
-fn check_kind(s: &Setting, raw: &str) -> Result<(), String> {
+/// Checks a raw value against its setting's [`Kind`]; the message says what is wrong without
+/// naming the setting (callers add that). Used at load and by the admin form.
+pub fn check_kind(s: &Setting, raw: &str) -> Result<(), String> {
     if raw.trim().is_empty() {
         return Ok(());
     }

@@ -1,15 +1,34 @@
-//! Operations routes every deployment has: `/health` for monitors and load balancers,
-//! `/metrics` for Prometheus. Bridges appear here only as [`BridgeInfo`] values the binary
-//! passes in.
+//! The operations surface (SPEC §1.5): `/health` and `/metrics` for machines, and the operator
+//! pages — `/` landing, `/docs`, `/setup`, `/admin/credentials`, `/admin/events`,
+//! `/admin/jobs` — for people. Bridges appear here only as [`BridgeInfo`] values the binary
+//! passes in; core names no bridge.
+//!
+//! Pages are server-rendered HTML (maud) with one stylesheet and no JavaScript. `/setup` and
+//! `/admin/*` are gated by `SWITCHBOARD_ADMIN_TOKEN` through a session cookie and every POST
+//! carries a CSRF token (`session.rs`). Read the route table in [`router`], then the page
+//! modules in the same order.
 
-use std::sync::Arc;
+mod credentials_form;
+mod docs_page;
+mod events_page;
+mod jobs_page;
+mod landing;
+mod layout;
+pub mod redact;
+mod session;
+mod setup;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -25,6 +44,27 @@ pub struct Readiness {
 
 pub type ReadinessFn = Arc<dyn Fn() -> BoxFuture<'static, Readiness> + Send + Sync>;
 
+/// One row of the `/setup` checklist: what is checked, whether it holds, and what the operator
+/// does when it doesn't (shown only on a failing row, so write it as an instruction).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub label: String,
+    pub ok: bool,
+    pub fix: String,
+}
+
+impl Check {
+    pub fn new(label: impl Into<String>, ok: bool, fix: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            ok,
+            fix: fix.into(),
+        }
+    }
+}
+
+pub type ChecksFn = Arc<dyn Fn() -> BoxFuture<'static, Vec<Check>> + Send + Sync>;
+
 /// How a bridge describes itself to the ops pages.
 #[derive(Clone)]
 pub struct BridgeInfo {
@@ -32,6 +72,7 @@ pub struct BridgeInfo {
     pub title: &'static str,
     pub routes: &'static [&'static str],
     pub readiness: ReadinessFn,
+    checks: Option<ChecksFn>,
 }
 
 impl BridgeInfo {
@@ -54,7 +95,95 @@ impl BridgeInfo {
                 let r = readiness.clone();
                 Box::pin(async move { r().await })
             }),
+            checks: None,
         }
+    }
+
+    /// Adds the bridge's own rows to the `/setup` checklist, shown under its title after the
+    /// row core derives from [`Readiness`] ("configured", with the missing settings as the fix).
+    /// `f` runs on every `/setup` view, so it should answer in well under a second: wrap a
+    /// live probe (a call to Meta or Bitrix24) in a [`ProbeCache`]. A row's `fix` is the
+    /// instruction shown when `ok` is false — name the command, the setting or the page, e.g.
+    ///
+    /// ```ignore
+    /// let probe = ProbeCache::new(Duration::from_secs(60));
+    /// BridgeInfo::new("bitrix", "Bitrix24 connector", ROUTES, readiness).with_checks(move || {
+    ///     let (settings, probe) = (settings.clone(), probe.clone());
+    ///     async move {
+    ///         let token = settings.get("meta.access_token").await.ok().flatten();
+    ///         vec![
+    ///             Check::new("Webhook verify token set", has_verify_token,
+    ///                 "Set Webhook Verify Token in /admin/credentials and type the same string in Meta's webhook settings."),
+    ///             probe.get_or_probe(token.as_deref().unwrap_or("").as_bytes(), meta_token_check(token)).await,
+    ///         ]
+    ///     }
+    /// })
+    /// ```
+    ///
+    /// A check must never put a secret in `label` or `fix`. Without this call a bridge shows
+    /// only its readiness row.
+    pub fn with_checks<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Check>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.checks = Some(Arc::new(move || {
+            let f = f.clone();
+            Box::pin(async move { f().await })
+        }));
+        self
+    }
+
+    /// The bridge's own checklist rows (none unless it called [`BridgeInfo::with_checks`]).
+    pub async fn checks(&self) -> Vec<Check> {
+        match &self.checks {
+            Some(f) => f().await,
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Caches one live probe's [`Check`] for a short time, keyed by a fingerprint of what it
+/// probed (e.g. the token), so `/setup` doesn't call an outside API on every view, a changed
+/// credential is probed again at once, and concurrent views share one probe.
+#[derive(Clone)]
+pub struct ProbeCache {
+    ttl: Duration,
+    slot: Arc<tokio::sync::Mutex<Option<CachedProbe>>>,
+}
+
+/// When the probe ran, the hash of what it probed, and its result.
+type CachedProbe = (Instant, [u8; 32], Check);
+
+impl ProbeCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            slot: Arc::default(),
+        }
+    }
+
+    /// The cached result for `fingerprint` if fresh, else the result of `probe` (awaited while
+    /// holding the slot, which is what makes concurrent views share it). The fingerprint is
+    /// hashed before it is kept, so a token passed here is not held in memory longer.
+    pub async fn get_or_probe(
+        &self,
+        fingerprint: &[u8],
+        probe: impl Future<Output = Check>,
+    ) -> Check {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(fingerprint).into();
+        let mut slot = self.slot.lock().await;
+        if let Some((at, k, check)) = slot.as_ref()
+            && *k == key
+            && at.elapsed() < self.ttl
+        {
+            return check.clone();
+        }
+        let check = probe.await;
+        *slot = Some((Instant::now(), key, check.clone()));
+        check
     }
 }
 
@@ -64,10 +193,25 @@ struct OpsState {
     bridges: Arc<Vec<BridgeInfo>>,
 }
 
+/// Every ops route. The binary merges this with the bridges' routers.
 pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/", get(landing::show_landing))
+        .route("/docs", get(docs_page::show_docs_index))
+        .route("/docs/{name}", get(docs_page::show_doc))
+        .route(layout::STYLESHEET_PATH, get(layout::stylesheet))
+        .route("/setup", get(setup::show_setup))
+        .route("/admin", get(|| async { session::see_other("/setup") }))
+        .route(
+            "/admin/credentials",
+            get(credentials_form::show_credentials).post(credentials_form::save_credentials),
+        )
+        .route("/admin/events", get(events_page::show_events))
+        .route("/admin/events/replay", post(events_page::replay_event))
+        .route("/admin/jobs", get(jobs_page::show_jobs))
+        .route("/admin/jobs/retry", post(jobs_page::retry_jobs))
         .with_state(OpsState {
             core: core.clone(),
             bridges: Arc::new(bridges),

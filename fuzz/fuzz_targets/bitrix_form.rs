@@ -1,0 +1,10 @@
+//! Bitrix events are PHP-style nested form keys; hostile nesting or encoding must not panic
+//! or blow up memory.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let value = bitrix_connector::php_form::parse(data);
+    let _ = bitrix_connector::php_form::text(&value, &["data", "MESSAGES", "0", "message", "text"]);
+    let _ = bitrix_connector::php_form::items(value.get("data").and_then(|d| d.get("MESSAGES")));
+});
