@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 use axum::Router;
 use switchboard_core::{
     Core,
-    ops::{BridgeInfo, Readiness},
+    ops::{BridgeInfo, Check, ProbeCache, Readiness},
 };
 
 pub use error::Error;
@@ -50,6 +50,8 @@ pub fn router(core: &Core) -> Router {
 }
 
 pub fn info(core: &Core) -> BridgeInfo {
+    let probe_core = core.clone();
+    let probes = ProbeCache::new(Duration::from_secs(30));
     let core = core.clone();
     BridgeInfo::new(
         "pbx",
@@ -69,6 +71,43 @@ pub fn info(core: &Core) -> BridgeInfo {
             }
         },
     )
+    .with_checks(move || {
+        let (core, probes) = (probe_core.clone(), probes.clone());
+        async move {
+            let Some(base) = core.config.get("pbx.base_url").map(str::to_string) else {
+                return Vec::new();
+            };
+            let probe = reachable(core.http.clone(), base.clone());
+            vec![probes.get_or_probe(base.as_bytes(), probe).await]
+        }
+    })
+}
+
+/// Any HTTP answer from the PBX base URL counts as reachable: the probe has no org
+/// credentials, so it can only tell whether something answers there.
+async fn reachable(http: reqwest::Client, base: String) -> Check {
+    const LABEL: &str = "PBX base URL reachable";
+    match http.get(&base).timeout(Duration::from_secs(5)).send().await {
+        Ok(r) => Check::new(
+            LABEL,
+            true,
+            format!("{base} answered {}", r.status().as_u16()),
+        ),
+        Err(e) => Check::new(
+            LABEL,
+            false,
+            format!(
+                "{base} did not answer ({}). Check SWITCHBOARD_PBX_BASE_URL and that this host can reach the PBX.",
+                if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection refused or DNS failure"
+                } else {
+                    "request failed"
+                }
+            ),
+        ),
+    }
 }
 
 /// The PBX bridge has no jobs or inbox processors: it answers MSG91 synchronously.

@@ -746,3 +746,26 @@ async fn a_logged_run_shows_the_seed_lines_but_never_the_secret_or_a_token() {
         assert!(!text.contains(&leak), "log contains {leak:?}:\n{text}");
     }
 }
+
+/// `/setup` shows whether the PBX answers at all, with a fix when it doesn't.
+#[tokio::test]
+async fn setup_row_says_whether_the_pbx_is_reachable() {
+    let pbx = FakePbx::start().await;
+    let db = TestDb::new().await;
+    let up = db.core(config(&[("SWITCHBOARD_PBX_BASE_URL", &pbx.url())]));
+    let checks = pbx_bridge::info(&up).checks().await;
+    assert_eq!(checks.len(), 1);
+    assert!(checks[0].ok, "{:?}", checks[0].fix);
+
+    let down = db.core(config(&[(
+        "SWITCHBOARD_PBX_BASE_URL",
+        &FakePbx::unreachable_url(),
+    )]));
+    let checks = pbx_bridge::info(&down).checks().await;
+    assert!(!checks[0].ok);
+    assert!(
+        checks[0].fix.contains("SWITCHBOARD_PBX_BASE_URL"),
+        "{}",
+        checks[0].fix
+    );
+}
