@@ -371,3 +371,23 @@ async fn replay_reprocesses_and_prune_keeps_unfinished_rows() {
     assert_eq!(ids, vec![pending]);
     assert_eq!(core.inbox.replay(&ids).await.unwrap(), 1);
 }
+
+/// `/health` is what load balancers and monitors read: 503 as soon as the database is gone.
+#[tokio::test]
+async fn health_is_503_when_the_database_is_unreachable() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let app = switchboard_core::ops::router(&core, Vec::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ok = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    core.db.close().await;
+    let down = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(down.status(), 503);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["database"]["reachable"], false);
+}
