@@ -147,28 +147,36 @@ fn plain(nodes: &[Node]) -> String {
         .iter()
         .map(|n| match n {
             Node::Text(t) => t.clone(),
-            Node::Tag { name, children, .. } if name == "br" => {
-                let _ = children;
-                "\n".to_string()
-            }
+            Node::Tag { name, .. } if name == "br" => "\n".to_string(),
             Node::Tag { children, .. } => plain(children),
         })
         .collect()
 }
 
-/// `*x*` with the markers hugging the text (WhatsApp ignores `* x *`).
-fn wrap(inner: String, marker: &str) -> String {
-    let trimmed = inner.trim();
-    if trimmed.is_empty() {
-        return inner;
-    }
-    let start = inner.len() - inner.trim_start().len();
-    let end = start + trimmed.len();
-    format!(
-        "{}{marker}{trimmed}{marker}{}",
-        &inner[..start],
-        &inner[end..]
-    )
+/// `*x*` with the markers hugging the text of each line: WhatsApp ignores `* x *` and never
+/// carries a marker across a line break. A quote prefix stays in front of the marker.
+fn wrap(inner: &str, marker: &str) -> String {
+    inner
+        .split('\n')
+        .map(|line| {
+            let (prefix, body) = match line.strip_prefix("> ") {
+                Some(rest) => ("> ", rest),
+                None => ("", line),
+            };
+            let trimmed = body.trim();
+            if trimmed.is_empty() {
+                return line.to_string();
+            }
+            let start = body.len() - body.trim_start().len();
+            let end = start + trimmed.len();
+            format!(
+                "{prefix}{}{marker}{trimmed}{marker}{}",
+                &body[..start],
+                &body[end..]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn render(nodes: &[Node], active: Active) -> String {
@@ -180,7 +188,14 @@ fn render(nodes: &[Node], active: Active) -> String {
                 name,
                 arg,
                 children,
-            } => out.push_str(&render_tag(name, arg.as_deref(), children, active)),
+            } => {
+                // A quote is whole lines: `> ` only counts at the start of one.
+                if name == "quote" && !out.is_empty() && !out.ends_with('\n') {
+                    out.truncate(out.trim_end_matches([' ', '\t']).len());
+                    out.push('\n');
+                }
+                out.push_str(&render_tag(name, arg.as_deref(), children, active));
+            }
         }
     }
     out
@@ -190,7 +205,7 @@ fn render_tag(name: &str, arg: Option<&str>, children: &[Node], active: Active) 
     match name {
         "br" => "\n".into(),
         "b" if !active.bold => wrap(
-            render(
+            &render(
                 children,
                 Active {
                     bold: true,
@@ -200,7 +215,7 @@ fn render_tag(name: &str, arg: Option<&str>, children: &[Node], active: Active) 
             "*",
         ),
         "i" if !active.italic => wrap(
-            render(
+            &render(
                 children,
                 Active {
                     italic: true,
@@ -210,7 +225,7 @@ fn render_tag(name: &str, arg: Option<&str>, children: &[Node], active: Active) 
             "_",
         ),
         "s" if !active.strike => wrap(
-            render(
+            &render(
                 children,
                 Active {
                     strike: true,
@@ -219,6 +234,7 @@ fn render_tag(name: &str, arg: Option<&str>, children: &[Node], active: Active) 
             ),
             "~",
         ),
+        // Monospace shows markup literally, so the inner tags lose their meaning, not their text.
         "code" => {
             let raw = decode_entities(&plain(children));
             if raw.trim().is_empty() {
@@ -227,46 +243,140 @@ fn render_tag(name: &str, arg: Option<&str>, children: &[Node], active: Active) 
                 format!("```{raw}```")
             }
         }
-        "quote" => {
-            let inner = render(children, active);
-            let lines: Vec<String> = inner
-                .trim_matches('\n')
-                .lines()
-                .map(|l| format!("> {l}"))
-                .collect();
-            format!("{}\n", lines.join("\n"))
-        }
+        "quote" => quote_lines(render(children, active).trim_matches('\n')) + "\n",
         "url" => {
             let text = render(children, active);
-            match arg.filter(|a| !a.is_empty()) {
-                Some(url) if text.trim().is_empty() || text.trim() == url => url.to_string(),
+            match arg
+                .map(|a| decode_entities(a.trim()))
+                .filter(|a| !a.is_empty())
+            {
+                Some(url) if text.trim().is_empty() || text.trim() == url => url,
                 Some(url) => format!("{text} ({url})"),
-                None => text,
+                None => text.trim().to_string(),
             }
         }
+        // `[img size=…]URL [/img]`: the picture can't be inlined, its address can.
+        "img" => decode_entities(plain(children).trim()),
         n if DROPPED.contains(&n) => String::new(),
         "*" => "\n• ".into(),
-        // Mentions, colours, sizes, images (their URL is the text) and unknown tags.
+        // Mentions (`user`, `chat`, `send`, `put`, `call`, `context`), colours, sizes and
+        // unknown tags: their text is what the customer should read.
         _ => render(children, active),
     }
 }
 
+/// `> ` before every line (WhatsApp's quote).
+fn quote_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|l| {
+            if l.trim().is_empty() {
+                ">".to_string()
+            } else {
+                format!("> {l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A line of six or more dashes: Bitrix frames a quoted message between two of them.
+fn is_quote_rule(line: &str) -> bool {
+    let t = line.trim();
+    t.len() >= 6 && t.bytes().all(|b| b == b'-')
+}
+
+/// Bitrix's plain-text quotes (protocol §6): `>>line`, and a block framed by `------` lines,
+/// become `> ` lines. Text inside a ``` block is left as typed; an unclosed frame is kept,
+/// since a lone dashed line is just a separator.
+fn plain_quotes(text: &str) -> String {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut in_code = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let fences = line.matches("```").count();
+        if !in_code && is_quote_rule(line) {
+            let close = lines[i + 1..]
+                .iter()
+                .position(|l| is_quote_rule(l) || l.contains("```"))
+                .map(|p| i + 1 + p)
+                .filter(|&c| is_quote_rule(lines[c]));
+            if let Some(close) = close {
+                out.push(quote_lines(&lines[i + 1..close].join("\n")));
+                i = close + 1;
+                continue;
+            }
+        }
+        match line.strip_prefix(">>") {
+            Some(rest) if !in_code => out.push(format!("> {}", rest.trim_start())),
+            _ => out.push(line.to_string()),
+        }
+        if fences % 2 == 1 {
+            in_code = !in_code;
+        }
+        i += 1;
+    }
+    out.join("\n")
+}
+
+/// HTML entities Bitrix may leave in message text, decoded in one pass (so `&amp;lt;` is `&lt;`).
 fn decode_entities(s: &str) -> String {
     if !s.contains('&') {
         return s.to_string();
     }
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&nbsp;", " ")
-        .replace("&amp;", "&")
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let entity = rest[1..]
+            .find(';')
+            .filter(|&n| n <= 10)
+            .and_then(|n| entity_char(&rest[1..1 + n]).map(|c| (c, n + 2)));
+        match entity {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn entity_char(name: &str) -> Option<char> {
+    let numeric = |digits: &str, radix| {
+        u32::from_str_radix(digits, radix)
+            .ok()
+            .and_then(char::from_u32)
+            .filter(|c| *c != '\0')
+    };
+    match name {
+        "amp" => Some('&'),
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        "nbsp" => Some(' '),
+        n => match n.strip_prefix('#') {
+            Some(hex) if hex.starts_with(['x', 'X']) => numeric(&hex[1..], 16),
+            Some(dec) if !dec.is_empty() && dec.bytes().all(|b| b.is_ascii_digit()) => {
+                numeric(dec, 10)
+            }
+            _ => None,
+        },
+    }
 }
 
 /// Bitrix BBCode → WhatsApp text.
 pub fn to_whatsapp(bbcode: &str) -> String {
     let text = render(&parse(bbcode), Active::default());
-    text.trim_end().to_string()
+    plain_quotes(&text).trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -313,6 +423,95 @@ mod tests {
     }
 
     #[test]
+    fn emphasis_markers_hug_the_text_on_every_line() {
+        assert_eq!(to_whatsapp("a [b] bold [/b] b"), "a  *bold*  b");
+        assert_eq!(to_whatsapp("[i]one\ntwo[/i]"), "_one_\n_two_");
+        assert_eq!(to_whatsapp("[s]x[br][br]y[/s]"), "~x~\n\n~y~");
+        assert_eq!(to_whatsapp("[b][/b]x"), "x");
+        assert_eq!(to_whatsapp("[b][quote]q[/quote][/b]"), "> *q*");
+    }
+
+    #[test]
+    fn every_tag_of_the_protocol_table() {
+        // Case-insensitive names, arguments quoted or not.
+        assert_eq!(to_whatsapp("[I]x[/i] [S]y[/S]"), "_x_ ~y~");
+        assert_eq!(to_whatsapp("[U]u[/U][size=20]big[/size]"), "ubig");
+        assert_eq!(
+            to_whatsapp("[URL=\"https://x.io/?a=1&amp;b=2\"]site[/URL]"),
+            "site (https://x.io/?a=1&b=2)"
+        );
+        assert_eq!(to_whatsapp("[url=https://x.io][/url]"), "https://x.io");
+        assert_eq!(to_whatsapp("[CODE]a &lt; b[/CODE]"), "```a < b```");
+        assert_eq!(to_whatsapp("[code] [/code]x"), " x");
+        assert_eq!(
+            to_whatsapp("[QUOTE]Anna: hi[br]there[/QUOTE]ok"),
+            "> Anna: hi\n> there\nok"
+        );
+        assert_eq!(
+            to_whatsapp("[quote]a[quote]b[/quote][/quote]"),
+            "> a\n> > b"
+        );
+        assert_eq!(
+            to_whatsapp("as you said [quote]x[/quote]"),
+            "as you said\n> x"
+        );
+        for tag in ["user", "chat", "send", "put", "call", "context"] {
+            assert_eq!(to_whatsapp(&format!("[{tag}=7]T[/{tag}]!")), "T!", "{tag}");
+        }
+        assert_eq!(
+            to_whatsapp("see [img size=200]https://p.x/a.png [/img]"),
+            "see https://p.x/a.png"
+        );
+        assert_eq!(
+            to_whatsapp(
+                "a[icon=https://i.x/i.png size=15][timestamp=1700000000][like][dislike][disk=12]b"
+            ),
+            "ab"
+        );
+        assert_eq!(to_whatsapp("[list][*]one[*]two[/list]"), "\n• one\n• two");
+        assert_eq!(to_whatsapp("[foo=bar]kept[/foo]"), "kept");
+    }
+
+    #[test]
+    fn html_entities_are_decoded_once() {
+        assert_eq!(
+            to_whatsapp("&lt;b&gt; &quot;q&quot; &#39;a&apos;"),
+            "<b> \"q\" 'a'"
+        );
+        assert_eq!(to_whatsapp("&#8364;5 &#x1F44D;"), "€5 👍");
+        assert_eq!(to_whatsapp("&amp;lt; stays &lt;"), "&lt; stays <");
+        assert_eq!(
+            to_whatsapp("AT&T &unknown; &#0; &#xZZ; &"),
+            "AT&T &unknown; &#0; &#xZZ; &"
+        );
+    }
+
+    #[test]
+    fn plain_text_quotes_become_whatsapp_quotes() {
+        assert_eq!(
+            to_whatsapp(">>quoted line\nanswer"),
+            "> quoted line\nanswer"
+        );
+        assert_eq!(to_whatsapp(">> a[br]>>b"), "> a\n> b");
+        let block = "------------------------------------------------------\n\
+                     Anna Schmidt [10.01.2025 12:00]\n\
+                     Where is my order?\n\
+                     ------------------------------------------------------\n\
+                     It ships today.";
+        assert_eq!(
+            to_whatsapp(block),
+            "> Anna Schmidt [10.01.2025 12:00]\n> Where is my order?\nIt ships today."
+        );
+        // A lone rule is a separator, and code is shown as typed.
+        assert_eq!(to_whatsapp("a\n------\nb"), "a\n------\nb");
+        assert_eq!(to_whatsapp("[code]>>x[/code]"), "```>>x```");
+        assert_eq!(
+            to_whatsapp("[code]x\n------\ny\n------[/code]"),
+            "```x\n------\ny\n------```"
+        );
+    }
+
+    #[test]
     fn malformed_markup_keeps_the_text() {
         assert_eq!(to_whatsapp("[b]never closed"), "never closed");
         assert_eq!(to_whatsapp("stray[/b] close"), "stray close");
@@ -336,6 +535,8 @@ mod tests {
         ("[url=https://e.x]", "[/url]"),
         ("[color=#123]", "[/color]"),
         ("[foo]", "[/foo]"),
+        ("[CONTEXT=chat1/5]", "[/CONTEXT]"),
+        ("[send=/x]", "[/send]"),
     ];
 
     /// Random nesting of tags around words; `break_markup` drops some closing tags and adds

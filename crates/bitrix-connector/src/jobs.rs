@@ -334,20 +334,49 @@ pub async fn relay_status_to_bitrix(
 ) -> Result<(), JobError> {
     let unit = job.unit;
     let db = &relay.core.db;
-    let Some(row) = store::outbound_by_wamid(db, &unit.wamid)
+    let mut found = store::outbound_by_wamid(db, &unit.wamid)
         .await
-        .map_err(db_retry)?
-    else {
+        .map_err(db_retry)?;
+    if found.is_none()
+        && let Some((message_id, part)) = unit
+            .callback_data
+            .as_deref()
+            .and_then(crate::reply::parse_callback_data)
+    {
+        // Meta's status overtook the send job's record of this part: record it from here.
+        if store::outbound_by_message(db, message_id)
+            .await
+            .map_err(db_retry)?
+            .is_some()
+        {
+            store::record_part(db, message_id, part, &unit.wamid)
+                .await
+                .map_err(db_retry)?;
+            found = store::outbound_by_wamid(db, &unit.wamid)
+                .await
+                .map_err(db_retry)?;
+        }
+    }
+    let Some(row) = found else {
         // Not a message this bridge sent for an operator (or sent before the map existed).
         return Ok(());
     };
+    if row.state == "received" && unit.status != "failed" {
+        // The reply's send job is still at work (a later part pending or retrying): it
+        // confirms delivery with every part's wamid when done, and `read` changes nothing in
+        // Bitrix (protocol §5.2). Reporting now would mark it delivered with a partial id list.
+        return Ok(());
+    }
     let (connector, line) = relay
         .bitrix
         .connector_and_line()
         .await
         .map_err(bitrix_job_error)?;
+    // All of the message's wamids, not just this part's: Bitrix replaces the message's
+    // CONNECTOR_MID with what it is given.
+    let wamids = store::wamids_of(db, &row).await.map_err(db_retry)?;
     let item = |with_date: bool| {
-        let mut message = json!({"id": [unit.wamid]});
+        let mut message = json!({"id": wamids});
         if with_date {
             message["date"] = json!(crate::bitrix::oauth::now_secs());
         }

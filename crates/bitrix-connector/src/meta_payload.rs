@@ -84,6 +84,9 @@ pub struct StatusUnit {
     pub status: String,
     pub recipient: String,
     pub errors: Vec<Value>,
+    /// `biz_opaque_callback_data` echoed from the send: which operator message and part.
+    #[serde(default)]
+    pub callback_data: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +171,7 @@ pub fn units(env: &Envelope) -> Units {
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default(),
+                callback_data: str_of(s, "biz_opaque_callback_data"),
             });
         }
         out.errors.extend(v.errors.iter().cloned());

@@ -7,18 +7,25 @@ use switchboard_core::JobError;
 
 use crate::{error::fix, jobs::Relay, notes, store};
 
-/// The operator-facing explanation of a Meta error code.
+/// The operator-facing explanation of a Meta error code. For the codes with a known fix the
+/// note is the same whether Meta refused the send or reported it `failed` later (their
+/// wording differs; the detail goes to the log and the stored error instead).
 pub fn note_for(code: Option<i64>, detail: &str) -> String {
-    let fix_text = match code {
-        Some(131047) => fix::META_131047,
-        Some(190) | Some(0) => fix::META_190,
-        Some(131030) => fix::META_131030,
-        _ => {
-            "Check the bridge's dead letters (`switchboard jobs list --dead`) and retry after fixing the cause."
-        }
+    let known = match code {
+        Some(131047) => Some(fix::META_131047),
+        Some(190) | Some(0) => Some(fix::META_190),
+        Some(131030) => Some(fix::META_131030),
+        _ => None,
     };
-    let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-    format!("⚠ WhatsApp did not deliver this reply (Meta error {code}: {detail}). {fix_text}")
+    let code_text = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    match known {
+        Some(fix_text) => {
+            format!("⚠ WhatsApp did not deliver this reply (Meta error {code_text}). {fix_text}")
+        }
+        None => format!(
+            "⚠ WhatsApp did not deliver this reply (Meta error {code_text}: {detail}). Check the bridge's dead letters (`switchboard jobs list --dead`) and retry after fixing the cause."
+        ),
+    }
 }
 
 /// A `failed` status for an operator's message: mark it, and tell the operator once.

@@ -35,15 +35,19 @@ fn retry_db(e: sqlx::Error) -> JobError {
     JobError::Retry(format!("database: {e}"))
 }
 
-/// `/template NAME` asks for a configured approved template (it may be sent outside the window).
-fn template_command(text: &str) -> Option<&str> {
+/// `/template NAME` on the reply's last line asks for a configured approved template, which may
+/// be sent outside the window. The last line, because the operator signature prefix
+/// (`[b]Name:[/b][br]`) may come first.
+fn template_command(text: &str) -> Option<String> {
     let plain = bbcode::to_whatsapp(text);
     let line = plain.lines().rev().find(|l| !l.trim().is_empty())?.trim();
-    let name = line.strip_prefix("/template")?.trim();
-    (!name.is_empty()).then_some(name).map(|n| {
-        let start = text.find(n).unwrap_or(0);
-        &text[start..start + n.len()]
-    })
+    let name = line.strip_prefix("/template")?;
+    // `/templates` or `/templateX` is not the command.
+    if !name.is_empty() && !name.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 pub async fn process_bitrix_event(
@@ -141,68 +145,156 @@ pub async fn relay_to_whatsapp(
     else {
         return Ok(());
     };
-    let wamid = match (row.state.as_str(), row.wamid.clone()) {
-        ("sent", Some(w)) => w,
-        ("received", _) => send(relay, &m, &row).await?,
+    match row.state.as_str() {
+        "received" => match send(relay, &m, &row).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                // 131047 refused at once is settled like the window guard: blocked_window and
+                // the operator's note, nothing a retry or a dead letter could fix.
+                let now = store::outbound_by_message(db, &m.message_id)
+                    .await
+                    .map_err(retry_db)?;
+                if now.is_some_and(|r| r.state == "blocked_window") {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        },
+        // Sent, but Bitrix was not told yet (it failed, or the worker died in between).
+        "sent" => {}
         _ => return Ok(()),
-    };
-    confirm_delivery(relay, &m, &wamid).await
+    }
+    let row = store::outbound_by_message(db, &m.message_id)
+        .await
+        .map_err(retry_db)?
+        .unwrap_or(row);
+    let wamids = store::wamids_of(db, &row).await.map_err(retry_db)?;
+    confirm_delivery(relay, &m, &wamids).await
 }
 
-/// Sends the reply; on a Meta refusal the operator gets a note and the job ends or retries.
+/// One send to Meta: `part` 0 is text on its own (or the template), `n` the n-th file.
+struct Part {
+    index: i64,
+    body: Value,
+}
+
+/// Sends the reply's parts that Meta has not accepted yet, recording each as it is accepted,
+/// so a retry after a failed later part never repeats an earlier one. `false` when nothing
+/// was sent because the operator asked for a template that is not configured.
 async fn send(
     relay: &Relay,
     m: &OperatorMessage,
     row: &store::OutboundRow,
-) -> Result<String, JobError> {
+) -> Result<bool, JobError> {
     let db = &relay.core.db;
     let meta = MetaClient::from_settings(&relay.core)
         .await
         .map_err(|e| JobError::Permanent(e.to_string()))?;
-    let bodies = match template_command(&m.text) {
-        Some(name) => match template_body(relay, m, name) {
-            Some(b) => vec![b],
+    let done: Vec<i64> = store::sent_parts(db, &m.message_id)
+        .await
+        .map_err(retry_db)?
+        .into_iter()
+        .map(|(part, _)| part)
+        .collect();
+    let mut sender = PartSender {
+        relay,
+        meta: &meta,
+        m,
+        row,
+        done: &done,
+    };
+    match template_command(&m.text) {
+        Some(name) => match template_body(relay, m, &name).await? {
+            Some(body) => sender.send(Part { index: 0, body }).await?,
             None => {
-                let names: Vec<&str> = relay
-                    .core
-                    .config
-                    .bitrix_templates
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect();
-                let note = format!(
-                    "⚠ No template named \"{name}\" is configured. Configured: {}.",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                );
-                notes::post(&relay.bitrix, &m.chat_id, &note)
-                    .await
-                    .map_err(|e| e.into_job_error())?;
-                store::set_outbound(db, &m.message_id, "failed", None, Some(&note))
-                    .await
-                    .map_err(retry_db)?;
-                return Err(JobError::Permanent(note));
+                unknown_template(relay, m, &name).await?;
+                return Ok(false);
             }
         },
-        None => content_bodies(relay, m).await?,
-    };
-    let mut last = None;
-    for body in bodies {
-        match meta.send(&body).await {
-            Ok(w) => last = Some(w),
-            Err(e) => return Err(refused(relay, row, e).await),
-        }
+        None => send_content(relay, m, &mut sender).await?,
     }
-    let wamid =
-        last.ok_or_else(|| JobError::Permanent("an empty reply: nothing to send".into()))?;
-    store::set_outbound(db, &m.message_id, "sent", Some(&wamid), None)
+    let first = store::sent_parts(db, &m.message_id)
+        .await
+        .map_err(retry_db)?
+        .into_iter()
+        .next()
+        .map(|(_, w)| w)
+        .ok_or_else(|| JobError::Permanent("an empty reply: nothing to send".into()))?;
+    store::set_outbound(db, &m.message_id, "sent", Some(&first), None)
         .await
         .map_err(retry_db)?;
     metrics::counter!("switchboard_bitrix_relayed_total", "direction" => "outbound").increment(1);
-    Ok(wamid)
+    Ok(true)
+}
+
+struct PartSender<'a> {
+    relay: &'a Relay,
+    meta: &'a MetaClient,
+    m: &'a OperatorMessage,
+    row: &'a store::OutboundRow,
+    done: &'a [i64],
+}
+
+impl PartSender<'_> {
+    fn is_done(&self, index: i64) -> bool {
+        self.done.contains(&index)
+    }
+
+    async fn send(&mut self, part: Part) -> Result<(), JobError> {
+        if self.is_done(part.index) {
+            return Ok(());
+        }
+        let mut body = part.body;
+        body["biz_opaque_callback_data"] = json!(callback_data(&self.m.message_id, part.index));
+        match self.meta.send(&body).await {
+            Ok(wamid) => {
+                store::record_part(&self.relay.core.db, &self.m.message_id, part.index, &wamid)
+                    .await
+                    .map_err(retry_db)
+            }
+            Err(e) => Err(refused(self.relay, self.row, e).await),
+        }
+    }
+}
+
+/// Echoed by Meta in every status of the part, so a status that arrives before the send job
+/// recorded the part's wamid still finds its message.
+fn callback_data(bitrix_message_id: &str, part: i64) -> String {
+    format!("bitrix:{bitrix_message_id}:{part}")
+}
+
+/// The (Bitrix message id, part) of [`callback_data`].
+pub(crate) fn parse_callback_data(data: &str) -> Option<(&str, i64)> {
+    let (id, part) = data.strip_prefix("bitrix:")?.rsplit_once(':')?;
+    Some((id, part.parse().ok()?)).filter(|(id, _)| !id.is_empty())
+}
+
+/// The operator typed a template name that is not in `[[bitrix.templates]]`: nothing is sent,
+/// and the note lists what is configured. Not a dead letter: there is nothing to retry.
+async fn unknown_template(relay: &Relay, m: &OperatorMessage, name: &str) -> Result<(), JobError> {
+    let names: Vec<&str> = relay
+        .core
+        .config
+        .bitrix_templates
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let note = format!(
+        "⚠ Not sent: no template named \"{name}\" is configured. Configured templates: {}.",
+        if names.is_empty() {
+            "none (add them as [[bitrix.templates]] in the config file)".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    tracing::warn!(bitrix_message_id = %m.message_id, template = name, "unknown template requested");
+    notes::post(&relay.bitrix, &m.chat_id, &note)
+        .await
+        .map_err(|e| e.into_job_error())?;
+    store::set_outbound(&relay.core.db, &m.message_id, "failed", None, Some(&note))
+        .await
+        .map_err(retry_db)
 }
 
 async fn refused(relay: &Relay, row: &store::OutboundRow, e: MetaError) -> JobError {
@@ -214,107 +306,151 @@ async fn refused(relay: &Relay, row: &store::OutboundRow, e: MetaError) -> JobEr
     if let Err(je) = outbound::report_failed_status(relay, row, e.code(), &errors).await {
         return je;
     }
-    if e.code() == Some(131047) {
-        // Not a fault of the bridge: recorded as blocked_window, the operator has the note.
-        return JobError::Permanent(e.explained());
-    }
+    // Terminal: a dead letter carrying the fix (131047, now blocked_window, is settled by the
+    // caller instead).
     JobError::Permanent(e.explained())
 }
 
-fn template_body(relay: &Relay, m: &OperatorMessage, name: &str) -> Option<Value> {
-    let t = relay
+/// The configured template, its `{name}` parameters filled with the customer's name.
+async fn template_body(
+    relay: &Relay,
+    m: &OperatorMessage,
+    name: &str,
+) -> Result<Option<Value>, JobError> {
+    let Some(t) = relay
         .core
         .config
         .bitrix_templates
         .iter()
-        .find(|t| t.name == name)?;
+        .find(|t| t.name.eq_ignore_ascii_case(name))
+    else {
+        return Ok(None);
+    };
     let mut template = json!({"name": t.name, "language": {"code": t.language}});
     if !t.body_parameters.is_empty() {
+        let customer = store::customer_name(&relay.core.db, &m.customer)
+            .await
+            .map_err(retry_db)?
+            .unwrap_or_else(|| m.customer.clone());
         let params: Vec<Value> = t
             .body_parameters
             .iter()
-            .map(|p| json!({"type": "text", "text": p}))
+            .map(|p| json!({"type": "text", "text": p.replace("{name}", &customer)}))
             .collect();
         template["components"] = json!([{"type": "body", "parameters": params}]);
     }
-    Some(
+    Ok(Some(
         json!({"messaging_product": "whatsapp", "recipient_type": "individual",
                 "to": m.customer, "type": "template", "template": template}),
-    )
+    ))
 }
 
-/// Text, or one media send per file with the text as the first file's caption.
-async fn content_bodies(relay: &Relay, m: &OperatorMessage) -> Result<Vec<Value>, JobError> {
+/// Text alone (part 0), or one media send per file (part n+1) with the text as the first
+/// file's caption; audio takes no caption, so then the text goes first on its own.
+async fn send_content(
+    relay: &Relay,
+    m: &OperatorMessage,
+    sender: &mut PartSender<'_>,
+) -> Result<(), JobError> {
     let text = bbcode::to_whatsapp(&m.text);
     let base =
         json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": m.customer});
-    let mut out = Vec::new();
-    for (n, f) in m.files.iter().enumerate() {
-        let link = f.link.split('#').next().unwrap_or(&f.link);
-        let resp = relay.core.http.get(link).send().await.map_err(|e| {
-            JobError::Retry(format!(
-                "downloading the Bitrix file failed: {}",
-                e.without_url()
-            ))
-        })?;
-        if !resp.status().is_success() {
-            return Err(JobError::Retry(format!(
-                "Bitrix file link answered HTTP {}",
-                resp.status()
-            )));
-        }
-        let mime = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .filter(|c| !c.starts_with("application/octet-stream"))
-            .map(str::to_string)
-            .unwrap_or_else(|| mime_from_name(&f.name).to_string());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| JobError::Retry(e.to_string()))?;
-        let copy = Media {
-            mime: mime.clone(),
-            filename: media::safe_filename(&f.name),
-            bytes: bytes.to_vec(),
-        };
-        let id = media::put(
-            &relay.core.db,
-            &format!("bitrix:{}:{n}", m.message_id),
-            &copy,
-        )
-        .await
-        .map_err(retry_db)?;
-        let kind = media_type(&f.kind, &mime);
-        let mut obj = json!({"link": public_link(&relay.core, &format!("/media/{id}"))});
-        if n == 0 && !text.is_empty() && kind != "audio" {
-            obj["caption"] = json!(text);
-        }
-        if kind == "document" {
-            obj["filename"] = json!(copy.filename);
-        }
+    let text_body = || {
         let mut body = base.clone();
-        body["type"] = json!(kind);
-        body[kind] = obj;
-        out.push(body);
-    }
-    if out.is_empty() || (!text.is_empty() && out.first().is_some_and(|b| b["type"] == "audio")) {
+        body["type"] = json!("text");
+        body["text"] = json!({"preview_url": false, "body": text});
+        Part { index: 0, body }
+    };
+    if m.files.is_empty() {
         if text.is_empty() {
             return Err(JobError::Permanent(
                 "an empty reply: nothing to send".into(),
             ));
         }
-        let mut body = base;
-        body["type"] = json!("text");
-        body["text"] = json!({"preview_url": false, "body": text});
-        out.insert(0, body);
+        return sender.send(text_body()).await;
     }
-    Ok(out)
+    for (n, f) in m.files.iter().enumerate() {
+        let index = n as i64 + 1;
+        // Sent before: skip the download too. (If the first file is done and part 0 is not,
+        // the text went as its caption.)
+        if sender.is_done(index) {
+            continue;
+        }
+        let (kind, mut obj, filename) = fetch_file(relay, m, n, f).await?;
+        if n == 0 && !text.is_empty() {
+            if kind == "audio" {
+                sender.send(text_body()).await?;
+            } else if !sender.is_done(0) {
+                obj["caption"] = json!(text);
+            }
+        }
+        if kind == "document" {
+            obj["filename"] = json!(filename);
+        }
+        let mut body = base.clone();
+        body["type"] = json!(kind);
+        body[kind] = obj;
+        sender.send(Part { index, body }).await?;
+    }
+    Ok(())
 }
 
-/// Without this the operator sees the reply stuck as "sending" (protocol §5.2).
-async fn confirm_delivery(relay: &Relay, m: &OperatorMessage, wamid: &str) -> Result<(), JobError> {
+/// Downloads a Bitrix file and re-hosts it under `/media/…` for Meta to fetch: (Graph media
+/// type, media object with the link, safe file name).
+async fn fetch_file(
+    relay: &Relay,
+    m: &OperatorMessage,
+    n: usize,
+    f: &crate::events::OperatorFile,
+) -> Result<(&'static str, Value, String), JobError> {
+    // `#img.jpg` marks images in the event; it is no part of the address (protocol §5.2).
+    let link = f.link.split('#').next().unwrap_or(&f.link);
+    let resp = relay.core.http.get(link).send().await.map_err(|e| {
+        JobError::Retry(format!(
+            "downloading the Bitrix file failed: {}",
+            e.without_url()
+        ))
+    })?;
+    if !resp.status().is_success() {
+        return Err(JobError::Retry(format!(
+            "Bitrix file link answered HTTP {}",
+            resp.status()
+        )));
+    }
+    let mime = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.starts_with("application/octet-stream"))
+        .map(str::to_string)
+        .unwrap_or_else(|| mime_from_name(&f.name).to_string());
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+    let copy = Media {
+        mime: mime.clone(),
+        filename: media::safe_filename(&f.name),
+        bytes: bytes.to_vec(),
+    };
+    let id = media::put(
+        &relay.core.db,
+        &format!("bitrix:{}:{n}", m.message_id),
+        &copy,
+    )
+    .await
+    .map_err(retry_db)?;
+    let obj = json!({"link": public_link(&relay.core, &format!("/media/{id}"))});
+    Ok((media_type(&f.kind, &mime), obj, copy.filename))
+}
+
+/// Without this the operator sees the reply stuck as "sending" (protocol §5.2). `message.id`
+/// carries every part's wamid, so update/delete events and statuses of any part correlate.
+async fn confirm_delivery(
+    relay: &Relay,
+    m: &OperatorMessage,
+    wamids: &[String],
+) -> Result<(), JobError> {
     let (connector, line) = relay
         .bitrix
         .connector_and_line()
@@ -326,7 +462,7 @@ async fn confirm_delivery(relay: &Relay, m: &OperatorMessage, wamid: &str) -> Re
             "imconnector.send.status.delivery",
             json!({"CONNECTOR": connector, "LINE": line, "MESSAGES": [{
                 "im": {"chat_id": m.chat_id, "message_id": m.message_id},
-                "message": {"id": [wamid], "date": now_ms() / 1000},
+                "message": {"id": wamids, "date": now_ms() / 1000},
                 "chat": {"id": m.customer},
             }]}),
         )
@@ -335,4 +471,34 @@ async fn confirm_delivery(relay: &Relay, m: &OperatorMessage, wamid: &str) -> Re
     store::set_outbound(&relay.core.db, &m.message_id, "delivered", None, None)
         .await
         .map_err(retry_db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{callback_data, parse_callback_data, template_command};
+
+    #[test]
+    fn the_template_command_is_the_last_line() {
+        assert_eq!(
+            template_command("[b]Maria:[/b][br] /template order_update").as_deref(),
+            Some("order_update")
+        );
+        assert_eq!(
+            template_command("/TEMPLATE x").as_deref(),
+            None,
+            "commands are lower-case, like Bitrix's own"
+        );
+        assert_eq!(template_command("/templates"), None);
+        assert_eq!(template_command("/template   "), None);
+        assert_eq!(template_command("/template a\nthanks"), None);
+    }
+
+    #[test]
+    fn callback_data_round_trips() {
+        let data = callback_data("98711", 2);
+        assert_eq!(parse_callback_data(&data), Some(("98711", 2)));
+        assert_eq!(parse_callback_data("bitrix::1"), None);
+        assert_eq!(parse_callback_data("other:1:2"), None);
+        assert_eq!(parse_callback_data("bitrix:1:x"), None);
+    }
 }

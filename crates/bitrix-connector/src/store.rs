@@ -1,4 +1,4 @@
-//! This bridge's tables (migrations `0003_bitrix.sql`), written once with `$n` placeholders
+//! This bridge's tables (migrations `0003_bitrix.sql`, `0004_bitrix_parts.sql`), written once with `$n` placeholders
 //! for both engines. Every "only once" guarantee here rests on a primary key or unique index
 //! and `ON CONFLICT DO NOTHING`, so it holds across worker tasks and across processes.
 
@@ -79,6 +79,17 @@ pub async fn last_inbound_at(db: &Db, customer: &str) -> Result<Option<i64>, sql
     .fetch_optional(p)
     .await)?;
     Ok(row.map(|(t,)| t))
+}
+
+/// The customer's WhatsApp profile name, if one was seen.
+pub async fn customer_name(db: &Db, customer: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT name FROM bitrix_customers WHERE wa_id = $1"
+    )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.and_then(|(n,)| n))
 }
 
 /// First sight of this (wamid, status) pair?
@@ -191,8 +202,65 @@ pub struct OutboundRow {
     pub state: String,
 }
 
+/// The operator message a wamid belongs to: any part of a multi-part reply leads to it.
 pub async fn outbound_by_wamid(db: &Db, wamid: &str) -> Result<Option<OutboundRow>, sqlx::Error> {
-    outbound_where(db, "wamid", wamid).await
+    let owner: Option<(String,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT bitrix_message_id FROM bitrix_message_parts WHERE wamid = $1"
+    )
+    .bind(wamid)
+    .fetch_optional(p)
+    .await)?;
+    match owner {
+        Some((id,)) => outbound_by_message(db, &id).await,
+        None => outbound_where(db, "wamid", wamid).await,
+    }
+}
+
+/// Parts of an operator message Meta already accepted, as (part, wamid) in part order.
+pub async fn sent_parts(
+    db: &Db,
+    bitrix_message_id: &str,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_as(
+        "SELECT part, wamid FROM bitrix_message_parts WHERE bitrix_message_id = $1 ORDER BY part"
+    )
+    .bind(bitrix_message_id)
+    .fetch_all(p)
+    .await)
+}
+
+/// Records a part Meta accepted: by the send job right after Meta's answer, or by a status
+/// webhook that overtook it (its callback data names the part). Both write the same row;
+/// the first wins. Only a crash before either can make a retry send the part again.
+pub async fn record_part(
+    db: &Db,
+    bitrix_message_id: &str,
+    part: i64,
+    wamid: &str,
+) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "INSERT INTO bitrix_message_parts (bitrix_message_id, part, wamid, sent_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+    )
+    .bind(bitrix_message_id)
+    .bind(part)
+    .bind(wamid)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Every wamid of an operator message, in part order: what Bitrix gets as `message.id`.
+/// Rows written before parts were recorded have only their one `wamid`.
+pub async fn wamids_of(db: &Db, row: &OutboundRow) -> Result<Vec<String>, sqlx::Error> {
+    let parts = sent_parts(db, &row.bitrix_message_id).await?;
+    Ok(if parts.is_empty() {
+        row.wamid.iter().cloned().collect()
+    } else {
+        parts.into_iter().map(|(_, w)| w).collect()
+    })
 }
 
 pub async fn outbound_by_message(
@@ -250,6 +318,8 @@ pub async fn record_outbound(
     Ok(n == 1)
 }
 
+/// Moves an operator message to `state`. A refusal (`failed`, `blocked_window`) sticks: Meta's
+/// `failed` status can overtake the send job, whose later `sent`/`delivered` must not erase it.
 pub async fn set_outbound(
     db: &Db,
     bitrix_message_id: &str,
@@ -260,7 +330,8 @@ pub async fn set_outbound(
     on_pool!(db, |p| {
         sqlx::query(
         "UPDATE bitrix_messages SET state = $1, wamid = COALESCE($2, wamid), error = $3, updated_at = $4
-         WHERE bitrix_message_id = $5"
+         WHERE bitrix_message_id = $5
+           AND NOT (state IN ('failed', 'blocked_window') AND $1 IN ('sent', 'delivered', 'read'))"
     )
     .bind(state)
     .bind(wamid)

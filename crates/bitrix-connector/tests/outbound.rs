@@ -1,11 +1,12 @@
 //! Issue 7: operator replies → WhatsApp against the sandbox fakes — event gate and bootstrap,
-//! BBCode, files, dedupe, the 24-hour window and Meta's refusals.
+//! BBCode, files (each part of a reply sent once across retries), dedupe, the 24-hour window
+//! and the `/template` command, and Meta's refusals.
 
 mod support;
 
 use sandbox::{
     bitrix::{ChatMessage, OperatorFile},
-    meta::{Customer, InboundMessage},
+    meta::{Customer, InboundMessage, MetaConfig, Template},
 };
 use support::{ANNA, TestApp};
 use switchboard_core::testing::{eventually, with_workers};
@@ -209,4 +210,238 @@ async fn meta_190_dead_letters_with_the_token_fix_and_notes_the_operator() {
             ChatMessage::System(n) if n.text.contains("System User token"))));
     })
     .await;
+}
+
+/// Two approved templates in the config file; the fake Meta approves the same two.
+const TEMPLATES_TOML: &str = r#"
+[[bitrix.templates]]
+name = "order_update"
+language = "en_US"
+body_parameters = ["{name}"]
+
+[[bitrix.templates]]
+name = "hello_world"
+language = "en_US"
+"#;
+
+async fn app_with_templates() -> TestApp {
+    let meta = MetaConfig {
+        templates: vec![
+            Template::new("order_update", "en_US", 1),
+            Template::new("hello_world", "en_US", 0),
+        ],
+        ..MetaConfig::default()
+    };
+    TestApp::start_with_file(meta, TEMPLATES_TOML).await
+}
+
+fn system_notes(app: &TestApp) -> Vec<String> {
+    app.bitrix
+        .messages_in_chat(ANNA)
+        .into_iter()
+        .filter_map(|m| match m {
+            ChatMessage::System(n) if n.system => Some(n.text),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_template_command_sends_the_template_outside_the_window() {
+    let app = app_with_templates().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 25 * 3600).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        // The operator signature prefix comes first; the command is the last line.
+        app.bitrix
+            .operator_reply(
+                ANNA,
+                "[b]Maria Petrova:[/b][br] /template order_update",
+                vec![],
+            )
+            .await;
+        eventually("template sent", 20, || async {
+            app.meta.sent_messages().len() == 1
+        })
+        .await;
+        let sent = &app.meta.sent_messages()[0];
+        assert_eq!(sent.kind, "template");
+        assert_eq!(sent.body["template"]["name"], "order_update");
+        assert_eq!(sent.body["template"]["language"]["code"], "en_US");
+        assert_eq!(
+            sent.body["template"]["components"][0]["parameters"][0]["text"],
+            "Anna Schmidt"
+        );
+        eventually("delivered in Bitrix", 20, || async {
+            app.bitrix.messages_in_chat(ANNA).iter().any(|m| {
+                matches!(m, ChatMessage::Operator(op)
+                    if op.delivered_as.as_deref() == Some(&[sent.wamid.clone()][..]))
+            })
+        })
+        .await;
+        eventually("all work finished", 10, || app.idle()).await;
+        let counts = app.core.inbox.count_by_status().await.unwrap();
+        assert_eq!(counts.get("blocked_window"), None, "{counts:?}");
+        assert!(system_notes(&app).is_empty(), "{:?}", system_notes(&app));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_template_name_sends_nothing_and_lists_the_configured_ones() {
+    let app = app_with_templates().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 25 * 3600).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        app.bitrix
+            .operator_reply(ANNA, "/template order_updaet", vec![])
+            .await;
+        eventually("system note", 20, || async {
+            !system_notes(&app).is_empty()
+        })
+        .await;
+        let note = &system_notes(&app)[0];
+        assert!(note.contains("\"order_updaet\""), "{note}");
+        assert!(note.contains("order_update, hello_world"), "{note}");
+        eventually("all work finished", 10, || app.idle()).await;
+        assert!(app.meta.sent_messages().is_empty());
+        // An operator typo is not an operations problem: no dead letter.
+        assert!(app.dead_letters().await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn meta_131047_refused_at_once_or_reported_later_gives_the_same_note() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        // Our guard thinks the window is open; Meta disagrees (clock skew, a late webhook).
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        app.meta.fail_next_deliveries(131047, 1);
+        let later = app.bitrix.operator_reply(ANNA, "first", vec![]).await;
+        eventually("note for the failed status", 20, || async {
+            system_notes(&app).len() == 1
+        })
+        .await;
+        app.meta.fail_next_sends(131047, 1);
+        let at_once = app.bitrix.operator_reply(ANNA, "second", vec![]).await;
+        eventually("note for the refused send", 20, || async {
+            system_notes(&app).len() == 2
+        })
+        .await;
+        let notes = system_notes(&app);
+        assert_eq!(notes[0], notes[1]);
+        assert!(notes[0].contains("131047"), "{}", notes[0]);
+        assert!(notes[0].contains(bitrix_connector::fix::META_131047));
+        eventually("all work finished", 10, || app.idle()).await;
+        for reply in [&later, &at_once] {
+            let row = bitrix_connector::store::outbound_by_message(
+                &app.core.db,
+                &reply.message_id.to_string(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(row.state, "blocked_window");
+        }
+        // Treated like the window guard: nothing for operations to retry.
+        assert!(app.dead_letters().await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn meta_131030_dead_letters_with_the_allowed_list_fix() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        app.meta.fail_next_sends(131030, 1);
+        app.bitrix.operator_reply(ANNA, "hello", vec![]).await;
+        eventually("dead letter", 20, || async {
+            !app.dead_letters().await.is_empty()
+        })
+        .await;
+        let dead = app.dead_letters().await;
+        assert!(
+            dead[0].contains("131030") && dead[0].contains(bitrix_connector::fix::META_131030),
+            "{dead:?}"
+        );
+        let notes = system_notes(&app);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(bitrix_connector::fix::META_131030)),
+            "{notes:?}"
+        );
+        assert!(app.meta.sent_messages().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_after_the_second_file_failed_sends_each_file_once_and_confirms_both() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        // The second send fails with a transient error: the job retries.
+        app.meta.fail_send_attempt(2, 131000);
+        app.bitrix
+            .operator_reply(
+                ANNA,
+                "[b]Your papers[/b]",
+                vec![
+                    OperatorFile::document("invoice-1042.pdf", b"%PDF-1.4 one".to_vec()),
+                    OperatorFile::document("terms.pdf", b"%PDF-1.4 two".to_vec()),
+                ],
+            )
+            .await;
+        eventually("both files sent", 30, || async {
+            // Retries wait 10 s; make them due instead of sleeping through the backoff.
+            app.core.jobs.make_due_now().await.unwrap();
+            app.meta.sent_messages().len() >= 2
+        })
+        .await;
+        eventually("all work finished", 20, || app.idle()).await;
+        let sent = app.meta.sent_messages();
+        let names: Vec<&str> = sent
+            .iter()
+            .map(|s| s.body["document"]["filename"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["invoice-1042.pdf", "terms.pdf"]);
+        assert_eq!(sent[0].body["document"]["caption"], "*Your papers*");
+        assert!(sent[1].body["document"].get("caption").is_none());
+        // Three attempts reached Meta: the refused one really happened.
+        assert_eq!(app.meta.recorder().matching("/messages").len(), 3);
+        let wamids: Vec<String> = sent.iter().map(|s| s.wamid.clone()).collect();
+        eventually("both wamids confirmed to Bitrix", 20, || async {
+            app.bitrix.messages_in_chat(ANNA).iter().any(|m| {
+                matches!(m, ChatMessage::Operator(op)
+                    if op.delivered_as.as_deref() == Some(&wamids[..]))
+            })
+        })
+        .await;
+        // Either part's status finds the Bitrix message.
+        for w in &wamids {
+            let row = bitrix_connector::store::outbound_by_wamid(&app.core.db, w)
+                .await
+                .unwrap()
+                .expect("mapped");
+            assert_eq!(row.bitrix_message_id, sent_bitrix_id(&app));
+        }
+    })
+    .await;
+}
+
+fn sent_bitrix_id(app: &TestApp) -> String {
+    app.bitrix
+        .messages_in_chat(ANNA)
+        .iter()
+        .find_map(|m| match m {
+            ChatMessage::Operator(op) => Some(op.bitrix_message_id.to_string()),
+            _ => None,
+        })
+        .unwrap()
 }

@@ -189,6 +189,14 @@ impl FakeMeta {
             .extend(std::iter::repeat_n(code, count));
     }
 
+    /// The `nth` send attempt from now (1 = the next) fails synchronously with `code`; the
+    /// ones before it are served as usual. Targets one part of a multi-part reply.
+    pub fn fail_send_attempt(&self, nth: usize, code: u32) {
+        let mut st = self.shared.state();
+        let at = st.send_attempts + nth;
+        st.failures_at_attempt.insert(at, code);
+    }
+
     /// The next `count` in-window sends are accepted with 200, then reported `failed` with
     /// `code` by webhook (how 131026 and friends usually arrive).
     pub fn fail_next_deliveries(&self, code: u32, count: usize) {

@@ -9,7 +9,7 @@ use sandbox::{
     meta::{FakeMeta, MetaConfig},
 };
 use switchboard_core::{
-    Core, JobRegistry,
+    Config, Core, JobRegistry,
     credentials::generate_master_key,
     processing::Processors,
     testing::{TestDb, config},
@@ -41,7 +41,22 @@ impl TestApp {
 
     /// `omit` lists env names to leave unset (to test "not configured").
     pub async fn start_with(bitrix_cfg: BitrixConfig, omit: &[&str]) -> Self {
-        let meta = FakeMeta::start(MetaConfig::default()).await;
+        Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None).await
+    }
+
+    /// With a config file holding `file_toml` (say, `[[bitrix.templates]]`), loaded the way
+    /// the binary loads it, and a fake Meta configured as `meta_cfg`.
+    pub async fn start_with_file(meta_cfg: MetaConfig, file_toml: &str) -> Self {
+        Self::start_full(meta_cfg, BitrixConfig::default(), &[], Some(file_toml)).await
+    }
+
+    async fn start_full(
+        meta_cfg: MetaConfig,
+        bitrix_cfg: BitrixConfig,
+        omit: &[&str],
+        file_toml: Option<&str>,
+    ) -> Self {
+        let meta = FakeMeta::start(meta_cfg).await;
         let bitrix = FakeBitrix::start(bitrix_cfg).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -70,8 +85,12 @@ impl TestApp {
             .filter(|(k, _)| !omit.contains(k))
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
+        let config = match file_toml {
+            None => config(&pairs),
+            Some(toml) => config_with_file(&pairs, toml),
+        };
         let db = TestDb::new().await;
-        let core = db.core(config(&pairs));
+        let core = db.core(config);
         let app = bitrix_connector::router(&core);
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -162,4 +181,20 @@ impl TestApp {
         }
         req.send().await.unwrap()
     }
+}
+
+/// `Config::from_sources` over a temporary file with `toml` and the env `pairs`.
+fn config_with_file(pairs: &[(&str, &str)], toml: &str) -> Config {
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-bitrix-test-{}.toml",
+        rand::random::<u64>()
+    ));
+    std::fs::write(&path, toml).expect("write the test config file");
+    let env = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let loaded = Config::from_sources(Some(path.clone()), &env);
+    let _ = std::fs::remove_file(&path);
+    loaded.expect("test config file is valid")
 }

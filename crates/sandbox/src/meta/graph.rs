@@ -153,6 +153,11 @@ fn accept_send(
     let wamid = payload::wamid(&send.wa_id, false);
     let fate = {
         let mut st = s.state();
+        st.send_attempts += 1;
+        let attempt = st.send_attempts;
+        if let Some(code) = st.failures_at_attempt.remove(&attempt) {
+            return Err(GraphError::for_code(code));
+        }
         if let Some(code) = st.sync_failures.pop_front() {
             return Err(GraphError::for_code(code));
         }

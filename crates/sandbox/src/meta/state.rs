@@ -96,6 +96,9 @@ pub struct State {
     /// wa_id → Unix seconds of that customer's newest inbound message.
     pub last_inbound: HashMap<String, u64>,
     pub sync_failures: VecDeque<u32>,
+    /// Send attempts so far (refused ones included), and failures due at a given attempt.
+    pub send_attempts: usize,
+    pub failures_at_attempt: HashMap<usize, u32>,
     pub async_failures: VecDeque<u32>,
     pub webhook_target: Option<String>,
     pub auto_statuses: bool,
