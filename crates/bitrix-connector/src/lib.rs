@@ -21,6 +21,7 @@ pub mod php_form;
 mod reply;
 mod routes;
 mod settings;
+pub mod setup;
 mod signature;
 pub mod store;
 
@@ -53,6 +54,7 @@ pub fn router(core: &Core) -> Router {
 
 pub fn info(core: &Core) -> BridgeInfo {
     let settings = core.settings.clone();
+    let (probe_core, probes) = (core.clone(), setup::SetupProbes::new());
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -78,6 +80,10 @@ pub fn info(core: &Core) -> BridgeInfo {
             }
         },
     )
+    .with_checks(move || {
+        let (core, probes) = (probe_core.clone(), probes.clone());
+        async move { setup::checks(&core, &probes).await }
+    })
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

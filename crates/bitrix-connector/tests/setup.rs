@@ -1,0 +1,68 @@
+//! The connector's `/setup` rows follow the seed's setup steps: each turns green only when the
+//! step is really done on the (fake) portal and Meta, and says what to do while it isn't.
+
+mod support;
+
+use support::TestApp;
+
+fn row<'a>(
+    checks: &'a [switchboard_core::ops::Check],
+    label: &str,
+) -> &'a switchboard_core::ops::Check {
+    checks.iter().find(|c| c.label == label).unwrap_or_else(|| {
+        panic!(
+            "no row {label:?} in {:?}",
+            checks.iter().map(|c| &c.label).collect::<Vec<_>>()
+        )
+    })
+}
+
+#[tokio::test]
+async fn setup_rows_turn_green_step_by_step() {
+    let app = TestApp::start().await;
+    let info = bitrix_connector::info(&app.core);
+
+    let before = info.checks().await;
+    assert!(row(&before, "Meta access token valid").ok);
+    assert!(row(&before, "Webhook verify token set").ok);
+    let installed = row(&before, "Bitrix24 app installed");
+    assert!(!installed.ok);
+    assert!(
+        installed.fix.contains("/bitrix/install"),
+        "{}",
+        installed.fix
+    );
+
+    app.install().await;
+    let after_install = bitrix_connector::info(&app.core).checks().await;
+    assert!(row(&after_install, "Bitrix24 app installed").ok);
+    assert!(row(&after_install, "Bitrix24 grant fresh").ok);
+    assert!(row(&after_install, "Application token known").ok);
+    let registered = row(&after_install, "Connector registered");
+    assert!(!registered.ok);
+    assert!(
+        registered.fix.contains("register-connector"),
+        "{}",
+        registered.fix
+    );
+
+    app.ready().await;
+    let ready = bitrix_connector::info(&app.core).checks().await;
+    for c in &ready {
+        assert!(c.ok, "{} still failing: {}", c.label, c.fix);
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_meta_token_shows_the_fix() {
+    let app = TestApp::start().await;
+    app.meta.set_access_token("rotated-elsewhere");
+    let checks = bitrix_connector::info(&app.core).checks().await;
+    let meta = row(&checks, "Meta access token valid");
+    assert!(!meta.ok);
+    assert!(
+        meta.fix.contains("190") || meta.fix.to_lowercase().contains("token"),
+        "{}",
+        meta.fix
+    );
+}
