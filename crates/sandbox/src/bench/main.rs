@@ -90,6 +90,14 @@ async fn start_product(
     db_url: Option<&str>,
     extra: &[(String, String)],
 ) -> anyhow::Result<(Proc, tempdir::Dir)> {
+    start_product_with(db_url, extra, true).await
+}
+
+async fn start_product_with(
+    db_url: Option<&str>,
+    extra: &[(String, String)],
+    workers: bool,
+) -> anyhow::Result<(Proc, tempdir::Dir)> {
     let dir = tempdir::Dir::new()?;
     let port = free_port();
     let mut env: Vec<(String, String)> =
@@ -98,7 +106,11 @@ async fn start_product(
         env.push(("DATABASE_URL".into(), url.into()));
     }
     env.extend_from_slice(extra);
-    let proc = start(switchboard(&dir.0, port, &env), port, "/health").await?;
+    let mut cmd = switchboard(&dir.0, port, &env);
+    if !workers {
+        cmd.arg("--no-workers");
+    }
+    let proc = start(cmd, port, "/health").await?;
     Ok((proc, dir))
 }
 
@@ -135,16 +147,27 @@ fn postgres_url() -> Option<String> {
         .then(|| "postgres://postgres@127.0.0.1:5432/switchboard_bench".to_string())
 }
 
+/// The ack path alone (`serve --no-workers`: jobs wait in the queue for worker processes), as
+/// SPEC §6 defines the figure; `workers: true` adds this process's own job processing on the
+/// same two cores, for comparison.
 async fn ack_rows(
     rows: &mut Vec<Row>,
     base_stats: &Stats,
     base_open: &Stats,
     engine: &str,
     db: Option<String>,
+    workers: bool,
 ) {
-    let throughput_figure = format!("webhook ack throughput, {engine} (req/s, 32 conns, 5 s)");
-    let latency_figure = format!("webhook ack latency at 1,000 req/s, {engine} (p50 / p99 / max)");
-    let (proc, _dir) = match start_product(db.as_deref(), &[]).await {
+    let mode = if workers {
+        "workers in-process"
+    } else {
+        "serve --no-workers"
+    };
+    let throughput_figure =
+        format!("webhook ack throughput, {engine}, {mode} (req/s, 32 conns, 5 s)");
+    let latency_figure =
+        format!("webhook ack latency at 1,000 req/s, {engine}, {mode} (p50 / p99 / max)");
+    let (proc, _dir) = match start_product_with(db.as_deref(), &[], workers).await {
         Ok(p) => p,
         Err(e) => {
             rows.push(not_measured(
@@ -353,10 +376,21 @@ async fn main() -> anyhow::Result<()> {
     drop(base_proc);
 
     eprintln!("webhook acks on SQLite");
-    ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None).await;
+    ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, false).await;
+    ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, true).await;
     eprintln!("webhook acks on PostgreSQL");
     match postgres_url() {
-        Some(url) => ack_rows(&mut rows, &base_stats, &base_open, "PostgreSQL", Some(url)).await,
+        Some(url) => {
+            ack_rows(
+                &mut rows,
+                &base_stats,
+                &base_open,
+                "PostgreSQL",
+                Some(url),
+                false,
+            )
+            .await
+        }
         None => rows.push(not_measured(
             "webhook ack throughput, PostgreSQL",
             "≥ 50 % of bare axum",
