@@ -466,74 +466,140 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, jobs: crate::
     }
 }
 
+/// Columns of one inbox row, in the order every INSERT below binds them.
+const COLUMNS: &str = "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)";
+const PER_ROW: usize = 12;
+
+/// `INSERT … VALUES ($1…$12), ($13…$24), … ON CONFLICT DO NOTHING RETURNING …` for `rows` rows.
+fn insert_sql(rows: usize, returning: &str) -> String {
+    let mut sql = format!("INSERT INTO inbox_events {COLUMNS} VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..PER_ROW {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * PER_ROW + c + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING ");
+    sql.push_str(returning);
+    sql
+}
+
+/// One transaction for the whole batch. The hot path — new deduplicated work — is a single
+/// multi-row INSERT whose RETURNING rows name the keys that were new (matched back by key, as
+/// neither engine promises RETURNING order); the rest (duplicates, rejected and keyless calls)
+/// are rare and inserted one by one. Jobs for new rows join the same transaction.
 async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx::Error> {
-    const INSERT: &str = "INSERT INTO inbox_events
-        (request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-        ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id";
+    let now = now_ms();
+    let durations: Vec<i64> = items
+        .iter()
+        .map(|i| i.started.elapsed().as_millis() as i64)
+        .collect();
+    let headers: Vec<String> = items.iter().map(|i| i.headers.to_string()).collect();
+    // The first occurrence of each (source, key) among new work; later ones are duplicates.
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut bulk = Vec::new();
+    for (idx, i) in items.iter().enumerate() {
+        if i.status == Status::Received
+            && let Some(key) = i.dedupe_key.as_deref()
+            && first_of.insert((i.source.as_str(), key), idx).is_none()
+        {
+            bulk.push(idx);
+        }
+    }
+    let bulk_sql = insert_sql(bulk.len(), "id, source, dedupe_key");
+    let one_sql = insert_sql(1, "id");
     on_pool!(db, |p| {
         let mut tx = p.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
+        let mut out: Vec<Option<Recorded>> = vec![None; items.len()];
         let mut jobs = Vec::new();
-        for i in items {
-            let now = now_ms();
-            let duration = i.started.elapsed().as_millis() as i64;
-            let headers = i.headers.to_string();
-            let work = i.status == Status::Received;
-            // Work is enqueued in this same transaction, and rows without work need none: either
-            // way the row is dispatched from birth.
-            let dispatched = Some(now);
-            let first: Option<(i64,)> = sqlx::query_as(INSERT)
-                .bind(&i.request_id)
-                .bind(&i.source)
-                .bind(&i.route)
-                .bind(if work { i.dedupe_key.as_deref() } else { None })
-                .bind(i.dedupe_key.as_deref())
-                .bind(i.status.as_str())
-                .bind(&i.body)
-                .bind(&headers)
-                .bind(now)
-                .bind(duration)
-                .bind(i.error.as_deref())
-                .bind(dispatched)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let outcome = match first {
-                Some((id,)) if work => {
+        if !bulk.is_empty() {
+            let mut q =
+                sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(bulk_sql.clone()));
+            for &idx in &bulk {
+                let i = &items[idx];
+                q = q
+                    .bind(&i.request_id)
+                    .bind(&i.source)
+                    .bind(&i.route)
+                    .bind(i.dedupe_key.as_deref())
+                    .bind(i.dedupe_key.as_deref())
+                    .bind(Status::Received.as_str())
+                    .bind(&i.body)
+                    .bind(&headers[idx])
+                    .bind(now)
+                    .bind(durations[idx])
+                    .bind(i.error.as_deref())
+                    .bind(Some(now));
+            }
+            for (id, source, key) in q.fetch_all(&mut *tx).await? {
+                if let Some(&idx) = first_of.get(&(source.as_str(), key.as_str())) {
+                    let i = &items[idx];
                     jobs.push(crate::jobs::process_event_job(
                         id,
                         &i.source,
                         &i.request_id,
                         0,
                     ));
-                    Recorded::New(id)
+                    out[idx] = Some(Recorded::New(id));
                 }
-                Some((id,)) => Recorded::Logged(id),
-                None => {
-                    let (id,): (i64,) = sqlx::query_as(INSERT)
-                        .bind(&i.request_id)
-                        .bind(&i.source)
-                        .bind(&i.route)
-                        .bind(None::<&str>)
-                        .bind(i.dedupe_key.as_deref())
-                        .bind(Status::Duplicate.as_str())
-                        .bind(&i.body)
-                        .bind(&headers)
-                        .bind(now)
-                        .bind(duration)
-                        .bind(None::<&str>)
-                        .bind(Some(now))
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Recorded::Duplicate(id)
-                }
+            }
+        }
+        for (idx, i) in items.iter().enumerate() {
+            if out[idx].is_some() {
+                continue;
+            }
+            let work = i.status == Status::Received;
+            // A keyed work row not inserted above is a duplicate (of this batch or of the
+            // table): store it as such, key kept in dedupe_ref only.
+            let duplicate = work && i.dedupe_key.is_some();
+            let status = if duplicate {
+                Status::Duplicate
+            } else {
+                i.status
             };
-            out.push(outcome);
+            let (id,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(one_sql.clone()))
+                .bind(&i.request_id)
+                .bind(&i.source)
+                .bind(&i.route)
+                .bind(None::<&str>)
+                .bind(i.dedupe_key.as_deref())
+                .bind(status.as_str())
+                .bind(&i.body)
+                .bind(&headers[idx])
+                .bind(now)
+                .bind(durations[idx])
+                .bind(if duplicate { None } else { i.error.as_deref() })
+                .bind(Some(now))
+                .fetch_one(&mut *tx)
+                .await?;
+            out[idx] = Some(if duplicate {
+                Recorded::Duplicate(id)
+            } else if work {
+                jobs.push(crate::jobs::process_event_job(
+                    id,
+                    &i.source,
+                    &i.request_id,
+                    0,
+                ));
+                Recorded::New(id)
+            } else {
+                Recorded::Logged(id)
+            });
         }
         if !jobs.is_empty() {
             tx.enqueue(jobs).await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every item recorded"))
+            .collect())
     })
 }
