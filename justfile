@@ -25,3 +25,10 @@ bench:
 demo:
     cargo build -p switchboard
     cargo run -q -p sandbox --bin switchboard-sandbox -- demo
+
+# Fuzz every parser that reads outside input for SECONDS each (libFuzzer via cargo-fuzz; the
+# stable toolchain is allowed its nightly flags with RUSTC_BOOTSTRAP).
+fuzz SECONDS="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && for t in pbx_endpoint wabridges_event meta_payload bitrix_form bbcode; do \
+        RUSTC_BOOTSTRAP=1 cargo fuzz run $t -- -max_total_time={{SECONDS}} || exit 1; done
