@@ -256,7 +256,15 @@ async fn ensure_lead(
     let storage = |e: sqlx::Error| BitrixError::Storage(e.to_string());
     match store::claim_lead(db, &phone).await.map_err(storage)? {
         LeadClaim::Mine => {}
-        LeadClaim::Done(_) | LeadClaim::Busy => return Ok(()),
+        LeadClaim::Done(_) => return Ok(()),
+        // Another job is creating it — or a job that died mid-way holds the claim, and then
+        // nobody would. Retry (the message itself is already relayed and won't be resent):
+        // the next attempt finds the lead done, or the dead claim stale and takes it over.
+        LeadClaim::Busy => {
+            return Err(BitrixError::Storage(format!(
+                "lead for {phone} is being created by another job; checking again"
+            )));
+        }
     }
     match find_or_create_lead(relay, unit, &phone, line, first_text).await {
         Ok(id) => store::finish_lead(db, &phone, &id).await.map_err(storage),

@@ -118,8 +118,10 @@ pub enum LeadClaim {
     Busy,
 }
 
-/// A claim older than this belongs to a worker that died mid-way; it may be taken over.
-const STALE_CLAIM_MS: i64 = 5 * 60 * 1000;
+/// A claim older than this belongs to a worker that died mid-way; it may be taken over. Lead
+/// creation is three REST calls (seconds at worst); well inside the retry schedule (10 + 30 +
+/// 60 s), so the job of a dead claimer's message creates the lead on a later attempt.
+const STALE_CLAIM_MS: i64 = 60 * 1000;
 
 pub async fn claim_lead(db: &Db, phone: &str) -> Result<LeadClaim, sqlx::Error> {
     let now = now_ms();

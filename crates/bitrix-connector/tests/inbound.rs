@@ -583,3 +583,52 @@ async fn meta_delivered_and_read_statuses_reach_the_operator_message() {
     })
     .await;
 }
+
+/// Regression (found by the kill -9 review, issue 9): a relay job killed between claiming a
+/// customer's lead and creating it left the claim behind, and its recovered job treated the
+/// claim as "someone else is on it" and finished — the lead was never created. Now the job
+/// retries until the claim is done or stale, then creates the lead itself.
+#[tokio::test]
+async fn a_lead_claim_left_by_a_dead_job_is_taken_over() {
+    let app = TestApp::start().await;
+    app.ready().await;
+    let phone = format!("+{ANNA}");
+    // The dead job's claim.
+    let claim = bitrix_connector::store::claim_lead(&app.core.db, &phone)
+        .await
+        .unwrap();
+    assert!(matches!(claim, bitrix_connector::store::LeadClaim::Mine));
+    with_workers(&app.core, app.registry(), async {
+        app.meta
+            .webhooks()
+            .send_inbound(&anna(), InboundMessage::text("hello?"))
+            .await
+            .unwrap();
+        eventually("the message relayed", 20, || async {
+            app.customer_messages(ANNA).len() == 1
+        })
+        .await;
+        assert_eq!(app.bitrix.leads().len(), 0, "the claim is still live");
+        // Test-only time travel: the dead job's claim is now older than the stale limit, and
+        // the waiting retry is due.
+        switchboard_core::on_pool!(&app.core.db, |p| sqlx::query(
+            "UPDATE bitrix_leads SET claimed_at = claimed_at - 600000 WHERE phone = $1"
+        )
+        .bind(&phone)
+        .execute(p)
+        .await
+        .map(|_| ()))
+        .unwrap();
+        app.core.jobs.make_due_now().await.unwrap();
+        eventually("the lead created by the retried job", 20, || async {
+            app.bitrix.leads().len() == 1
+        })
+        .await;
+        assert_eq!(
+            app.customer_messages(ANNA).len(),
+            1,
+            "the message is not resent"
+        );
+    })
+    .await;
+}

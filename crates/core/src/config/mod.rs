@@ -355,7 +355,7 @@ impl Config {
     }
 
     pub fn jobs_concurrency(&self) -> usize {
-        self.integer("jobs.concurrency").unwrap_or(8).max(1) as usize
+        self.integer("jobs.concurrency").unwrap_or(32).max(1) as usize
     }
 
     pub fn integer(&self, key: &str) -> Option<u64> {

@@ -166,11 +166,11 @@ pub static SETTINGS: &[Setting] = &[
         "jobs.concurrency",
         "SWITCHBOARD_JOBS_CONCURRENCY",
         Integer,
-        Some("8"),
+        Some("32"),
         false,
         Database,
         "Job concurrency",
-        "How many jobs one process runs at once."
+        "How many jobs one process runs at once. Jobs mostly wait on the network (and on Bitrix24's 2 requests/s limit), so this is well above the core count."
     ),
     setting!(
         "pbx.base_url",
