@@ -2,6 +2,8 @@
 //! processes, and a subscriber that records what the product forwards to it.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::{
     collections::HashMap,
     net::TcpListener,
@@ -40,6 +42,23 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Resident memory (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Still running (not exited or crashed)?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Proc {
@@ -51,7 +70,18 @@ impl Drop for Proc {
 /// Starts `switchboard <args>` in `dir` with exactly `env` (plus PATH); stderr goes to a log
 /// file in `dir` so a failing test can show it.
 pub fn spawn(dir: &Path, name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
-    let port = free_port();
+    spawn_on(dir, name, free_port(), args, env)
+}
+
+/// `spawn` on a chosen port: a restarted process must keep the URL that Bitrix (event handler)
+/// and the media links already know.
+pub fn spawn_on(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)

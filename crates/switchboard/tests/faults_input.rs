@@ -1,0 +1,293 @@
+//! Bad input never crashes or hangs the process (SPEC §7): a table of malformed, oversized,
+//! wrongly signed, wrongly encoded and hostile requests for every route, each answered with a
+//! clear 4xx within a per-request timeout; afterwards `/health` still answers and resident
+//! memory stays bounded. Runs on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{world::*, *};
+use switchboard_core::testing::fresh_database_url;
+
+/// One hostile request and what it must get: `Some(code)` exactly, `None` any 4xx.
+struct Case {
+    label: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    expect: Option<u16>,
+}
+
+fn case(label: &'static str, method: &'static str, path: impl Into<String>) -> Case {
+    Case {
+        label,
+        method,
+        path: path.into(),
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: Vec::new(),
+        expect: None,
+    }
+}
+
+impl Case {
+    fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
+        self.body = b.into();
+        self
+    }
+    fn form(mut self) -> Self {
+        self.content_type = "application/x-www-form-urlencoded";
+        self
+    }
+    fn content_type(mut self, ct: &'static str) -> Self {
+        self.content_type = ct;
+        self
+    }
+    fn header(mut self, k: &'static str, v: String) -> Self {
+        self.headers.push((k, v));
+        self
+    }
+    fn expect(mut self, code: u16) -> Self {
+        self.expect = Some(code);
+        self
+    }
+}
+
+fn table(world: &World) -> Vec<Case> {
+    let sign = |b: &[u8]| world.meta.webhooks().sign(b);
+    let nested = |n: usize| "[".repeat(n).into_bytes();
+    let big = vec![b'a'; 5 * 1024 * 1024];
+    let big_json = {
+        let mut v = b"{\"event\":\"message\",\"body\":\"".to_vec();
+        v.extend(vec![b'x'; 5 * 1024 * 1024]);
+        v.extend(b"\"}");
+        v
+    };
+    let invalid_utf8 = b"{\"event\":\"message\",\"body\":\"\xff\xfe\xfd\"}".to_vec();
+    // In a field the Meta envelope reads (an unread field's bytes are skipped, not decoded).
+    let meta_invalid_utf8 = b"{\"object\":\"\xff\xfe\xfd\",\"entry\":[]}".to_vec();
+    let php_nesting = format!(
+        "event=ONIMCONNECTORMESSAGEADD&data{}=1&auth[application_token]=wrong",
+        "[a]".repeat(20_000)
+    );
+    let php_many = (0..20_000)
+        .map(|i| format!("data[MESSAGES][{i}][im][chat_id]={i}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let huge_query = "q=".to_string() + &"x".repeat(30_000);
+    let hook = |t: &str| format!("/wabridges/hooks/front?token={t}");
+    let ok_hook = hook(WABRIDGES_TOKEN);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let msg91 = |endpoint: &str| {
+        serde_json::json!({
+            "api_key": PBX_KEY, "api_secret": PBX_SECRET, "endpoint": endpoint,
+            "body": {"from": "1", "to": "2"}
+        })
+        .to_string()
+    };
+    vec![
+        // Meta inbound webhook.
+        case("meta: malformed JSON, signed", "POST", "/webhook/whatsapp")
+            .body("{not json")
+            .header("x-hub-signature-256", sign(b"{not json"))
+            .expect(400),
+        case("meta: wrong signature", "POST", "/webhook/whatsapp")
+            .body("{}")
+            .header(
+                "x-hub-signature-256",
+                "sha256=00000000000000000000000000000000".into(),
+            )
+            .expect(401),
+        case("meta: no signature", "POST", "/webhook/whatsapp")
+            .body("{\"object\":\"whatsapp_business_account\",\"entry\":[]}")
+            .expect(401),
+        case(
+            "meta: wrong content type, no signature",
+            "POST",
+            "/webhook/whatsapp",
+        )
+        .content_type("text/plain")
+        .body("hello")
+        .expect(401),
+        case("meta: invalid UTF-8, signed", "POST", "/webhook/whatsapp")
+            .body(meta_invalid_utf8.clone())
+            .header("x-hub-signature-256", sign(&meta_invalid_utf8))
+            .expect(400),
+        case("meta: 100k '[' nesting, signed", "POST", "/webhook/whatsapp")
+            .body(nested(100_000))
+            .header("x-hub-signature-256", sign(&nested(100_000)))
+            .expect(400),
+        case("meta: 5 MB body", "POST", "/webhook/whatsapp")
+            .body(big.clone())
+            .expect(413),
+        case("meta verify: wrong token", "GET", "/webhook/whatsapp?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1").expect(403),
+        case("meta verify: no parameters", "GET", "/webhook/whatsapp").expect(403),
+        case("meta verify: huge query", "GET", format!("/webhook/whatsapp?{huge_query}")).expect(403),
+        // Bitrix events.
+        case("bitrix events: wrong application token", "POST", "/bitrix/events")
+            .form()
+            .body("event=ONIMCONNECTORMESSAGEADD&auth[application_token]=wrong&auth[member_id]=wrong")
+            .expect(403),
+        case("bitrix events: PHP keys nested 20k deep", "POST", "/bitrix/events")
+            .form()
+            .body(php_nesting.clone())
+            .expect(403),
+        case("bitrix events: 20k message items, no auth", "POST", "/bitrix/events")
+            .form()
+            .body(format!("event=ONIMCONNECTORMESSAGEADD&{php_many}"))
+            .expect(403),
+        case("bitrix events: invalid UTF-8", "POST", "/bitrix/events")
+            .form()
+            .body(b"event=ONIMCONNECTORMESSAGEADD&auth[application_token]=\xff\xfe".to_vec())
+            .expect(403),
+        case("bitrix events: 5 MB body", "POST", "/bitrix/events")
+            .form()
+            .body(big.clone())
+            .expect(413),
+        // Bitrix install.
+        case("bitrix install: not an install", "POST", "/bitrix/install")
+            .form()
+            .body("garbage=1")
+            .expect(400),
+        case("bitrix install: grant for another portal", "POST", "/bitrix/install")
+            .form()
+            .body("event=ONAPPINSTALL&auth[access_token]=a&auth[refresh_token]=r&auth[member_id]=m&auth[client_endpoint]=http://127.0.0.1:9/rest/")
+            .expect(403),
+        case("bitrix install: PHP keys nested 20k deep", "POST", "/bitrix/install")
+            .form()
+            .body(php_nesting.replace("ONIMCONNECTORMESSAGEADD", "ONAPPINSTALL"))
+            .expect(400),
+        case("bitrix install: 5 MB body", "POST", "/bitrix/install")
+            .form()
+            .body(big.clone())
+            .expect(413),
+        // Media.
+        case("media: path traversal", "GET", "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd").expect(404),
+        case("media: unknown id", "GET", format!("/media/{}", "0".repeat(32))).expect(404),
+        case("media: huge id", "GET", format!("/media/{}", "a".repeat(20_000))).expect(404),
+        // wabridges hooks.
+        case("wabridges: wrong token", "POST", hook("nope")).body("{}").expect(401),
+        case("wabridges: no token", "POST", "/wabridges/hooks/front").body("{}").expect(401),
+        case("wabridges: malformed JSON", "POST", ok_hook.clone()).body("{\"event\":").expect(400),
+        case("wabridges: not an object", "POST", ok_hook.clone()).body("[1,2]").expect(400),
+        case("wabridges: invalid UTF-8", "POST", ok_hook.clone()).body(invalid_utf8.clone()).expect(400),
+        case("wabridges: 100k '[' nesting", "POST", ok_hook.clone()).body(nested(100_000)).expect(400),
+        case("wabridges: 5 MB body", "POST", ok_hook.clone()).body(big_json).expect(413),
+        case("wabridges: traversal in bridge name", "POST", format!("/wabridges/hooks/..%2f..%2fetc?token={WABRIDGES_TOKEN}")).body("{\"event\":\"connected\",\"phone\":\"1\"}").expect(400),
+        case("wabridges: huge query", "POST", format!("/wabridges/hooks/front?{huge_query}")).body("{}").expect(401),
+        // wabridges admin API.
+        case("api: no token", "GET", "/api/wabridges/bridges").expect(401),
+        case("api: wrong token", "GET", "/api/wabridges/bridges").header("authorization", "Bearer nope".into()).expect(401),
+        case("api: traversal in bridge name", "GET", "/api/wabridges/bridges/..%2f..%2fetc/messages").header("authorization", bearer.clone()),
+        case("api: absurd paging", "GET", "/api/wabridges/bridges/front/messages?limit=-99999999999999999999&before=abc").header("authorization", bearer.clone()),
+        // PBX bridge.
+        case("pbx: malformed JSON", "POST", "/whatsapp-bridge").body("{\"api_key\":").expect(400),
+        case("pbx: wrong content type", "POST", "/whatsapp-bridge").content_type("text/plain").body(msg91("/api/v1/calls/click-to-call")),
+        case("pbx: missing fields", "POST", "/whatsapp-bridge").body("{}").expect(400),
+        case("pbx: 100k '[' nesting", "POST", "/whatsapp-bridge").body(nested(100_000)).expect(400),
+        case("pbx: endpoint path traversal", "POST", "/whatsapp-bridge").body(msg91("/api/v1/../../admin")),
+        case("pbx: endpoint absolute URL (open proxy)", "POST", "/whatsapp-bridge").body(msg91("http://169.254.169.254/latest/meta-data")),
+        case("pbx: wrong secret", "POST", "/whatsapp-bridge").body(msg91("/api/v1/calls/click-to-call").replace(PBX_SECRET, "wrong")),
+        case("pbx: 5 MB body", "POST", "/whatsapp-bridge").body(big).expect(413),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_a_clear_4xx_on_every_route_and_the_process_stays_up() {
+    const ROUNDS: usize = 3;
+    const RSS_LIMIT_KIB: u64 = 200 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &url, &base).await;
+    let mut proc = spawn_on(dir.path(), "input", port, &["serve"], &world.env);
+    healthy(&proc).await;
+    world.install(dir.path(), &base).await;
+    let rss_before = proc.rss_kib().unwrap_or(0);
+
+    let cases = table(&world);
+    // No connection reuse: a 413 closes the connection it answers on, which would fail the
+    // next request on a pooled connection for a reason that is the client's, not the server's.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        for c in &cases {
+            let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap();
+            let mut req = http
+                .request(method, format!("{base}{}", c.path))
+                .header("content-type", c.content_type)
+                .body(c.body.clone());
+            for (k, v) in &c.headers {
+                req = req.header(*k, v);
+            }
+            let t = Instant::now();
+            let status = match req.send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(e) if e.is_timeout() => {
+                    failures.push(format!("{}: no answer within 10 s (hang)", c.label));
+                    continue;
+                }
+                // A refused oversized upload may reset the connection before the answer is read.
+                Err(e) if c.body.len() > 4 * 1024 * 1024 => {
+                    if round == 0 {
+                        println!("  {:<48} connection closed ({e})", c.label);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(format!("{}: transport error {e}", c.label));
+                    continue;
+                }
+            };
+            answered += 1;
+            if round == 0 {
+                println!(
+                    "  {:<48} {status} in {} ms",
+                    c.label,
+                    t.elapsed().as_millis()
+                );
+            }
+            let ok = match c.expect {
+                Some(code) => status == code,
+                None => (400..500).contains(&status),
+            };
+            if !ok {
+                failures.push(format!(
+                    "{}: got {status}, want {}",
+                    c.label,
+                    c.expect.map_or("a 4xx".to_string(), |c| c.to_string())
+                ));
+            }
+        }
+        assert!(proc.alive(), "the process died:\n{}", proc.log_text());
+    }
+    let h = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(h.status(), 200, "/health after the barrage");
+    let rss_after = proc.rss_kib().unwrap_or(0);
+    println!(
+        "bad input: {} cases x {ROUNDS} rounds, {answered} answered in {} ms, {} failures; \
+         RSS {} MiB before, {} MiB after (limit {} MiB)",
+        cases.len(),
+        started.elapsed().as_millis(),
+        failures.len(),
+        rss_before / 1024,
+        rss_after / 1024,
+        RSS_LIMIT_KIB / 1024
+    );
+    failures.dedup();
+    assert!(failures.is_empty(), "bad answers:\n{}", failures.join("\n"));
+    assert!(
+        rss_after < RSS_LIMIT_KIB,
+        "RSS {rss_after} KiB after the barrage"
+    );
+}
