@@ -228,7 +228,17 @@ impl Inbox {
     pub fn start(db: Db, jobs: crate::jobs::Jobs) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let new_work = Arc::new(Notify::new());
-        tokio::spawn(writer(db.clone(), rx, jobs));
+        // SQLite has one writer at a time whatever we do, so one task batches best. PostgreSQL
+        // commits concurrent transactions in parallel: a few writers keep its round trips and
+        // fsyncs overlapping (dedupe stays exact: the unique index arbitrates between them).
+        let writers = match db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(_) => 4,
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(writer(db.clone(), rx.clone(), jobs.clone()));
+        }
         Self { db, tx, new_work }
     }
 
@@ -440,9 +450,18 @@ impl Inbox {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<(Incoming, Reply)>, jobs: crate::jobs::Jobs) {
+async fn writer(
+    db: Db,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Incoming, Reply)>>>,
+    jobs: crate::jobs::Jobs,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // Hold the receiver only while taking a batch, so the next writer can take the next
+        // one while this batch commits.
+        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
         let items: Vec<Incoming> = batch.iter().map(|(i, _)| i.clone()).collect();
         let result = commit_batch(&db, &items).await;
         metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
@@ -513,6 +532,12 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
             bulk.push(idx);
         }
     }
+    // Concurrent PostgreSQL writers take unique-index locks in this order; one order for all
+    // keeps two batches sharing keys from deadlocking.
+    bulk.sort_by(|&a, &b| {
+        (items[a].source.as_str(), items[a].dedupe_key.as_deref())
+            .cmp(&(items[b].source.as_str(), items[b].dedupe_key.as_deref()))
+    });
     let bulk_sql = insert_sql(bulk.len(), "id, source, dedupe_key");
     let one_sql = insert_sql(1, "id");
     on_pool!(db, |p| {
