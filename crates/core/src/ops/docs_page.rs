@@ -33,7 +33,10 @@ const DOCS: &[(&str, &str)] = &[
         include_str!("../../../../docs/bitrix-connector.md"),
     ),
     ("deploy", include_str!("../../../../docs/deploy.md")),
-    ("reliability", include_str!("../../../../docs/reliability.md")),
+    (
+        "reliability",
+        include_str!("../../../../docs/reliability.md"),
+    ),
 ];
 
 pub(super) async fn show_docs_index(State(_): State<OpsState>) -> Response {

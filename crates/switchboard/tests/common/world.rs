@@ -189,6 +189,17 @@ impl World {
         db.close().await;
     }
 
+    /// Every job row (newest first, up to 1,000), read from the product's database.
+    pub async fn jobs(&self) -> Vec<switchboard_core::jobs::JobRow> {
+        let db = Db::connect(&self.database_url).await.expect("connect");
+        let rows = Jobs::new(db.clone())
+            .list(false, 1000)
+            .await
+            .expect("list jobs");
+        db.close().await;
+        rows
+    }
+
     /// Dead letters as (kind, last error), read from the product's database.
     pub async fn dead_letters(&self) -> Vec<(String, String)> {
         let db = Db::connect(&self.database_url).await.expect("connect");

@@ -1,0 +1,267 @@
+//! Outage (issue 9): Bitrix24 and the forwarding subscriber are down while traffic arrives,
+//! then come back. Everything acknowledged is delivered exactly once, in bounded time; the
+//! only dead letter is a permanent error, and `switchboard jobs retry all` delivers it after
+//! the fix. Runs on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{world::*, *};
+use sandbox::meta::{Customer, InboundMessage};
+use switchboard_core::testing::fresh_database_url;
+
+const RELAY: &str = "bitrix-connector.relay-to-bitrix";
+const FORWARD: &str = "wabridges-hooks.forward-event";
+
+/// Jobs of `kinds` that have run at least `attempts` times.
+async fn attempted(world: &World, kinds: &[&str], attempts: i64) -> usize {
+    world
+        .jobs()
+        .await
+        .iter()
+        .filter(|j| kinds.contains(&j.kind.as_str()) && j.attempts >= attempts)
+        .count()
+}
+
+/// Test-only time travel, and why it is safe here: the backoff of the failed relay and forward
+/// jobs is skipped with `make_retries_due()` instead of sleeping 10/30/60 s. The two things
+/// that make a too-early retry spend an attempt without doing anything — an inbox claim's 30 s
+/// lease and a CRM lead claim held by another job — are avoided by design: the outage only
+/// reaches the relay/forward jobs (`core.process-event` for Meta and wabridges touches only the
+/// database, so no inbox claim is ever held across a failure), nothing is killed, and every
+/// customer who is new during the outage writes exactly one message (no two jobs race for one
+/// lead). The warm customers' leads exist before the outage.
+///
+/// Forwards are not redelivered by the bridge's 2-minute `wabridges.redeliver-forwards` task
+/// here: the outage is kept shorter than the 5-attempt budget, so no forward dies. The one dead
+/// letter (an injected `NOT_ACTIVE_LINE`) is put back with the real CLI, `jobs retry all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
+    const WARM: usize = 3;
+    const NEW: usize = 2;
+    const PER_WARM: usize = 4;
+    const WABRIDGES: usize = 60;
+    let began = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &url, &base).await;
+    let serve = spawn_on(dir.path(), "serve", port, &["serve"], &world.env);
+    healthy(&serve).await;
+    world.install(dir.path(), &base).await;
+
+    let customers: Vec<Customer> = (0..WARM + NEW)
+        .map(|c| Customer::new(format!("4930{c:08}"), format!("Kundin Ausfall{c}")))
+        .collect();
+    for c in customers.iter().take(WARM) {
+        let sent = world
+            .meta
+            .webhooks()
+            .send_inbound(c, InboundMessage::text("hallo"))
+            .await
+            .unwrap();
+        assert_eq!(sent.status, 200);
+    }
+    eventually("warm-up messages and leads in Bitrix", 60, || async {
+        world.bitrix_inbound().len() == WARM && world.bitrix.leads().len() == WARM
+    })
+    .await;
+
+    // --- Outage: both downstreams answer 503 while traffic arrives. ---
+    world.bitrix.set_down(true);
+    world.subscriber.set_down(true);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post_meta = |wamid_text: String, c: &Customer| {
+        let (wamid, body, sig) = world.meta_inbound(c, &wamid_text);
+        let req = http
+            .post(format!("{base}/webhook/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200, "Meta inbound acknowledged");
+            wamid
+        }
+    };
+    let mut wamids = Vec::new();
+    let mut meta_plan: Vec<&Customer> = Vec::new();
+    for round in 0..PER_WARM {
+        meta_plan.extend(customers.iter().take(WARM));
+        if round < NEW {
+            meta_plan.push(&customers[WARM + round]);
+        }
+    }
+    let every = WABRIDGES / meta_plan.len();
+    let mut plan = meta_plan.iter();
+    for i in 0..WABRIDGES {
+        let r = http
+            .post(format!(
+                "{base}/wabridges/hooks/outage?token={WABRIDGES_TOKEN}"
+            ))
+            .header("content-type", "application/json")
+            .body(wabridges_message(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "wabridges event {i} acknowledged");
+        if i % every == 0
+            && let Some(c) = plan.next()
+        {
+            wamids.push(post_meta(format!("outage message {i}"), c).await);
+        }
+    }
+    for c in plan {
+        wamids.push(post_meta("outage message late".into(), c).await);
+    }
+    let jobs_expected = WABRIDGES + wamids.len();
+    eventually(
+        "every relay and forward failed once while down",
+        30,
+        || async { attempted(&world, &[RELAY, FORWARD], 1).await >= jobs_expected },
+    )
+    .await;
+    // One retry round inside the outage: still failing, still not dead.
+    world.make_retries_due().await;
+    eventually(
+        "every relay and forward failed twice while down",
+        30,
+        || async { attempted(&world, &[RELAY, FORWARD], 2).await >= jobs_expected },
+    )
+    .await;
+    let outage_secs = began.elapsed().as_secs();
+    assert_eq!(
+        world.subscriber.counts(),
+        (0, 0),
+        "nothing forwarded while down"
+    );
+    assert_eq!(
+        world.bitrix_inbound().len(),
+        WARM,
+        "nothing relayed while down"
+    );
+    assert_eq!(
+        world.dead_letters().await,
+        vec![],
+        "an outage is not permanent"
+    );
+
+    // --- Recovery: back up; skip the backoff instead of sleeping through it. ---
+    world.bitrix.set_down(false);
+    world.subscriber.set_down(false);
+    let recovered = Instant::now();
+    let deadline = recovered + Duration::from_secs(60);
+    loop {
+        let inbound = world.bitrix_inbound();
+        let missing_in = wamids.iter().filter(|w| !inbound.contains_key(*w)).count();
+        let missing_fwd = WABRIDGES.saturating_sub(world.subscriber.counts().0);
+        if missing_in + missing_fwd == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "60 s after recovery still missing {missing_in} Bitrix messages and {missing_fwd} \
+             forwards; dead letters {:?}",
+            world.dead_letters().await
+        );
+        world.make_retries_due().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let recovery_secs = recovered.elapsed().as_secs_f64();
+    eventually("queue drained", 30, || async {
+        let h = health(&serve).await;
+        h["queue"]["depth"] == 0 && h["queue"]["running"] == 0
+    })
+    .await;
+    let inbound = world.bitrix_inbound();
+    let (in_distinct, in_total) = distinct_total(&inbound);
+    let (fwd_distinct, fwd_total) = world.subscriber.counts();
+    let leads = world.bitrix.leads().len();
+    let chats = world.bitrix.chats().len();
+    let max_attempts = world
+        .jobs()
+        .await
+        .iter()
+        .filter(|j| j.kind == RELAY || j.kind == FORWARD)
+        .map(|j| j.attempts)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "outage: {WABRIDGES} wabridges + {} Meta messages ({WARM} warm customers × {PER_WARM}, \
+         {NEW} new) acked while Bitrix and the subscriber were down ({outage_secs}s in); \
+         recovered in {recovery_secs:.1}s:\n\
+         \x20 forwards: {fwd_distinct} distinct webhook-ids, {fwd_total} deliveries\n\
+         \x20 Bitrix: {in_distinct} distinct wamids (incl. {WARM} warm-up), {in_total} messages; \
+         {chats} chats, {leads} leads\n\
+         \x20 most attempts of one job: {max_attempts}",
+        wamids.len()
+    );
+    assert_eq!(
+        world.subscriber.duplicates(),
+        vec![],
+        "a forward came twice"
+    );
+    assert_eq!((fwd_distinct, fwd_total), (WABRIDGES, WABRIDGES));
+    for w in &wamids {
+        assert_eq!(inbound.get(w), Some(&1), "{w} exactly once in Bitrix");
+    }
+    assert_eq!(
+        (in_distinct, in_total),
+        (WARM + wamids.len(), WARM + wamids.len())
+    );
+    assert_eq!(
+        (chats, leads),
+        (WARM + NEW, WARM + NEW),
+        "one lead per customer"
+    );
+    assert_eq!(
+        world.dead_letters().await,
+        vec![],
+        "no dead letters from an outage"
+    );
+
+    // --- A permanent error is a dead letter with its fix; `jobs retry all` delivers it. ---
+    world
+        .bitrix
+        .fail_next("imconnector.send.messages", "NOT_ACTIVE_LINE", 400, 1);
+    let refused = post_meta("after the fix".into(), &customers[0]).await;
+    eventually("NOT_ACTIVE_LINE dead-lettered at once", 30, || async {
+        !world.dead_letters().await.is_empty()
+    })
+    .await;
+    let dead = world.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (kind, error) = &dead[0];
+    assert_eq!(kind, RELAY);
+    assert!(
+        error.contains("NOT_ACTIVE_LINE") && error.contains("activate-connector"),
+        "dead letter names the error and its fix: {error}"
+    );
+    assert!(!world.bitrix_inbound().contains_key(&refused));
+    let out = world.cli(dir.path(), &["jobs", "retry", "all"]).await;
+    assert!(
+        out.status.success(),
+        "jobs retry all: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("retried dead letter delivered", 30, || async {
+        world.bitrix_inbound().contains_key(&refused)
+    })
+    .await;
+    eventually("queue drained, no dead letters", 30, || async {
+        let h = health(&serve).await;
+        h["queue"]["depth"] == 0 && h["queue"]["running"] == 0 && h["queue"]["dead_letters"] == 0
+    })
+    .await;
+    assert_eq!(world.bitrix_inbound().get(&refused), Some(&1));
+    println!(
+        "outage: NOT_ACTIVE_LINE → 1 dead letter ({error:?}); `jobs retry all` → delivered once; \
+         {}s in all",
+        began.elapsed().as_secs()
+    );
+}
