@@ -100,10 +100,13 @@ pub fn parse(raw: &str, allowed: &[String]) -> Result<Endpoint, EndpointError> {
     }
     check_escapes(path)?;
     // Segments of dots only: `.` and `..` are what URL normalisation acts on; `...` is refused
-    // too because some servers collapse it, and no PBX path needs it.
-    if path
-        .split('/')
-        .any(|segment| !segment.is_empty() && segment.bytes().all(|b| b == b'.'))
+    // too because some servers collapse it, and no PBX path needs it. Any `..` at all is refused
+    // as SPEC §2 says (found by fuzzing: `/api/x/K..` passed): no PBX path needs one, and a
+    // rule with no exceptions is one a reviewer can check.
+    if path.contains("..")
+        || path
+            .split('/')
+            .any(|segment| !segment.is_empty() && segment.bytes().all(|b| b == b'.'))
     {
         return Err(EndpointError::DotSegment);
     }
@@ -148,6 +151,17 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Regression: a fuzzer input with `..` inside a segment was accepted.
+    #[test]
+    fn double_dot_inside_a_segment_is_refused() {
+        let allowed = vec!["/api/".to_string()];
+        assert!(matches!(
+            parse("/api/&/9lI,K..", &allowed),
+            Err(EndpointError::DotSegment)
+        ));
+        assert!(parse("/api/v1/file.name", &allowed).is_ok());
+    }
+
     use super::*;
     use EndpointError::*;
 
