@@ -201,7 +201,7 @@ struct Acked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
     use common::world::*;
-    use sandbox::meta::{Customer, InboundMessage};
+    use sandbox::meta::Customer;
 
     const N: usize = 2000;
     const CUSTOMERS: usize = 12;
@@ -223,19 +223,7 @@ async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
             .map(|c| Customer::new(format!("4917{c:08}"), format!("Kunde Nummer{c}")))
             .collect(),
     );
-    for c in customers.iter().take(WARM) {
-        let sent = world
-            .meta
-            .webhooks()
-            .send_inbound(c, InboundMessage::text("hallo"))
-            .await
-            .unwrap();
-        assert_eq!(sent.status, 200);
-    }
-    eventually("warm-up messages in Bitrix", 60, || async {
-        world.bitrix_inbound().len() == WARM && world.bitrix.leads().len() == WARM
-    })
-    .await;
+    world.warm_up(&customers[..WARM]).await;
     let warm_sends = world.bitrix_inbound();
     println!("crash: warmed up {}s in", began.elapsed().as_secs());
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{world::*, *};
-use sandbox::meta::{Customer, InboundMessage};
+use sandbox::meta::Customer;
 use switchboard_core::testing::fresh_database_url;
 
 const RELAY: &str = "bitrix-connector.relay-to-bitrix";
@@ -55,19 +55,7 @@ async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
     let customers: Vec<Customer> = (0..WARM + NEW)
         .map(|c| Customer::new(format!("4930{c:08}"), format!("Kundin Ausfall{c}")))
         .collect();
-    for c in customers.iter().take(WARM) {
-        let sent = world
-            .meta
-            .webhooks()
-            .send_inbound(c, InboundMessage::text("hallo"))
-            .await
-            .unwrap();
-        assert_eq!(sent.status, 200);
-    }
-    eventually("warm-up messages and leads in Bitrix", 60, || async {
-        world.bitrix_inbound().len() == WARM && world.bitrix.leads().len() == WARM
-    })
-    .await;
+    world.warm_up(&customers[..WARM]).await;
 
     // --- Outage: both downstreams answer 503 while traffic arrives. ---
     world.bitrix.set_down(true);

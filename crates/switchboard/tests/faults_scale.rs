@@ -143,7 +143,7 @@ struct Lane {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_serve_processes_behave_like_one() {
     use common::world::*;
-    use sandbox::meta::{Customer, InboundMessage};
+    use sandbox::meta::Customer;
     use std::time::{Duration, Instant};
 
     if !wants_postgres() {
@@ -197,19 +197,7 @@ async fn three_serve_processes_behave_like_one() {
         .map(|c| Customer::new(format!("4940{c:08}"), format!("Kunde Skala{c}")))
         .collect();
     // Warm customers write first (through the front), so operator replies have chats.
-    for c in customers.iter().take(WARM) {
-        let sent = world
-            .meta
-            .webhooks()
-            .send_inbound(c, InboundMessage::text("hallo"))
-            .await
-            .unwrap();
-        assert_eq!(sent.status, 200);
-    }
-    eventually("warm-up messages and leads in Bitrix", 60, || async {
-        world.bitrix_inbound().len() == WARM && world.bitrix.leads().len() == WARM
-    })
-    .await;
+    world.warm_up(&customers[..WARM]).await;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -146,6 +146,25 @@ impl World {
     }
 
     /// Customer messages in the fake Bitrix by wamid (`message.id`), with how often each came.
+    /// Each customer writes once; returns when Bitrix shows their messages and one lead each,
+    /// so later traffic finds chats (for operator replies) and leads already made.
+    pub async fn warm_up(&self, customers: &[Customer]) {
+        for c in customers {
+            let sent = self
+                .meta
+                .webhooks()
+                .send_inbound(c, InboundMessage::text("hallo"))
+                .await
+                .unwrap();
+            assert_eq!(sent.status, 200);
+        }
+        super::eventually("warm-up messages and leads in Bitrix", 60, || async {
+            self.bitrix_inbound().len() == customers.len()
+                && self.bitrix.leads().len() == customers.len()
+        })
+        .await;
+    }
+
     pub fn bitrix_inbound(&self) -> HashMap<String, usize> {
         let mut by_wamid = HashMap::new();
         for chat in self.bitrix.chats() {
