@@ -243,6 +243,9 @@ fn item_failure(errors: &Value) -> JobError {
 /// One CRM lead per new number (protocol §7): the phone's row is claimed first, so concurrent
 /// first messages, replays and other processes can't create a second; the portal is searched
 /// before creating, so a lead whose creation answer was lost is found instead of repeated.
+/// How long (in 100 ms steps) a relay waits for another job's lead creation before retrying.
+const LEAD_WAIT_STEPS: u32 = 50;
+
 async fn ensure_lead(
     relay: &Relay,
     unit: &InboundUnit,
@@ -254,16 +257,24 @@ async fn ensure_lead(
     };
     let db = &relay.core.db;
     let storage = |e: sqlx::Error| BitrixError::Storage(e.to_string());
-    match store::claim_lead(db, &phone).await.map_err(storage)? {
-        LeadClaim::Mine => {}
-        LeadClaim::Done(_) => return Ok(()),
-        // Another job is creating it — or a job that died mid-way holds the claim, and then
-        // nobody would. Retry (the message itself is already relayed and won't be resent):
-        // the next attempt finds the lead done, or the dead claim stale and takes it over.
-        LeadClaim::Busy => {
-            return Err(BitrixError::Storage(format!(
-                "lead for {phone} is being created by another job; checking again"
-            )));
+    // Another job may be creating this customer's lead right now (several first messages at
+    // once): that takes a few REST calls, so wait for it briefly rather than spend a retry.
+    // A claim that stays busy belongs to a job that died mid-way; retrying (the message itself
+    // is already relayed and won't be resent) finds it stale and takes it over.
+    let mut waited = 0;
+    loop {
+        match store::claim_lead(db, &phone).await.map_err(storage)? {
+            LeadClaim::Mine => break,
+            LeadClaim::Done(_) => return Ok(()),
+            LeadClaim::Busy if waited < LEAD_WAIT_STEPS => {
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            LeadClaim::Busy => {
+                return Err(BitrixError::Storage(format!(
+                    "lead for {phone} is being created by another job; checking again"
+                )));
+            }
         }
     }
     match find_or_create_lead(relay, unit, &phone, line, first_text).await {
