@@ -133,7 +133,8 @@ pub fn audit_headers(headers: &HeaderMap) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-/// Checks a bearer token, `?token=`, or the admin session cookie against `SWITCHBOARD_ADMIN_TOKEN`.
+/// Checks a bearer token or `?token=` against `SWITCHBOARD_ADMIN_TOKEN` (the JSON API's gate;
+/// the HTML pages use the session cookie of `ops::session` instead).
 /// 503 while no admin token is configured (SPEC §1.1), 401 when the token is wrong.
 pub fn check_admin(
     expected: Option<&Secret>,

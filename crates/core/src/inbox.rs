@@ -462,7 +462,8 @@ async fn writer(
         if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
         }
-        let items: Vec<Incoming> = batch.iter().map(|(i, _)| i.clone()).collect();
+        // Move the bodies out rather than copy them: this is the ack path.
+        let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let result = commit_batch(&db, &items).await;
         metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
         match result {
@@ -470,14 +471,14 @@ async fn writer(
                 if outcomes.iter().any(|o| matches!(o, Recorded::New(_))) {
                     jobs.wake();
                 }
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, rows = items.len(), "inbox batch commit failed");
                 let e = Arc::new(e);
-                for (_, reply) in batch.drain(..) {
+                for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
             }

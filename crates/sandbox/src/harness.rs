@@ -108,3 +108,31 @@ pub async fn run_baseline_server(port: u16) -> anyhow::Result<()> {
     axum::serve(listener, app).await?;
     Ok(())
 }
+
+/// The product settings that aim a `switchboard` at these fakes: Graph URL and version, the
+/// Meta app's secrets and phone number id, the Bitrix portal, OAuth server, client and line.
+/// Callers add what differs per run (database, public URL, master key, verify token).
+pub fn fakes_env(
+    meta: &crate::meta::FakeMeta,
+    bitrix: &crate::bitrix::FakeBitrix,
+) -> Vec<(String, String)> {
+    let (mc, bc) = (meta.config(), bitrix.config());
+    [
+        ("SWITCHBOARD_META_GRAPH_URL", meta.url()),
+        ("SWITCHBOARD_META_GRAPH_VERSION", mc.graph_version.clone()),
+        ("SWITCHBOARD_META_APP_SECRET", mc.app_secret.clone()),
+        ("SWITCHBOARD_META_ACCESS_TOKEN", mc.access_token.clone()),
+        (
+            "SWITCHBOARD_META_PHONE_NUMBER_ID",
+            mc.phone_number_id.clone(),
+        ),
+        ("SWITCHBOARD_BITRIX_PORTAL_URL", bitrix.portal_url()),
+        ("SWITCHBOARD_BITRIX_OAUTH_URL", bitrix.oauth_url()),
+        ("SWITCHBOARD_BITRIX_CLIENT_ID", bc.client_id.clone()),
+        ("SWITCHBOARD_BITRIX_CLIENT_SECRET", bc.client_secret.clone()),
+        ("SWITCHBOARD_BITRIX_LINE_ID", bc.line_id.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}

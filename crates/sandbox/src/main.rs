@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 use anyhow::Context;
 use sandbox::{
     bitrix::{BitrixConfig, ChatMessage, FakeBitrix},
-    harness::{free_port, sibling, start, switchboard},
+    harness::{fakes_env, free_port, sibling, start, switchboard},
     meta::{Customer, FakeMeta, InboundMessage, MetaConfig},
     pbx::FakePbx,
 };
@@ -77,31 +77,13 @@ async fn demo() -> anyhow::Result<()> {
         ("SWITCHBOARD_PUBLIC_URL", base.as_str()),
         ("SWITCHBOARD_ADMIN_TOKEN", admin),
         ("SWITCHBOARD_MASTER_KEY", &master_key),
-        ("SWITCHBOARD_META_GRAPH_URL", &meta.url()),
-        ("SWITCHBOARD_META_GRAPH_VERSION", &meta_cfg.graph_version),
-        ("SWITCHBOARD_META_APP_SECRET", &meta_cfg.app_secret),
-        ("SWITCHBOARD_META_ACCESS_TOKEN", &meta_cfg.access_token),
-        (
-            "SWITCHBOARD_META_PHONE_NUMBER_ID",
-            &meta_cfg.phone_number_id,
-        ),
         ("SWITCHBOARD_META_VERIFY_TOKEN", "demo-verify"),
-        ("SWITCHBOARD_BITRIX_PORTAL_URL", &bitrix.portal_url()),
-        ("SWITCHBOARD_BITRIX_OAUTH_URL", &bitrix.oauth_url()),
-        ("SWITCHBOARD_BITRIX_CLIENT_ID", &bitrix_cfg.client_id),
-        (
-            "SWITCHBOARD_BITRIX_CLIENT_SECRET",
-            &bitrix_cfg.client_secret,
-        ),
-        (
-            "SWITCHBOARD_BITRIX_LINE_ID",
-            &bitrix_cfg.line_id.to_string(),
-        ),
         ("SWITCHBOARD_PBX_BASE_URL", &pbx.url()),
         ("SWITCHBOARD_WABRIDGES_TOKEN", "demo-hook-token"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(fakes_env(&meta, &bitrix))
     .collect();
 
     step(1, "Start switchboard (SQLite in a scratch folder)");

@@ -27,7 +27,7 @@ pub fn bridges(core: &Core) -> Vec<BridgeInfo> {
 pub fn router(core: &Core) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .merge(switchboard_core::ops::router(core, bridges(core))) // /health /metrics
+        .merge(switchboard_core::ops::router(core, bridges(core))) // /health /metrics / /docs /setup /admin/*
         .merge(pbx_bridge::router(core)) // POST /whatsapp-bridge
         .merge(wabridges_hooks::router(core)) // POST /wabridges/hooks/{bridge}, /api/wabridges/*
         .merge(bitrix_connector::router(core)) // /webhook/whatsapp /bitrix/* /media/{id}

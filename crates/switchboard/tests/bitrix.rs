@@ -130,28 +130,16 @@ async fn an_acknowledged_message_survives_kill_9_and_is_delivered_after_restart(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let (mc, bc) = (meta.config().clone(), bitrix.config());
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", database_url),
         ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
         ("SWITCHBOARD_PUBLIC_URL", base.clone()),
         ("SWITCHBOARD_MASTER_KEY", generate_master_key()),
-        ("SWITCHBOARD_META_GRAPH_URL", meta.url()),
-        ("SWITCHBOARD_META_APP_SECRET", mc.app_secret.clone()),
-        ("SWITCHBOARD_META_ACCESS_TOKEN", mc.access_token.clone()),
-        (
-            "SWITCHBOARD_META_PHONE_NUMBER_ID",
-            mc.phone_number_id.clone(),
-        ),
         ("SWITCHBOARD_META_VERIFY_TOKEN", "verify".into()),
-        ("SWITCHBOARD_BITRIX_PORTAL_URL", bitrix.portal_url()),
-        ("SWITCHBOARD_BITRIX_OAUTH_URL", bitrix.oauth_url()),
-        ("SWITCHBOARD_BITRIX_CLIENT_ID", bc.client_id.clone()),
-        ("SWITCHBOARD_BITRIX_CLIENT_SECRET", bc.client_secret.clone()),
-        ("SWITCHBOARD_BITRIX_LINE_ID", bc.line_id.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(sandbox::harness::fakes_env(&meta, &bitrix))
     .collect();
 
     // HTTP only: whatever it acknowledges is not processed by this process.

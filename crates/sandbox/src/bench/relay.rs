@@ -26,44 +26,12 @@ pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
     };
-    let mut env: Vec<(String, String)> = vec![
-        ("SWITCHBOARD_MASTER_KEY".into(), master_key),
-        ("SWITCHBOARD_META_GRAPH_URL".into(), meta.url()),
-        (
-            "SWITCHBOARD_META_GRAPH_VERSION".into(),
-            meta_cfg.graph_version.clone(),
-        ),
-        (
-            "SWITCHBOARD_META_APP_SECRET".into(),
-            meta_cfg.app_secret.clone(),
-        ),
-        (
-            "SWITCHBOARD_META_ACCESS_TOKEN".into(),
-            meta_cfg.access_token.clone(),
-        ),
-        (
-            "SWITCHBOARD_META_PHONE_NUMBER_ID".into(),
-            meta_cfg.phone_number_id.clone(),
-        ),
-        (
-            "SWITCHBOARD_META_VERIFY_TOKEN".into(),
-            "bench-verify".into(),
-        ),
-        ("SWITCHBOARD_BITRIX_PORTAL_URL".into(), bitrix.portal_url()),
-        ("SWITCHBOARD_BITRIX_OAUTH_URL".into(), bitrix.oauth_url()),
-        (
-            "SWITCHBOARD_BITRIX_CLIENT_ID".into(),
-            bitrix_cfg.client_id.clone(),
-        ),
-        (
-            "SWITCHBOARD_BITRIX_CLIENT_SECRET".into(),
-            bitrix_cfg.client_secret.clone(),
-        ),
-        (
-            "SWITCHBOARD_BITRIX_LINE_ID".into(),
-            bitrix_cfg.line_id.to_string(),
-        ),
-    ];
+    let mut env = sandbox::harness::fakes_env(&meta, &bitrix);
+    env.push(("SWITCHBOARD_MASTER_KEY".into(), master_key));
+    env.push((
+        "SWITCHBOARD_META_VERIFY_TOKEN".into(),
+        "bench-verify".into(),
+    ));
     let (proc, dir) = start_product(None, &env).await?;
     env.push(("SWITCHBOARD_PUBLIC_URL".into(), proc.base.clone()));
 

@@ -60,7 +60,6 @@ impl World {
             ),
         )
         .unwrap();
-        let (mc, bc) = (meta.config().clone(), bitrix.config());
         let env = [
             ("DATABASE_URL", database_url.to_string()),
             ("SWITCHBOARD_CONFIG", config.display().to_string()),
@@ -69,23 +68,11 @@ impl World {
             ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ("SWITCHBOARD_WABRIDGES_TOKEN", WABRIDGES_TOKEN.into()),
             ("SWITCHBOARD_PBX_BASE_URL", pbx.url()),
-            ("SWITCHBOARD_META_GRAPH_URL", meta.url()),
-            ("SWITCHBOARD_META_GRAPH_VERSION", mc.graph_version.clone()),
-            ("SWITCHBOARD_META_APP_SECRET", mc.app_secret.clone()),
-            ("SWITCHBOARD_META_ACCESS_TOKEN", mc.access_token.clone()),
-            (
-                "SWITCHBOARD_META_PHONE_NUMBER_ID",
-                mc.phone_number_id.clone(),
-            ),
             ("SWITCHBOARD_META_VERIFY_TOKEN", "fault-verify".into()),
-            ("SWITCHBOARD_BITRIX_PORTAL_URL", bitrix.portal_url()),
-            ("SWITCHBOARD_BITRIX_OAUTH_URL", bitrix.oauth_url()),
-            ("SWITCHBOARD_BITRIX_CLIENT_ID", bc.client_id.clone()),
-            ("SWITCHBOARD_BITRIX_CLIENT_SECRET", bc.client_secret.clone()),
-            ("SWITCHBOARD_BITRIX_LINE_ID", bc.line_id.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(sandbox::harness::fakes_env(&meta, &bitrix))
         .collect();
         World {
             meta,
