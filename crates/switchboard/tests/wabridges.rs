@@ -114,6 +114,19 @@ async fn events_posted_to_the_binary_end_up_in_the_state_api() {
         api("/api/wabridges/bridges/front-desk/calls").await["calls"][0]["duration_secs"] == 115
     })
     .await;
+    // Events are processed concurrently: the call being done says nothing about the others.
+    until("every event processed", 30, || async {
+        let h: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["queue"]["depth"] == 0 && h["queue"]["running"] == 0
+    })
+    .await;
     let bridges = api("/api/wabridges/bridges").await;
     assert_eq!(bridges["bridges"][0]["bridge"], "front-desk");
     assert_eq!(bridges["bridges"][0]["connection"], "connected");
