@@ -5,10 +5,12 @@
 //! committed — so the 2xx that follows never acknowledges something a crash could lose.
 //!
 //! Commits are grouped: concurrent `record` calls queue for one writer task that inserts a
-//! whole batch in one transaction, so many acks share one fsync. New rows that need work are
-//! then handed to the job queue ([`crate::jobs`]); a row whose hand-off a crash interrupted is
-//! still `dispatched_at IS NULL` and is handed over again by [`Inbox::dispatch_pending`] at
-//! start and periodically.
+//! whole batch in one transaction, so many acks share one fsync. The ack commits the inbox row
+//! only: the row itself is the unit of work. Handing new rows to the job queue is the
+//! dispatcher's job ([`crate::jobs::dispatch_pending`]), in its own larger transactions in the
+//! processes that run workers, so job rows and their indexes stay off the ack path. A row
+//! stays `dispatched_at IS NULL` until its job is committed, so a crash at any point leaves it
+//! to be handed over again.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -17,7 +19,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{
     db::{Db, now_ms},
-    jobs::EnqueueInTx,
     on_pool,
 };
 
@@ -218,14 +219,14 @@ const MAX_BATCH: usize = 256;
 pub struct Inbox {
     db: Db,
     tx: mpsc::Sender<(Incoming, Reply)>,
-    /// Wakes the dispatcher when replayed rows need handing to the job queue.
+    /// Wakes this process's dispatcher when rows need handing to the job queue.
     pub(crate) new_work: Arc<Notify>,
 }
 
 impl Inbox {
-    /// Starts the group-commit writer on the current runtime. `jobs` is woken after each commit
-    /// that queued work.
-    pub fn start(db: Db, jobs: crate::jobs::Jobs) -> Self {
+    /// Starts the group-commit writer. The dispatcher is woken after each commit that stored
+    /// new work.
+    pub fn start(db: Db) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let new_work = Arc::new(Notify::new());
         // SQLite has one writer at a time whatever we do, so one task batches best. PostgreSQL
@@ -236,8 +237,36 @@ impl Inbox {
             Db::Postgres(_) => 4,
         };
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..writers {
-            tokio::spawn(writer(db.clone(), rx.clone(), jobs.clone()));
+        for n in 0..writers {
+            let task = writer(db.clone(), rx.clone(), new_work.clone());
+            match db {
+                // A batch is several statements, each a round trip to sqlx's SQLite thread. On
+                // the shared runtime every one of those wake-ups queues behind the HTTP tasks
+                // that are waiting for this very commit, so a commit took milliseconds of
+                // queueing for microseconds of work. On its own thread the writer resumes at
+                // once. (PostgreSQL connections belong to the main runtime's reactor.)
+                Db::Sqlite(_) => {
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("inbox-writer-{n}"))
+                        .spawn(move || {
+                            match tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                            {
+                                Ok(rt) => rt.block_on(task),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "inbox writer runtime failed to start")
+                                }
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "inbox writer thread failed to start");
+                    }
+                }
+                Db::Postgres(_) => {
+                    tokio::spawn(task);
+                }
+            }
         }
         Self { db, tx, new_work }
     }
@@ -367,36 +396,6 @@ impl Inbox {
         Ok(())
     }
 
-    /// Rows whose hand-off to the job queue has not happened yet.
-    pub(crate) async fn undispatched(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<(i64, String, String, i64)>, InboxError> {
-        Ok(on_pool!(&self.db, |p| sqlx::query_as(
-            "SELECT id, source, request_id, replays FROM inbox_events
-             WHERE dispatched_at IS NULL AND status = 'received' ORDER BY id LIMIT $1"
-        )
-        .bind(limit)
-        .fetch_all(p)
-        .await)?)
-    }
-
-    pub(crate) async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), InboxError> {
-        let now = now_ms();
-        on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            for id in ids {
-                sqlx::query("UPDATE inbox_events SET dispatched_at = $1 WHERE id = $2")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await
-        })?;
-        Ok(())
-    }
-
     /// Puts stored rows back to `received` and undispatched so they are processed again.
     /// Replay is idempotent because every processor deduplicates its own effects.
     pub async fn replay(&self, ids: &[i64]) -> Result<u64, InboxError> {
@@ -453,7 +452,7 @@ impl Inbox {
 async fn writer(
     db: Db,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Incoming, Reply)>>>,
-    jobs: crate::jobs::Jobs,
+    new_work: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -464,12 +463,15 @@ async fn writer(
         }
         // Move the bodies out rather than copy them: this is the ack path.
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
+        let began = Instant::now();
         let result = commit_batch(&db, &items).await;
+        metrics::histogram!("switchboard_inbox_commit_seconds")
+            .record(began.elapsed().as_secs_f64());
         metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
         match result {
             Ok(outcomes) => {
                 if outcomes.iter().any(|o| matches!(o, Recorded::New(_))) {
-                    jobs.wake();
+                    new_work.notify_one();
                 }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -490,8 +492,17 @@ async fn writer(
 const COLUMNS: &str = "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)";
 const PER_ROW: usize = 12;
 
-/// `INSERT … VALUES ($1…$12), ($13…$24), … ON CONFLICT DO NOTHING RETURNING …` for `rows` rows.
-fn insert_sql(rows: usize, returning: &str) -> String {
+#[derive(Clone, Copy)]
+enum Placeholders {
+    /// `$1, $2, …`: PostgreSQL's only form.
+    Numbered,
+    /// `?, ?, …`, bound in order.
+    Anonymous,
+}
+
+/// `INSERT … VALUES (…12 parameters…), (…), … ON CONFLICT DO NOTHING RETURNING …` for `rows`
+/// rows.
+fn insert_sql(rows: usize, returning: &str, placeholders: Placeholders) -> String {
     let mut sql = format!("INSERT INTO inbox_events {COLUMNS} VALUES ");
     for r in 0..rows {
         if r > 0 {
@@ -502,7 +513,10 @@ fn insert_sql(rows: usize, returning: &str) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * PER_ROW + c + 1));
+            match placeholders {
+                Placeholders::Numbered => sql.push_str(&format!("${}", r * PER_ROW + c + 1)),
+                Placeholders::Anonymous => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -514,7 +528,8 @@ fn insert_sql(rows: usize, returning: &str) -> String {
 /// One transaction for the whole batch. The hot path — new deduplicated work — is a single
 /// multi-row INSERT whose RETURNING rows name the keys that were new (matched back by key, as
 /// neither engine promises RETURNING order); the rest (duplicates, rejected and keyless calls)
-/// are rare and inserted one by one. Jobs for new rows join the same transaction.
+/// are rare and inserted one by one. Work rows go in undispatched; rows with nothing to do are
+/// stored as already dispatched, so the dispatcher's index never sees them.
 async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx::Error> {
     let now = now_ms();
     let durations: Vec<i64> = items
@@ -539,12 +554,17 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
         (items[a].source.as_str(), items[a].dedupe_key.as_deref())
             .cmp(&(items[b].source.as_str(), items[b].dedupe_key.as_deref()))
     });
-    let bulk_sql = insert_sql(bulk.len(), "id, source, dedupe_key");
-    let one_sql = insert_sql(1, "id");
+    let placeholders = match db {
+        // SQLite finds a numbered parameter by a linear scan, which makes a large statement's
+        // binding quadratic; anonymous `?` parameters are bound in order.
+        Db::Sqlite(_) => Placeholders::Anonymous,
+        Db::Postgres(_) => Placeholders::Numbered,
+    };
+    let bulk_sql = insert_sql(bulk.len(), "id, source, dedupe_key", placeholders);
+    let one_sql = insert_sql(1, "id", placeholders);
     on_pool!(db, |p| {
         let mut tx = p.begin().await?;
         let mut out: Vec<Option<Recorded>> = vec![None; items.len()];
-        let mut jobs = Vec::new();
         if !bulk.is_empty() {
             let mut q =
                 sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(bulk_sql.clone()));
@@ -562,17 +582,10 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                     .bind(now)
                     .bind(durations[idx])
                     .bind(i.error.as_deref())
-                    .bind(Some(now));
+                    .bind(None::<i64>);
             }
             for (id, source, key) in q.fetch_all(&mut *tx).await? {
                 if let Some(&idx) = first_of.get(&(source.as_str(), key.as_str())) {
-                    let i = &items[idx];
-                    jobs.push(crate::jobs::process_event_job(
-                        id,
-                        &i.source,
-                        &i.request_id,
-                        0,
-                    ));
                     out[idx] = Some(Recorded::New(id));
                 }
             }
@@ -590,6 +603,7 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
             } else {
                 i.status
             };
+            let needs_dispatch = work && !duplicate;
             let (id,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(one_sql.clone()))
                 .bind(&i.request_id)
                 .bind(&i.source)
@@ -602,25 +616,16 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                 .bind(now)
                 .bind(durations[idx])
                 .bind(if duplicate { None } else { i.error.as_deref() })
-                .bind(Some(now))
+                .bind((!needs_dispatch).then_some(now))
                 .fetch_one(&mut *tx)
                 .await?;
             out[idx] = Some(if duplicate {
                 Recorded::Duplicate(id)
             } else if work {
-                jobs.push(crate::jobs::process_event_job(
-                    id,
-                    &i.source,
-                    &i.request_id,
-                    0,
-                ));
                 Recorded::New(id)
             } else {
                 Recorded::Logged(id)
             });
-        }
-        if !jobs.is_empty() {
-            tx.enqueue(jobs).await?;
         }
         tx.commit().await?;
         Ok(out

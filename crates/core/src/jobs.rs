@@ -141,8 +141,8 @@ pub enum QueueError {
     Db(#[from] sqlx::Error),
 }
 
-/// Writes jobs into the queue inside the caller's transaction, so a row and the job that
-/// processes it are committed together or not at all (the inbox uses this for every new row).
+/// Writes jobs into the queue inside the caller's transaction, so a row's hand-off and the job
+/// that processes it are committed together or not at all.
 pub(crate) trait EnqueueInTx {
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error>;
 }
@@ -155,15 +155,53 @@ fn task_for(job: &Job, key: String) -> Result<Task<Vec<u8>>, sqlx::Error> {
         .build())
 }
 
+/// Rows per multi-row INSERT into apalis' table. SQLite looks bind parameters up by a linear
+/// scan, so one giant statement costs quadratic time; chunks keep it linear.
+const SQLITE_JOBS_PER_INSERT: usize = 64;
+
 impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Sqlite> {
+    /// The same rows `apalis_sqlite::queries::push_tasks` writes, but as multi-row INSERTs: the
+    /// ack path pays one statement per chunk, not one round trip per job.
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
         let tasks = jobs
             .iter()
             .map(|(j, k)| task_for(j, k.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        apalis_sqlite::queries::push_tasks(&mut **self, QUEUE, &tasks)
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("enqueue: {e}")))
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for chunk in tasks.chunks(SQLITE_JOBS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, ?, ?, 'Pending', 0, ?, ?, ?, ?, ?)");
+            }
+            sql.push_str(" ON CONFLICT (job_type, idempotency_key) DO NOTHING");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for task in chunk {
+                let id = task
+                    .task_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| ulid::Ulid::generate().to_string());
+                q = q
+                    .bind(task.args.clone())
+                    .bind(id)
+                    .bind(QUEUE)
+                    .bind(task.max_attempts().unwrap_or(MAX_ATTEMPTS) as i64)
+                    .bind(task.run_at().unwrap_or(now) as i64)
+                    .bind(task.priority().unwrap_or_default() as i64)
+                    .bind(serde_json::to_string(task.metadata()).unwrap_or_default())
+                    .bind(task.idempotency_key());
+            }
+            q.execute(&mut **self).await?;
+        }
+        Ok(())
     }
 }
 
@@ -225,7 +263,7 @@ pub struct JobRow {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
-    /// Waiting or due for a retry.
+    /// Waiting (queued, or stored and not yet queued) or due for a retry.
     pub pending: i64,
     pub running: i64,
     pub dead: i64,
@@ -346,8 +384,18 @@ impl Jobs {
                 .bind(QUEUE)
                 .fetch_one(p)
                 .await)?;
+        // Stored events not yet handed to the queue are waiting work too (with `serve
+        // --no-workers` they wait here until a worker process dispatches them).
+        let undispatched: i64 =
+            on_pool!(&self.db, |p| {
+                sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'"
+        )
+        .fetch_one(p)
+        .await
+            })?;
         Ok(QueueStats {
-            pending,
+            pending: pending + undispatched,
             running,
             dead,
         })
@@ -639,13 +687,20 @@ impl JobKind for ProcessEvent {
     const KIND: &'static str = "core.process-event";
 }
 
-/// Hands rows that need (re)processing and have no job yet to the queue: replayed rows, and
-/// rows written before a version that enqueued in the same transaction. New rows get their job
-/// in the inbox's own transaction. Runs in every process that records or works; the
-/// idempotency key makes a hand-off done twice a no-op.
+/// Hands stored rows that have no job yet to the queue: every new row (the ack commits the row
+/// alone) and every replayed one. Runs in each process that runs workers; several dispatchers
+/// on one PostgreSQL skip each other's locked rows, and the idempotency key makes a hand-off
+/// done twice a no-op.
 pub fn spawn_dispatcher(inbox: Inbox, jobs: Jobs) -> tokio::task::JoinHandle<()> {
     tokio::spawn(dispatch_loop(inbox, jobs))
 }
+
+/// How often a dispatcher looks for rows stored by another process (`serve --no-workers`
+/// beside `switchboard worker`). Rows stored by this process wake it at once.
+const DISPATCH_POLL: Duration = Duration::from_millis(100);
+
+/// Rows per dispatch transaction.
+const DISPATCH_BATCH: i64 = 256;
 
 async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
     loop {
@@ -655,7 +710,7 @@ async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
         }
         tokio::select! {
             _ = inbox.new_work.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(DISPATCH_POLL) => {}
         }
     }
 }
@@ -664,33 +719,62 @@ async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
 pub async fn dispatch_pending(inbox: &Inbox, jobs: &Jobs) -> Result<usize, QueueError> {
     let mut total = 0;
     loop {
-        let rows = inbox
-            .undispatched(256)
-            .await
-            .map_err(|e| QueueError::Push(e.to_string()))?;
-        if rows.is_empty() {
+        let n = dispatch_batch(inbox.db()).await?;
+        if n > 0 {
+            jobs.wake();
+        }
+        total += n;
+        if (n as i64) < DISPATCH_BATCH {
             return Ok(total);
         }
-        let mut done = Vec::with_capacity(rows.len());
-        for (id, source, request_id, replays) in rows {
-            let key = format!("inbox:{id}:{replays}");
-            jobs.push_once(
-                &ProcessEvent {
-                    event_id: id,
-                    source,
-                },
-                &request_id,
-                &key,
-            )
-            .await?;
-            done.push(id);
-        }
-        inbox
-            .mark_dispatched(&done)
-            .await
-            .map_err(|e| QueueError::Push(e.to_string()))?;
-        total += done.len();
     }
+}
+
+/// Marks up to [`DISPATCH_BATCH`] rows dispatched and enqueues their jobs, in one transaction:
+/// a crash before the commit leaves both undone, so the rows are handed over again.
+async fn dispatch_batch(db: &Db) -> Result<usize, sqlx::Error> {
+    // A plain read first: the poll is usually empty, and an UPDATE would take SQLite's write
+    // lock (and make the inbox writer wait) even when it matches nothing.
+    let waiting: bool = on_pool!(db, |p| {
+        sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received')"
+    )
+    .fetch_one(p)
+    .await
+    })?;
+    if !waiting {
+        return Ok(0);
+    }
+    let skip_locked = match db {
+        Db::Sqlite(_) => "",
+        Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+    };
+    let sql = format!(
+        "UPDATE inbox_events SET dispatched_at = $1 WHERE id IN (
+           SELECT id FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'
+           ORDER BY id LIMIT $2{skip_locked})
+         RETURNING id, source, request_id, replays"
+    );
+    on_pool!(db, |p| {
+        let mut tx = p.begin().await?;
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(DISPATCH_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+        let n = rows.len();
+        if n > 0 {
+            let jobs = rows
+                .iter()
+                .map(|(id, source, request_id, replays)| {
+                    process_event_job(*id, source, request_id, *replays)
+                })
+                .collect();
+            tx.enqueue(jobs).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    })
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl Core {
         let config = Arc::new(config);
         let jobs = Jobs::new(db.clone());
         Self {
-            inbox: Inbox::start(db.clone(), jobs.clone()),
+            inbox: Inbox::start(db.clone()),
             jobs,
             settings: Settings::new(db.clone(), config.clone()),
             http: http_client(),

@@ -21,6 +21,8 @@ pub fn init(format: Option<&str>) {
                 fmt::layer()
                     .json()
                     .with_current_span(true)
+                    // The current span already carries the request id; the full list repeated it.
+                    .with_span_list(false)
                     .with_writer(std::io::stderr),
             )
             .try_init();

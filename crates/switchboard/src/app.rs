@@ -51,9 +51,13 @@ pub fn router(core: &Core) -> Router {
                     let status = resp.status().as_u16();
                     metrics::counter!("switchboard_http_requests_total", "status" => status.to_string()).increment(1);
                     metrics::histogram!("switchboard_http_request_duration_seconds").record(latency.as_secs_f64());
+                    // Successful calls are logged at debug only: every webhook call already has
+                    // its audit row (status, duration, request id), and a log line per ack cost
+                    // about a third of the ack throughput. Refusals and failures stay visible.
                     match resp.extensions().get::<ErrorCause>() {
                         Some(cause) => tracing::error!(status, latency_ms = latency.as_millis() as u64, cause = %cause.0, "request failed"),
-                        None => tracing::info!(status, latency_ms = latency.as_millis() as u64, "request"),
+                        None if status >= 400 => tracing::info!(status, latency_ms = latency.as_millis() as u64, "request refused"),
+                        None => tracing::debug!(status, latency_ms = latency.as_millis() as u64, "request"),
                     }
                 })
                 .on_failure(()),

@@ -259,7 +259,10 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
         }
     };
 
-    jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    if with_workers {
+        // Without workers this process only acks; a worker process dispatches what it stores.
+        jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    }
     tracing::info!(
         %listen,
         database = core.db.backend(),

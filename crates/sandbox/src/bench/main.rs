@@ -375,8 +375,19 @@ async fn main() -> anyhow::Result<()> {
     let base_open = open_loop(any_post(&base_proc.base), 1000, Duration::from_secs(5)).await;
     drop(base_proc);
 
+    // `switchboard-bench ack`: the ack rows only (SQLite, no workers), for quick iterations.
+    let ack_only = args.get(1).map(String::as_str) == Some("ack");
     eprintln!("webhook acks on SQLite");
     ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, false).await;
+    if ack_only {
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                r.figure, r.measured, r.baseline, r.ratio, r.verdict
+            );
+        }
+        return Ok(());
+    }
     ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, true).await;
     eprintln!("webhook acks on PostgreSQL");
     match postgres_url() {
