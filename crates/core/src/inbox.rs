@@ -209,7 +209,7 @@ pub enum InboxError {
     WriterGone,
 }
 
-type Reply = oneshot::Sender<Result<Recorded, Arc<sqlx::Error>>>;
+type Reply = oneshot::Sender<Outcome>;
 
 /// How many waiting calls one commit takes at most. Large enough to amortise the fsync, small
 /// enough that one transaction never holds the SQLite write lock for long.
@@ -449,12 +449,19 @@ impl Inbox {
     }
 }
 
+/// The SQLite writer's own connection, kept across batches so a commit costs no pool hand-off
+/// (nor its liveness ping). Dropped after an error: the next batch starts on a fresh one.
+type HeldConnection = Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>;
+
+type Outcome = Result<Recorded, Arc<sqlx::Error>>;
+
 async fn writer(
     db: Db,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Incoming, Reply)>>>,
     new_work: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut held: HeldConnection = None;
     loop {
         // Hold the receiver only while taking a batch, so the next writer can take the next
         // one while this batch commits.
@@ -464,26 +471,19 @@ async fn writer(
         // Move the bodies out rather than copy them: this is the ack path.
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
-        let result = commit_batch(&db, &items).await;
+        let outcomes = commit_batch(&db, &mut held, &items).await;
         metrics::histogram!("switchboard_inbox_commit_seconds")
             .record(began.elapsed().as_secs_f64());
         metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                if outcomes.iter().any(|o| matches!(o, Recorded::New(_))) {
-                    new_work.notify_one();
-                }
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, rows = items.len(), "inbox batch commit failed");
-                let e = Arc::new(e);
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        if outcomes.iter().any(|o| matches!(o, Ok(Recorded::New(_)))) {
+            new_work.notify_one();
+        }
+        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+            let failed = outcomes.iter().filter(|o| o.is_err()).count();
+            tracing::error!(error = %e, rows = failed, "inbox batch commit failed");
+        }
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -525,18 +525,26 @@ fn insert_sql(rows: usize, returning: &str, placeholders: Placeholders) -> Strin
     sql
 }
 
-/// One transaction for the whole batch. The hot path — new deduplicated work — is a single
-/// multi-row INSERT whose RETURNING rows name the keys that were new (matched back by key, as
-/// neither engine promises RETURNING order); the rest (duplicates, rejected and keyless calls)
-/// are rare and inserted one by one. Work rows go in undispatched; rows with nothing to do are
-/// stored as already dispatched, so the dispatcher's index never sees them.
-async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx::Error> {
+/// Records a batch in at most two transactions. The first — the hot path, new deduplicated
+/// work — is one multi-row INSERT whose RETURNING rows name the keys that were new (matched back
+/// by key, as neither engine promises RETURNING order); on SQLite it travels to the database
+/// as one statement list, one round trip. The second, only when needed, stores the rest one by
+/// one: duplicates, rejected and keyless calls. Each caller's answer reflects its own commit.
+/// Work rows go in undispatched; rows with nothing to do are stored as already dispatched, so
+/// the dispatcher's index never sees them.
+async fn commit_batch(db: &Db, held: &mut HeldConnection, items: &[Incoming]) -> Vec<Outcome> {
     let now = now_ms();
     let durations: Vec<i64> = items
         .iter()
         .map(|i| i.started.elapsed().as_millis() as i64)
         .collect();
     let headers: Vec<String> = items.iter().map(|i| i.headers.to_string()).collect();
+    let row = RowValues {
+        items,
+        headers: &headers,
+        durations: &durations,
+        now,
+    };
     // The first occurrence of each (source, key) among new work; later ones are duplicates.
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let mut bulk = Vec::new();
@@ -554,22 +562,75 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
         (items[a].source.as_str(), items[a].dedupe_key.as_deref())
             .cmp(&(items[b].source.as_str(), items[b].dedupe_key.as_deref()))
     });
-    let placeholders = match db {
+    let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
+    if !bulk.is_empty() {
+        match insert_new(db, held, &row, &bulk).await {
+            Ok(inserted) => {
+                for (id, source, key) in inserted {
+                    if let Some(&idx) = first_of.get(&(source.as_str(), key.as_str())) {
+                        out[idx] = Some(Ok(Recorded::New(id)));
+                    }
+                }
+            }
+            Err(e) => {
+                // Which keys were new is unknown: fail the whole batch, senders retry.
+                let e = Arc::new(e);
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+    }
+    let rest: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+    if !rest.is_empty() {
+        match insert_rest(db, &row, &rest).await {
+            Ok(recorded) => {
+                for (idx, r) in rest.iter().zip(recorded) {
+                    out[*idx] = Some(Ok(r));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for idx in rest {
+                    out[idx] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.expect("every item answered"))
+        .collect()
+}
+
+/// What every INSERT binds besides the item itself.
+struct RowValues<'a> {
+    items: &'a [Incoming],
+    headers: &'a [String],
+    durations: &'a [i64],
+    now: i64,
+}
+
+fn placeholders(db: &Db) -> Placeholders {
+    match db {
         // SQLite finds a numbered parameter by a linear scan, which makes a large statement's
         // binding quadratic; anonymous `?` parameters are bound in order.
         Db::Sqlite(_) => Placeholders::Anonymous,
         Db::Postgres(_) => Placeholders::Numbered,
-    };
-    let bulk_sql = insert_sql(bulk.len(), "id, source, dedupe_key", placeholders);
-    let one_sql = insert_sql(1, "id", placeholders);
-    on_pool!(db, |p| {
-        let mut tx = p.begin().await?;
-        let mut out: Vec<Option<Recorded>> = vec![None; items.len()];
-        if !bulk.is_empty() {
-            let mut q =
-                sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(bulk_sql.clone()));
-            for &idx in &bulk {
-                let i = &items[idx];
+    }
+}
+
+/// Inserts the batch's first occurrences of new keys; returns `(id, source, key)` of the rows
+/// that were new to the table.
+async fn insert_new(
+    db: &Db,
+    held: &mut HeldConnection,
+    row: &RowValues<'_>,
+    bulk: &[usize],
+) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+    let insert = insert_sql(bulk.len(), "id, source, dedupe_key", placeholders(db));
+    macro_rules! bound {
+        ($sql:expr) => {{
+            let mut q = sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe($sql));
+            for &idx in bulk {
+                let i = &row.items[idx];
                 q = q
                     .bind(&i.request_id)
                     .bind(&i.source)
@@ -578,25 +639,59 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                     .bind(i.dedupe_key.as_deref())
                     .bind(Status::Received.as_str())
                     .bind(&i.body)
-                    .bind(&headers[idx])
-                    .bind(now)
-                    .bind(durations[idx])
+                    .bind(&row.headers[idx])
+                    .bind(row.now)
+                    .bind(row.durations[idx])
                     .bind(i.error.as_deref())
                     .bind(None::<i64>);
             }
-            for (id, source, key) in q.fetch_all(&mut *tx).await? {
-                if let Some(&idx) = first_of.get(&(source.as_str(), key.as_str())) {
-                    out[idx] = Some(Recorded::New(id));
-                }
+            q
+        }};
+    }
+    match db {
+        Db::Sqlite(pool) => {
+            let conn = match held {
+                Some(c) => c,
+                None => held.insert(pool.acquire().await?),
+            };
+            // One statement list, one trip to sqlx's SQLite thread: begin, insert, commit.
+            let sql = format!("BEGIN IMMEDIATE; {insert}; COMMIT");
+            let result = bound!(sql).fetch_all(&mut **conn).await;
+            if result.is_err()
+                && let Some(mut c) = held.take()
+            {
+                // Don't hand a connection that may still be inside the failed transaction
+                // back to the pool.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
+                c.close_on_drop();
             }
+            result
         }
-        for (idx, i) in items.iter().enumerate() {
-            if out[idx].is_some() {
-                continue;
-            }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let rows = bound!(insert).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(rows)
+        }
+    }
+}
+
+/// Stores the rest of a batch one row at a time, in one transaction: duplicates (of the table or
+/// of this batch), rejected and skipped calls, and work without a dedupe key.
+async fn insert_rest(
+    db: &Db,
+    row: &RowValues<'_>,
+    rest: &[usize],
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let one_sql = insert_sql(1, "id", placeholders(db));
+    on_pool!(db, |p| {
+        let mut tx = p.begin().await?;
+        let mut out = Vec::with_capacity(rest.len());
+        for &idx in rest {
+            let i = &row.items[idx];
             let work = i.status == Status::Received;
-            // A keyed work row not inserted above is a duplicate (of this batch or of the
-            // table): store it as such, key kept in dedupe_ref only.
+            // A keyed work row not inserted as new is a duplicate: store it as such, key kept
+            // in dedupe_ref only.
             let duplicate = work && i.dedupe_key.is_some();
             let status = if duplicate {
                 Status::Duplicate
@@ -612,14 +707,14 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
                 .bind(i.dedupe_key.as_deref())
                 .bind(status.as_str())
                 .bind(&i.body)
-                .bind(&headers[idx])
-                .bind(now)
-                .bind(durations[idx])
+                .bind(&row.headers[idx])
+                .bind(row.now)
+                .bind(row.durations[idx])
                 .bind(if duplicate { None } else { i.error.as_deref() })
-                .bind((!needs_dispatch).then_some(now))
+                .bind((!needs_dispatch).then_some(row.now))
                 .fetch_one(&mut *tx)
                 .await?;
-            out[idx] = Some(if duplicate {
+            out.push(if duplicate {
                 Recorded::Duplicate(id)
             } else if work {
                 Recorded::New(id)
@@ -628,9 +723,6 @@ async fn commit_batch(db: &Db, items: &[Incoming]) -> Result<Vec<Recorded>, sqlx
             });
         }
         tx.commit().await?;
-        Ok(out
-            .into_iter()
-            .map(|o| o.expect("every item recorded"))
-            .collect())
+        Ok(out)
     })
 }

@@ -386,14 +386,13 @@ impl Jobs {
                 .await)?;
         // Stored events not yet handed to the queue are waiting work too (with `serve
         // --no-workers` they wait here until a worker process dispatches them).
-        let undispatched: i64 =
-            on_pool!(&self.db, |p| {
-                sqlx::query_scalar(
+        let undispatched: i64 = on_pool!(&self.db, |p| {
+            sqlx::query_scalar(
             "SELECT COUNT(*) FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'"
         )
         .fetch_one(p)
         .await
-            })?;
+        })?;
         Ok(QueueStats {
             pending: pending + undispatched,
             running,

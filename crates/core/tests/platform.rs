@@ -53,8 +53,8 @@ async fn fifty_concurrent_duplicates_give_exactly_one_new() {
     let counts = core.inbox.count_by_status().await.unwrap();
     assert_eq!(counts.get("duplicate"), Some(&49));
     assert_eq!(counts.get("received"), Some(&1));
-    // The new row's job was committed with it (no dispatcher is running here); duplicates
-    // queue nothing.
+    // The new row waits for the dispatcher (none runs here) and counts as pending work;
+    // duplicates add nothing.
     assert_eq!(core.jobs.stats().await.unwrap().pending, 1);
     // The same key from another source is a different event.
     assert!(matches!(
@@ -64,6 +64,81 @@ async fn fifty_concurrent_duplicates_give_exactly_one_new() {
             .unwrap(),
         Recorded::New(_)
     ));
+}
+
+/// One batch can mix new work, duplicates of stored rows, duplicates within the batch and
+/// refused calls; each caller gets its own answer, and only the new rows are handed to the
+/// queue — once, however often the dispatcher runs.
+#[tokio::test]
+async fn a_mixed_batch_answers_each_caller_and_dispatches_only_new_rows_once() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let Recorded::New(_) = core
+        .inbox
+        .record(incoming("test", "stored", "{}"))
+        .await
+        .unwrap()
+    else {
+        panic!("first sight of a key is new")
+    };
+    assert_eq!(
+        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+            .await
+            .unwrap(),
+        1
+    );
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        calls.push(("new", incoming("test", &format!("new-{i}"), "{}")));
+    }
+    for _ in 0..10 {
+        calls.push(("dup", incoming("test", "stored", "{}")));
+    }
+    for _ in 0..5 {
+        calls.push(("twin", incoming("test", "twin", "{}")));
+    }
+    for _ in 0..5 {
+        calls.push(("refused", incoming("test", "x", "{").rejected("bad token")));
+    }
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(kind, call)| {
+            let inbox = core.inbox.clone();
+            tokio::spawn(async move { (kind, inbox.record(call).await.unwrap()) })
+        })
+        .collect();
+    let mut seen = std::collections::HashMap::<(&str, &str), usize>::new();
+    for t in tasks {
+        let (kind, r) = t.await.unwrap();
+        let outcome = match r {
+            Recorded::New(_) => "new",
+            Recorded::Duplicate(_) => "duplicate",
+            Recorded::Logged(_) => "logged",
+        };
+        *seen.entry((kind, outcome)).or_default() += 1;
+    }
+    assert_eq!(seen.get(&("new", "new")), Some(&20));
+    assert_eq!(seen.get(&("dup", "duplicate")), Some(&10));
+    assert_eq!(seen.get(&("twin", "new")), Some(&1));
+    assert_eq!(seen.get(&("twin", "duplicate")), Some(&4));
+    assert_eq!(seen.get(&("refused", "logged")), Some(&5));
+    assert_eq!(seen.len(), 5, "no other outcome: {seen:?}");
+
+    // 21 new rows wait for the dispatcher; they count as pending work before and after.
+    assert_eq!(core.jobs.stats().await.unwrap().pending, 22);
+    let (a, b) = tokio::join!(
+        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs),
+        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 21, "each new row handed over once");
+    assert_eq!(
+        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(core.jobs.stats().await.unwrap().pending, 22);
+    assert_eq!(core.jobs.list(false, 100).await.unwrap().len(), 22);
 }
 
 #[tokio::test]

@@ -64,10 +64,13 @@ fn not_measured(figure: &str, target: &str, why: String) -> Row {
 
 const WABRIDGES_TOKEN: &str = "bench-token";
 
-fn wabridges_request(base: &str) -> MakeRequest {
+/// `first_id` keeps the phases of one run apart: both count from 0, and a repeated id would
+/// measure the duplicate path instead of new work.
+fn wabridges_request(base: &str, first_id: u64) -> MakeRequest {
     let url = format!("{base}/wabridges/hooks/bench?token={WABRIDGES_TOKEN}");
     Arc::new(move |c: &reqwest::Client, i: u64| {
         // Unique message ids: every request is new work for the product, not a duplicate.
+        let i = first_id + i;
         let body = format!(
             r#"{{"event":"message","message_id":"BENCH{i:012}","contact_id":"15550001234@s.whatsapp.net","phone":"15550001234","chat_id":"15550001234@s.whatsapp.net","name":"Alice","body":"Hello {i}","type":"text","media_type":"","is_group":false,"from_me":false,"timestamp":1777180605}}"#
         );
@@ -178,7 +181,7 @@ async fn ack_rows(
             return;
         }
     };
-    let stats = closed_loop(wabridges_request(&proc.base), 32, Duration::from_secs(5)).await;
+    let stats = closed_loop(wabridges_request(&proc.base, 0), 32, Duration::from_secs(5)).await;
     if stats.ok == 0 {
         rows.push(not_measured(
             &throughput_figure,
@@ -206,7 +209,12 @@ async fn ack_rows(
     ));
     // Let the queue drain so the latency run measures acks, not a backlog's contention.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let open = open_loop(wabridges_request(&proc.base), 1000, Duration::from_secs(5)).await;
+    let open = open_loop(
+        wabridges_request(&proc.base, 1_000_000_000),
+        1000,
+        Duration::from_secs(5),
+    )
+    .await;
     rows.push(row(
         &latency_figure,
         "p99 ≤ 5 ms",
