@@ -375,6 +375,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let began = Instant::now();
     let mut rows = Vec::new();
+    // `switchboard-bench relay`: the relay row only, for quick iterations.
+    if args.get(1).map(String::as_str) == Some("relay") {
+        relay::rows(&mut rows).await?;
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} |",
+                r.figure, r.measured, r.baseline, r.verdict
+            );
+        }
+        return Ok(());
+    }
 
     eprintln!("baseline: bare axum 200-responder");
     let port = free_port();
