@@ -160,8 +160,8 @@ fn task_for(job: &Job, key: String) -> Result<Task<Vec<u8>>, sqlx::Error> {
 const SQLITE_JOBS_PER_INSERT: usize = 64;
 
 impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Sqlite> {
-    /// The same rows `apalis_sqlite::queries::push_tasks` writes, but as multi-row INSERTs: the
-    /// ack path pays one statement per chunk, not one round trip per job.
+    /// The same rows `apalis_sqlite::queries::push_tasks` writes, but as multi-row INSERTs: a
+    /// dispatch of 256 rows is 4 statements, not 256 round trips.
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
         let tasks = jobs
             .iter()
