@@ -139,6 +139,10 @@ impl Db {
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
     }
+
+    pub fn is_closed(&self) -> bool {
+        on_pool!(self, |p| p.is_closed())
+    }
 }
 
 /// The URL with any password replaced, for errors and logs.

@@ -462,10 +462,18 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut held: HeldConnection = None;
+    let closing = on_pool!(&db, |p| p.close_event());
+    tokio::pin!(closing);
     loop {
         // Hold the receiver only while taking a batch, so the next writer can take the next
         // one while this batch commits.
-        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let taken = tokio::select! {
+            n = async { rx.lock().await.recv_many(&mut batch, MAX_BATCH).await } => n,
+            // Shutdown closes the pool, and closing waits for every connection to come back:
+            // a connection kept here would hold the process up forever.
+            () = &mut closing => 0,
+        };
+        if taken == 0 {
             break;
         }
         // Move the bodies out rather than copy them: this is the ack path.

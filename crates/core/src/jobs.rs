@@ -703,6 +703,11 @@ const DISPATCH_BATCH: i64 = 256;
 
 async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
     loop {
+        if inbox.db().is_closed() {
+            // Shutting down: nothing can be dispatched any more, and saying so every poll
+            // would only fill the log.
+            return;
+        }
         match dispatch_pending(&inbox, &jobs).await {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "inbox dispatch failed; will retry"),

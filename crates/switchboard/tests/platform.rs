@@ -239,3 +239,74 @@ fn keys_generate_prints_a_usable_key() {
     let key = String::from_utf8(out.stdout).unwrap();
     assert!(switchboard_core::credentials::parse_master_key(key.trim()).is_ok());
 }
+
+/// SIGTERM (systemd stop, `docker stop`, a Kubernetes rollout) ends the process after the
+/// in-flight work, with or without workers, even after webhooks went through the inbox writer.
+#[tokio::test]
+async fn sigterm_stops_the_process_after_acknowledged_work() {
+    for extra in [None, Some("--no-workers")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _keep) = fresh_database_url().await;
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = switchboard(
+            dir.path(),
+            &[
+                ("DATABASE_URL", &url),
+                ("SWITCHBOARD_LISTEN", &listen),
+                ("SWITCHBOARD_WABRIDGES_TOKEN", "t0ken"),
+            ],
+        );
+        cmd.arg("serve").stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(arg) = extra {
+            cmd.arg(arg);
+        }
+        let mut server = Server {
+            child: cmd.spawn().expect("spawn switchboard serve"),
+            base: format!("http://{listen}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "not healthy ({extra:?})");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 0..5 {
+            let r = client
+                .post(format!("{}/wabridges/hooks/b1?token=t0ken", server.base))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"event":"message","message_id":"TERM{i}","contact_id":"1@s.whatsapp.net","phone":"1","chat_id":"1@s.whatsapp.net","name":"A","body":"x","type":"text","media_type":"","is_group":false,"from_me":false,"timestamp":1777180605}}"#
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{extra:?}");
+        }
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 20 s after SIGTERM ({extra:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "exit status {status} ({extra:?})");
+    }
+}
