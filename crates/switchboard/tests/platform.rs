@@ -53,6 +53,11 @@ impl Drop for Server {
 }
 
 async fn serve(dir: &Path, env: &[(&str, &str)]) -> (Server, Duration) {
+    serve_with(dir, env, &[]).await
+}
+
+/// `switchboard serve <args>`, once `/health` answers 200.
+async fn serve_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Server, Duration) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut all: Vec<(&str, &str)> = env.to_vec();
@@ -61,6 +66,7 @@ async fn serve(dir: &Path, env: &[(&str, &str)]) -> (Server, Duration) {
     let started = Instant::now();
     let child = switchboard(dir, &all)
         .arg("serve")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -247,35 +253,16 @@ async fn sigterm_stops_the_process_after_acknowledged_work() {
     for extra in [None, Some("--no-workers")] {
         let dir = tempfile::tempdir().unwrap();
         let (url, _keep) = fresh_database_url().await;
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = switchboard(
+        let (mut server, _) = serve_with(
             dir.path(),
             &[
                 ("DATABASE_URL", &url),
-                ("SWITCHBOARD_LISTEN", &listen),
                 ("SWITCHBOARD_WABRIDGES_TOKEN", "t0ken"),
             ],
-        );
-        cmd.arg("serve").stdout(Stdio::null()).stderr(Stdio::null());
-        if let Some(arg) = extra {
-            cmd.arg(arg);
-        }
-        let mut server = Server {
-            child: cmd.spawn().expect("spawn switchboard serve"),
-            base: format!("http://{listen}"),
-        };
+            extra.as_slice(),
+        )
+        .await;
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !client
-            .get(format!("{}/health", server.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(Instant::now() < deadline, "not healthy ({extra:?})");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         for i in 0..5 {
             let r = client
                 .post(format!("{}/wabridges/hooks/b1?token=t0ken", server.base))
