@@ -4,8 +4,10 @@
 //! gets back [`Recorded::New`] or [`Recorded::Duplicate`] only after the row is durably
 //! committed — so the 2xx that follows never acknowledges something a crash could lose.
 //!
-//! Commits are grouped: concurrent `record` calls queue for one writer task that inserts a
-//! whole batch in one transaction, so many acks share one fsync. The ack commits the inbox row
+//! Commits are grouped: concurrent `record` calls queue for a writer that inserts a whole
+//! batch in one transaction, so many acks share one fsync. On SQLite that writer is a thread of
+//! its own with its own connection (`inbox/sqlite_writer.rs`); on PostgreSQL, a few tasks on
+//! the pool. The ack commits the inbox row
 //! only: the row itself is the unit of work. Handing new rows to the job queue is the
 //! dispatcher's job ([`crate::jobs::dispatch_pending`]), in its own larger transactions in the
 //! processes that run workers, so job rows and their indexes stay off the ack path. A row
@@ -15,12 +17,15 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use axum::http::HeaderMap;
+use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{
     db::{Db, now_ms},
     on_pool,
 };
+
+mod sqlite_writer;
 
 /// What became of an inbound call. Stored as lower-case text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,7 +78,8 @@ pub struct Incoming {
     /// `None` for calls that are not deduplicated (rejected calls, envelopes).
     pub dedupe_key: Option<String>,
     pub body: Vec<u8>,
-    pub headers: serde_json::Value,
+    /// The kept headers as JSON object text ([`crate::http::audit_headers`]).
+    pub headers: String,
     /// `Received` for work to do; `Rejected`/`Skipped` are recorded and not processed.
     pub status: Status,
     pub error: Option<String>,
@@ -207,9 +213,14 @@ pub enum InboxError {
     Db(#[from] sqlx::Error),
     #[error("inbox writer stopped")]
     WriterGone,
+    #[error("inbox commit failed: {0}")]
+    Commit(Arc<str>),
 }
 
 type Reply = oneshot::Sender<Outcome>;
+
+/// One caller's answer. The error is the batch's: the whole batch failed together.
+type Outcome = Result<Recorded, Arc<str>>;
 
 /// How many waiting calls one commit takes at most. Large enough to amortise the fsync, small
 /// enough that one transaction never holds the SQLite write lock for long.
@@ -229,42 +240,23 @@ impl Inbox {
     pub fn start(db: Db) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let new_work = Arc::new(Notify::new());
-        // SQLite has one writer at a time whatever we do, so one task batches best. PostgreSQL
-        // commits concurrent transactions in parallel: a few writers keep its round trips and
-        // fsyncs overlapping (dedupe stays exact: the unique index arbitrates between them).
-        let writers = match db {
-            Db::Sqlite(_) => 1,
-            Db::Postgres(_) => 4,
-        };
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for n in 0..writers {
-            let task = writer(db.clone(), rx.clone(), new_work.clone());
-            match db {
-                // A batch is several statements, each a round trip to sqlx's SQLite thread. On
-                // the shared runtime every one of those wake-ups queues behind the HTTP tasks
-                // that are waiting for this very commit, so a commit took milliseconds of
-                // queueing for microseconds of work. On its own thread the writer resumes at
-                // once. (PostgreSQL connections belong to the main runtime's reactor.)
-                Db::Sqlite(_) => {
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("inbox-writer-{n}"))
-                        .spawn(move || {
-                            match tokio::runtime::Builder::new_current_thread()
-                                .enable_all()
-                                .build()
-                            {
-                                Ok(rt) => rt.block_on(task),
-                                Err(e) => {
-                                    tracing::error!(error = %e, "inbox writer runtime failed to start")
-                                }
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "inbox writer thread failed to start");
-                    }
+        match &db {
+            // SQLite has one writer at a time whatever we do, so one thread batches best.
+            Db::Sqlite(pool) => {
+                let path = pool.connect_options().get_filename().to_path_buf();
+                if let Err(e) = sqlite_writer::spawn(path, rx, new_work.clone()) {
+                    // Every record() then fails with WriterGone: acks answer 5xx, nothing is
+                    // acknowledged unstored.
+                    tracing::error!(error = %e, "inbox writer thread failed to start");
                 }
-                Db::Postgres(_) => {
-                    tokio::spawn(task);
+            }
+            // PostgreSQL commits concurrent transactions in parallel: a few writers keep its
+            // round trips and fsyncs overlapping (dedupe stays exact: the unique index
+            // arbitrates between them).
+            Db::Postgres(pool) => {
+                let rx = Arc::new(tokio::sync::Mutex::new(rx));
+                for _ in 0..4 {
+                    tokio::spawn(postgres_writer(pool.clone(), rx.clone(), new_work.clone()));
                 }
             }
         }
@@ -278,10 +270,10 @@ impl Inbox {
             .send((incoming, reply))
             .await
             .map_err(|_| InboxError::WriterGone)?;
-        let result = wait.await.map_err(|_| InboxError::WriterGone)?;
-        let recorded = result.map_err(|e| {
-            InboxError::Db(sqlx::Error::Protocol(format!("batch commit failed: {e}")))
-        })?;
+        let recorded = wait
+            .await
+            .map_err(|_| InboxError::WriterGone)?
+            .map_err(InboxError::Commit)?;
         if let Recorded::New(_) = recorded {
             metrics::counter!("switchboard_webhooks_total", "outcome" => "new").increment(1);
         } else if let Recorded::Duplicate(_) = recorded {
@@ -449,50 +441,60 @@ impl Inbox {
     }
 }
 
-/// The SQLite writer's own connection, kept across batches so a commit costs no pool hand-off
-/// (nor its liveness ping). Dropped after an error: the next batch starts on a fresh one.
-type HeldConnection = Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>;
+/// A committed (or failed) batch, as both writers report it.
+struct BatchOutcome {
+    began: Instant,
+    size: usize,
+    outcomes: Vec<Outcome>,
+}
 
-type Outcome = Result<Recorded, Arc<sqlx::Error>>;
+/// Metrics, the dispatcher's wake-up, the log line for a failed commit, then each caller's
+/// answer: the same for both engines' writers.
+fn deliver(batch: BatchOutcome, replies: Vec<Reply>, new_work: &Notify) {
+    metrics::histogram!("switchboard_inbox_commit_seconds")
+        .record(batch.began.elapsed().as_secs_f64());
+    metrics::histogram!("switchboard_inbox_batch_size").record(batch.size as f64);
+    if batch
+        .outcomes
+        .iter()
+        .any(|o| matches!(o, Ok(Recorded::New(_))))
+    {
+        new_work.notify_one();
+    }
+    if let Some(Err(e)) = batch.outcomes.iter().find(|o| o.is_err()) {
+        let failed = batch.outcomes.iter().filter(|o| o.is_err()).count();
+        tracing::error!(error = %e, rows = failed, "inbox batch commit failed");
+    }
+    for (reply, outcome) in replies.into_iter().zip(batch.outcomes) {
+        let _ = reply.send(outcome);
+    }
+}
 
-async fn writer(
-    db: Db,
+async fn postgres_writer(
+    pool: PgPool,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Incoming, Reply)>>>,
     new_work: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut held: HeldConnection = None;
-    let closing = on_pool!(&db, |p| p.close_event());
-    tokio::pin!(closing);
     loop {
         // Hold the receiver only while taking a batch, so the next writer can take the next
         // one while this batch commits.
-        let taken = tokio::select! {
-            n = async { rx.lock().await.recv_many(&mut batch, MAX_BATCH).await } => n,
-            // Shutdown closes the pool, and closing waits for every connection to come back:
-            // a connection kept here would hold the process up forever.
-            () = &mut closing => 0,
-        };
-        if taken == 0 {
+        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
         }
         // Move the bodies out rather than copy them: this is the ack path.
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
-        let outcomes = commit_batch(&db, &mut held, &items).await;
-        metrics::histogram!("switchboard_inbox_commit_seconds")
-            .record(began.elapsed().as_secs_f64());
-        metrics::histogram!("switchboard_inbox_batch_size").record(items.len() as f64);
-        if outcomes.iter().any(|o| matches!(o, Ok(Recorded::New(_)))) {
-            new_work.notify_one();
-        }
-        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
-            let failed = outcomes.iter().filter(|o| o.is_err()).count();
-            tracing::error!(error = %e, rows = failed, "inbox batch commit failed");
-        }
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            let _ = reply.send(outcome);
-        }
+        let outcomes = commit_batch(&pool, &items).await;
+        deliver(
+            BatchOutcome {
+                began,
+                size: items.len(),
+                outcomes,
+            },
+            replies,
+            &new_work,
+        );
     }
 }
 
@@ -500,17 +502,9 @@ async fn writer(
 const COLUMNS: &str = "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)";
 const PER_ROW: usize = 12;
 
-#[derive(Clone, Copy)]
-enum Placeholders {
-    /// `$1, $2, …`: PostgreSQL's only form.
-    Numbered,
-    /// `?, ?, …`, bound in order.
-    Anonymous,
-}
-
 /// `INSERT … VALUES (…12 parameters…), (…), … ON CONFLICT DO NOTHING RETURNING …` for `rows`
 /// rows.
-fn insert_sql(rows: usize, returning: &str, placeholders: Placeholders) -> String {
+fn insert_sql(rows: usize, returning: &str) -> String {
     let mut sql = format!("INSERT INTO inbox_events {COLUMNS} VALUES ");
     for r in 0..rows {
         if r > 0 {
@@ -521,10 +515,7 @@ fn insert_sql(rows: usize, returning: &str, placeholders: Placeholders) -> Strin
             if c > 0 {
                 sql.push_str(", ");
             }
-            match placeholders {
-                Placeholders::Numbered => sql.push_str(&format!("${}", r * PER_ROW + c + 1)),
-                Placeholders::Anonymous => sql.push('?'),
-            }
+            sql.push_str(&format!("${}", r * PER_ROW + c + 1));
         }
         sql.push(')');
     }
@@ -533,23 +524,21 @@ fn insert_sql(rows: usize, returning: &str, placeholders: Placeholders) -> Strin
     sql
 }
 
-/// Records a batch in at most two transactions. The first — the hot path, new deduplicated
-/// work — is one multi-row INSERT whose RETURNING rows name the keys that were new (matched back
-/// by key, as neither engine promises RETURNING order); on SQLite it travels to the database
-/// as one statement list, one round trip. The second, only when needed, stores the rest one by
-/// one: duplicates, rejected and keyless calls. Each caller's answer reflects its own commit.
-/// Work rows go in undispatched; rows with nothing to do are stored as already dispatched, so
-/// the dispatcher's index never sees them.
-async fn commit_batch(db: &Db, held: &mut HeldConnection, items: &[Incoming]) -> Vec<Outcome> {
+/// PostgreSQL: records a batch in at most two transactions, since every statement is a round
+/// trip. The first — the hot path, new deduplicated work — is one multi-row INSERT whose
+/// RETURNING rows name the keys that were new (matched back by key, as RETURNING order is not
+/// promised). The second, only when needed, stores the rest one by one: duplicates, rejected
+/// and keyless calls. Each caller's answer reflects its own commit. Work rows go in
+/// undispatched; rows with nothing to do are stored as already dispatched, so the dispatcher's
+/// index never sees them.
+async fn commit_batch(pool: &PgPool, items: &[Incoming]) -> Vec<Outcome> {
     let now = now_ms();
     let durations: Vec<i64> = items
         .iter()
         .map(|i| i.started.elapsed().as_millis() as i64)
         .collect();
-    let headers: Vec<String> = items.iter().map(|i| i.headers.to_string()).collect();
     let row = RowValues {
         items,
-        headers: &headers,
         durations: &durations,
         now,
     };
@@ -572,7 +561,7 @@ async fn commit_batch(db: &Db, held: &mut HeldConnection, items: &[Incoming]) ->
     });
     let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
     if !bulk.is_empty() {
-        match insert_new(db, held, &row, &bulk).await {
+        match insert_new(pool, &row, &bulk).await {
             Ok(inserted) => {
                 for (id, source, key) in inserted {
                     if let Some(&idx) = first_of.get(&(source.as_str(), key.as_str())) {
@@ -582,21 +571,21 @@ async fn commit_batch(db: &Db, held: &mut HeldConnection, items: &[Incoming]) ->
             }
             Err(e) => {
                 // Which keys were new is unknown: fail the whole batch, senders retry.
-                let e = Arc::new(e);
+                let e: Arc<str> = e.to_string().into();
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
         }
     }
     let rest: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
     if !rest.is_empty() {
-        match insert_rest(db, &row, &rest).await {
+        match insert_rest(pool, &row, &rest).await {
             Ok(recorded) => {
                 for (idx, r) in rest.iter().zip(recorded) {
                     out[*idx] = Some(Ok(r));
                 }
             }
             Err(e) => {
-                let e = Arc::new(e);
+                let e: Arc<str> = e.to_string().into();
                 for idx in rest {
                     out[idx] = Some(Err(e.clone()));
                 }
@@ -611,126 +600,86 @@ async fn commit_batch(db: &Db, held: &mut HeldConnection, items: &[Incoming]) ->
 /// What every INSERT binds besides the item itself.
 struct RowValues<'a> {
     items: &'a [Incoming],
-    headers: &'a [String],
     durations: &'a [i64],
     now: i64,
-}
-
-fn placeholders(db: &Db) -> Placeholders {
-    match db {
-        // SQLite finds a numbered parameter by a linear scan, which makes a large statement's
-        // binding quadratic; anonymous `?` parameters are bound in order.
-        Db::Sqlite(_) => Placeholders::Anonymous,
-        Db::Postgres(_) => Placeholders::Numbered,
-    }
 }
 
 /// Inserts the batch's first occurrences of new keys; returns `(id, source, key)` of the rows
 /// that were new to the table.
 async fn insert_new(
-    db: &Db,
-    held: &mut HeldConnection,
+    pool: &PgPool,
     row: &RowValues<'_>,
     bulk: &[usize],
 ) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
-    let insert = insert_sql(bulk.len(), "id, source, dedupe_key", placeholders(db));
-    macro_rules! bound {
-        ($sql:expr) => {{
-            let mut q = sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe($sql));
-            for &idx in bulk {
-                let i = &row.items[idx];
-                q = q
-                    .bind(&i.request_id)
-                    .bind(&i.source)
-                    .bind(&i.route)
-                    .bind(i.dedupe_key.as_deref())
-                    .bind(i.dedupe_key.as_deref())
-                    .bind(Status::Received.as_str())
-                    .bind(&i.body)
-                    .bind(&row.headers[idx])
-                    .bind(row.now)
-                    .bind(row.durations[idx])
-                    .bind(i.error.as_deref())
-                    .bind(None::<i64>);
-            }
-            q
-        }};
+    let insert = insert_sql(bulk.len(), "id, source, dedupe_key");
+    let mut q = sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(insert));
+    for &idx in bulk {
+        let i = &row.items[idx];
+        q = q
+            .bind(&i.request_id)
+            .bind(&i.source)
+            .bind(&i.route)
+            .bind(i.dedupe_key.as_deref())
+            .bind(i.dedupe_key.as_deref())
+            .bind(Status::Received.as_str())
+            .bind(&i.body)
+            .bind(&i.headers)
+            .bind(row.now)
+            .bind(row.durations[idx])
+            .bind(i.error.as_deref())
+            .bind(None::<i64>);
     }
-    match db {
-        Db::Sqlite(pool) => {
-            let conn = match held {
-                Some(c) => c,
-                None => held.insert(pool.acquire().await?),
-            };
-            // One statement list, one trip to sqlx's SQLite thread: begin, insert, commit.
-            let sql = format!("BEGIN IMMEDIATE; {insert}; COMMIT");
-            let result = bound!(sql).fetch_all(&mut **conn).await;
-            if result.is_err()
-                && let Some(mut c) = held.take()
-            {
-                // Don't hand a connection that may still be inside the failed transaction
-                // back to the pool.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
-                c.close_on_drop();
-            }
-            result
-        }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            let rows = bound!(insert).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(rows)
-        }
-    }
+    let mut tx = pool.begin().await?;
+    let rows = q.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Stores the rest of a batch one row at a time, in one transaction: duplicates (of the table or
 /// of this batch), rejected and skipped calls, and work without a dedupe key.
 async fn insert_rest(
-    db: &Db,
+    pool: &PgPool,
     row: &RowValues<'_>,
     rest: &[usize],
 ) -> Result<Vec<Recorded>, sqlx::Error> {
-    let one_sql = insert_sql(1, "id", placeholders(db));
-    on_pool!(db, |p| {
-        let mut tx = p.begin().await?;
-        let mut out = Vec::with_capacity(rest.len());
-        for &idx in rest {
-            let i = &row.items[idx];
-            let work = i.status == Status::Received;
-            // A keyed work row not inserted as new is a duplicate: store it as such, key kept
-            // in dedupe_ref only.
-            let duplicate = work && i.dedupe_key.is_some();
-            let status = if duplicate {
-                Status::Duplicate
-            } else {
-                i.status
-            };
-            let needs_dispatch = work && !duplicate;
-            let (id,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(one_sql.clone()))
-                .bind(&i.request_id)
-                .bind(&i.source)
-                .bind(&i.route)
-                .bind(None::<&str>)
-                .bind(i.dedupe_key.as_deref())
-                .bind(status.as_str())
-                .bind(&i.body)
-                .bind(&row.headers[idx])
-                .bind(row.now)
-                .bind(row.durations[idx])
-                .bind(if duplicate { None } else { i.error.as_deref() })
-                .bind((!needs_dispatch).then_some(row.now))
-                .fetch_one(&mut *tx)
-                .await?;
-            out.push(if duplicate {
-                Recorded::Duplicate(id)
-            } else if work {
-                Recorded::New(id)
-            } else {
-                Recorded::Logged(id)
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
-    })
+    let one_sql = insert_sql(1, "id");
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(rest.len());
+    for &idx in rest {
+        let i = &row.items[idx];
+        let work = i.status == Status::Received;
+        // A keyed work row not inserted as new is a duplicate: store it as such, key kept
+        // in dedupe_ref only.
+        let duplicate = work && i.dedupe_key.is_some();
+        let status = if duplicate {
+            Status::Duplicate
+        } else {
+            i.status
+        };
+        let needs_dispatch = work && !duplicate;
+        let (id,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(one_sql.clone()))
+            .bind(&i.request_id)
+            .bind(&i.source)
+            .bind(&i.route)
+            .bind(None::<&str>)
+            .bind(i.dedupe_key.as_deref())
+            .bind(status.as_str())
+            .bind(&i.body)
+            .bind(&i.headers)
+            .bind(row.now)
+            .bind(row.durations[idx])
+            .bind(if duplicate { None } else { i.error.as_deref() })
+            .bind((!needs_dispatch).then_some(row.now))
+            .fetch_one(&mut *tx)
+            .await?;
+        out.push(if duplicate {
+            Recorded::Duplicate(id)
+        } else if work {
+            Recorded::New(id)
+        } else {
+            Recorded::Logged(id)
+        });
+    }
+    tx.commit().await?;
+    Ok(out)
 }

@@ -31,9 +31,20 @@ pub use inbox::{Inbox, Incoming, Recorded, Status};
 pub use jobs::{JobContext, JobError, JobKind, JobRegistry, Jobs};
 pub use secret::Secret;
 
-/// The shared handle every bridge receives. Cheap to clone.
+/// The shared handle every bridge receives: one reference count to clone, as every request's
+/// handler state does.
 #[derive(Clone)]
-pub struct Core {
+pub struct Core(Arc<CoreParts>);
+
+impl std::ops::Deref for Core {
+    type Target = CoreParts;
+
+    fn deref(&self) -> &CoreParts {
+        &self.0
+    }
+}
+
+pub struct CoreParts {
     pub config: Arc<Config>,
     pub db: Db,
     pub inbox: Inbox,
@@ -63,7 +74,7 @@ impl Core {
     pub fn with_db(config: Config, db: Db) -> Self {
         let config = Arc::new(config);
         let jobs = Jobs::new(db.clone());
-        Self {
+        Self(Arc::new(CoreParts {
             inbox: Inbox::start(db.clone()),
             jobs,
             settings: Settings::new(db.clone(), config.clone()),
@@ -71,7 +82,7 @@ impl Core {
             config,
             db,
             started_at: std::time::Instant::now(),
-        }
+        }))
     }
 }
 

@@ -260,6 +260,48 @@ impl Malformed {
 
 /// Checks the envelope (a JSON object with a string `event`), then the type's fields.
 pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
+    // Every delivery takes this path, so well-formed bodies are read straight into their type;
+    // anything that fails is read again by the slower path, whose messages say exactly what is
+    // wrong.
+    parse_well_formed(body).map_or_else(|| parse_explaining(body), Ok)
+}
+
+/// The ack path's parse: the envelope's `event` (the rest skipped), then the body straight into
+/// that type's struct, with no intermediate `Value` or buffered tagged enum. `None` for any
+/// body it does not accept.
+fn parse_well_formed(body: &[u8]) -> Option<Parsed> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+    }
+    fn typed<'a, T: Deserialize<'a>>(body: &'a str, wrap: fn(T) -> Event) -> Option<Parsed> {
+        serde_json::from_str(body)
+            .ok()
+            .map(|t| Parsed::Known(wrap(t)))
+    }
+    // UTF-8 checked once for the whole body: reading bytes, serde_json checks every string it
+    // meets, in both passes.
+    let body = std::str::from_utf8(body).ok()?;
+    let envelope: Envelope = serde_json::from_str(body).ok()?;
+    match envelope.event.as_ref() {
+        "message" => typed(body, Event::Message),
+        "connected" => typed(body, Event::Connected),
+        "disconnected" => typed(body, Event::Disconnected),
+        "typing" => typed(body, Event::Typing),
+        "poll_vote" => typed(body, Event::PollVote),
+        "event_response" => typed(body, Event::EventResponse),
+        "call_incoming" => typed(body, Event::CallIncoming),
+        "call_terminated" => typed(body, Event::CallTerminated),
+        "offline_sync_preview" => typed(body, Event::OfflineSyncPreview),
+        "offline_sync_completed" => typed(body, Event::OfflineSyncCompleted),
+        "profile_picture_updated" => typed(body, Event::ProfilePictureUpdated),
+        _ => Some(Parsed::Unknown(envelope.event.into_owned())),
+    }
+}
+
+/// The envelope as a `Value` first, so each way of being wrong gets its own message.
+fn parse_explaining(body: &[u8]) -> Result<Parsed, Malformed> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         Malformed::NotJson(
             e.to_string()
@@ -380,6 +422,43 @@ mod tests {
         assert!(e.field().is_some());
         let e = parse(br#"{"event":"connected","phone":5}"#).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    /// The fast path must take every well-formed delivery (or acks silently pay for the slow
+    /// one), agree with the explaining path on all of them, and leave every malformed body to it.
+    #[test]
+    fn the_fast_path_takes_every_well_formed_body_and_agrees() {
+        use sandbox::wabridges::{EventType, Traffic, example};
+        let mut bodies: Vec<Vec<u8>> = EventType::ALL
+            .into_iter()
+            .map(|t| serde_json::to_vec(&example(t)).unwrap())
+            .collect();
+        bodies.extend(Traffic::new(3).take(500).map(|d| d.body.to_vec()));
+        bodies.push(br#"{"event":"label_added","x":1}"#.to_vec());
+        bodies.push(br#"{"x":[1,{"y":2}],"event":"disconnected","z":null}"#.to_vec());
+        for body in &bodies {
+            let text = String::from_utf8_lossy(body);
+            let fast =
+                parse_well_formed(body).unwrap_or_else(|| panic!("fast path refused {text}"));
+            assert_eq!(Ok(fast), parse_explaining(body), "{text}");
+        }
+        for bad in [
+            &b"{nope"[..],
+            b"[1]",
+            br#"{"phone":"1"}"#,
+            br#"{"event":7}"#,
+            br#"{"event":"message","message_id":"A"}"#,
+            br#"{"event":"connected","phone":5}"#,
+            br#"{"event":"disconnected"} trailing"#,
+        ] {
+            assert_eq!(
+                parse_well_formed(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(parse(bad).is_err());
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@ use axum::{
     http::{HeaderMap, Uri},
     routing::{get, post},
 };
-use serde_json::{Value, json};
 use switchboard_core::{
     Core, Incoming, Recorded,
     db::now_ms,
@@ -56,7 +55,7 @@ async fn receive_wabridges_hook(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<Ack>, Error> {
     // Never the query: it holds the token.
     let route = format!(
         "{ROUTE_PREFIX}{}",
@@ -107,5 +106,15 @@ async fn receive_wabridges_hook(
         Recorded::Duplicate(_) => "duplicate",
         Recorded::Logged(_) => "received",
     };
-    Ok(Json(json!({ "status": status, "id": recorded.id() })))
+    Ok(Json(Ack {
+        status,
+        id: recorded.id(),
+    }))
+}
+
+/// The 200 body: `{"status": "received" | "duplicate", "id": <audit row>}`.
+#[derive(serde::Serialize)]
+struct Ack {
+    status: &'static str,
+    id: i64,
 }

@@ -284,6 +284,14 @@ impl Config {
                 "must start with sqlite:// or postgres://",
             ));
         }
+        if db.starts_with("sqlite:") && (db.contains(":memory:") || db.contains("mode=memory")) {
+            // Persist-before-ack means nothing to a database that a restart wipes (and the inbox
+            // writer opens its own connection, which would see a different empty database).
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "an in-memory SQLite database would lose every acknowledged webhook on restart; give a file path (sqlite://data/switchboard.db)",
+            ));
+        }
         for t in &self.wabridges_forward {
             if !is_http_url(&t.url) {
                 return Err(ConfigError::new(
@@ -481,6 +489,15 @@ mod tests {
         assert_eq!(e.setting, "[nonsense]");
         let e = Config::from_sources(None, &env(&[("SWITCHBOARD_PBX_BASEURL", "x")])).unwrap_err();
         assert_eq!(e.setting, "SWITCHBOARD_PBX_BASEURL");
+        for memory in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite:file:x?mode=memory",
+        ] {
+            let e = Config::from_sources(None, &env(&[("DATABASE_URL", memory)])).unwrap_err();
+            assert_eq!(e.setting, "DATABASE_URL", "{memory}");
+            assert!(e.problem.contains("lose every acknowledged"), "{memory}");
+        }
     }
 
     #[test]
