@@ -49,7 +49,7 @@ pub fn router(core: &Core) -> Router {
                 .on_request(())
                 .on_response(|resp: &Response<_>, latency: Duration, _span: &Span| {
                     let status = resp.status().as_u16();
-                    metrics::counter!("switchboard_http_requests_total", "status" => status.to_string()).increment(1);
+                    metrics::counter!("switchboard_http_requests_total", "status" => status_label(status)).increment(1);
                     metrics::histogram!("switchboard_http_request_duration_seconds").record(latency.as_secs_f64());
                     // Successful calls are logged at debug only: every webhook call already has
                     // its audit row (status, duration, request id), and a log line per ack cost
@@ -64,6 +64,20 @@ pub fn router(core: &Core) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}
+
+/// The status as a metric label, without formatting one per request for the common ones.
+fn status_label(status: u16) -> metrics::SharedString {
+    match status {
+        200 => "200".into(),
+        201 => "201".into(),
+        204 => "204".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        404 => "404".into(),
+        503 => "503".into(),
+        other => other.to_string().into(),
+    }
 }
 
 /// Every bridge's jobs and inbox processors, plus core's own.

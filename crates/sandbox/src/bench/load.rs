@@ -125,3 +125,33 @@ pub async fn open_loop(make: MakeRequest, rate: u64, duration: Duration) -> Stat
     stats.elapsed = start.elapsed();
     stats
 }
+
+/// Connection counts of a throughput sweep. A group-commit server saturates only once enough
+/// requests are in flight to fill its batches (it answers a batch per fsync), while a bare
+/// responder is CPU-bound from the start; a single level would measure one server at its peak
+/// and the other below it.
+pub const SWEEP: [usize; 3] = [32, 64, 128];
+
+/// Closed-loop throughput at every level of [`SWEEP`]; `make_for(level)` builds that level's
+/// requests (so bodies that must be unique stay unique across levels).
+pub async fn sweep(make_for: impl Fn(usize) -> MakeRequest, each: Duration) -> Vec<(usize, Stats)> {
+    let mut out = Vec::new();
+    for conns in SWEEP {
+        out.push((conns, closed_loop(make_for(conns), conns, each).await));
+    }
+    out
+}
+
+/// The level with the highest throughput.
+pub fn peak(levels: &[(usize, Stats)]) -> Option<&(usize, Stats)> {
+    levels.iter().max_by(|a, b| a.1.rps().total_cmp(&b.1.rps()))
+}
+
+/// `32: 1234, 64: 2345, 128: 3456 req/s`.
+pub fn describe(levels: &[(usize, Stats)]) -> String {
+    let parts: Vec<String> = levels
+        .iter()
+        .map(|(c, s)| format!("{c}: {:.0}", s.rps()))
+        .collect();
+    format!("{} req/s", parts.join(", "))
+}

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{MakeRequest, Stats, closed_loop, open_loop};
+use load::{MakeRequest, Stats, closed_loop, describe, open_loop, peak, sweep};
 use sandbox::harness::{self as process, Proc, baseline, free_port, start, switchboard};
 
 /// One row of the result table.
@@ -155,7 +155,7 @@ fn postgres_url() -> Option<String> {
 /// same two cores, for comparison.
 async fn ack_rows(
     rows: &mut Vec<Row>,
-    base_stats: &Stats,
+    base_sweep: &[(usize, Stats)],
     base_open: &Stats,
     engine: &str,
     db: Option<String>,
@@ -166,8 +166,9 @@ async fn ack_rows(
     } else {
         "serve --no-workers"
     };
-    let throughput_figure =
-        format!("webhook ack throughput, {engine}, {mode} (req/s, 32 conns, 5 s)");
+    let throughput_figure = format!(
+        "webhook ack throughput, {engine}, {mode} (peak req/s over 32 / 64 / 128 conns, 5 s each)"
+    );
     let latency_figure =
         format!("webhook ack latency at 1,000 req/s, {engine}, {mode} (p50 / p99 / max)");
     let (proc, _dir) = match start_product_with(db.as_deref(), &[], workers).await {
@@ -181,7 +182,16 @@ async fn ack_rows(
             return;
         }
     };
-    let stats = closed_loop(wabridges_request(&proc.base, 0), 32, Duration::from_secs(5)).await;
+    // Each level its own id range, clear of the latency phase's.
+    let levels = sweep(
+        |conns| wabridges_request(&proc.base, conns as u64 * 100_000_000),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (Some((conns, stats)), Some((base_conns, base_stats))) = (peak(&levels), peak(base_sweep))
+    else {
+        return;
+    };
     if stats.ok == 0 {
         rows.push(not_measured(
             &throughput_figure,
@@ -193,19 +203,24 @@ async fn ack_rows(
         ));
         return;
     }
+    let failed: usize = levels.iter().map(|(_, s)| s.failed).sum();
     let ratio = stats.rps() / base_stats.rps();
     rows.push(row(
         &throughput_figure,
         "≥ 50 % of bare axum",
         format!(
-            "{:.0} req/s (p99 {}, {} failed)",
+            "{:.0} req/s at {conns} conns, p99 {} ({}; {failed} failed)",
             stats.rps(),
             ms(stats.percentile(99.0)),
-            stats.failed
+            describe(&levels),
         ),
-        format!("{:.0} req/s", base_stats.rps()),
+        format!(
+            "{:.0} req/s at {base_conns} conns ({})",
+            base_stats.rps(),
+            describe(base_sweep)
+        ),
         format!("{:.0} %", ratio * 100.0),
-        Some(ratio >= 0.5),
+        Some(ratio >= 0.5 && failed == 0),
     ));
     // Let the queue drain so the latency run measures acks, not a backlog's contention.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -390,14 +405,14 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("baseline: bare axum 200-responder");
     let port = free_port();
     let base_proc = start(baseline(port), port, "/health").await?;
-    let base_stats = closed_loop(any_post(&base_proc.base), 32, Duration::from_secs(5)).await;
+    let base_sweep = sweep(|_| any_post(&base_proc.base), Duration::from_secs(5)).await;
     let base_open = open_loop(any_post(&base_proc.base), 1000, Duration::from_secs(5)).await;
     drop(base_proc);
 
     // `switchboard-bench ack`: the ack rows only (SQLite, no workers), for quick iterations.
     let ack_only = args.get(1).map(String::as_str) == Some("ack");
     eprintln!("webhook acks on SQLite");
-    ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, false).await;
+    ack_rows(&mut rows, &base_sweep, &base_open, "SQLite", None, false).await;
     if ack_only {
         for r in &rows {
             println!(
@@ -407,13 +422,13 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    ack_rows(&mut rows, &base_stats, &base_open, "SQLite", None, true).await;
+    ack_rows(&mut rows, &base_sweep, &base_open, "SQLite", None, true).await;
     eprintln!("webhook acks on PostgreSQL");
     match postgres_url() {
         Some(url) => {
             ack_rows(
                 &mut rows,
-                &base_stats,
+                &base_sweep,
                 &base_open,
                 "PostgreSQL",
                 Some(url),
