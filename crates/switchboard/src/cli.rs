@@ -274,25 +274,61 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
     // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
     let (served, ()) = tokio::join!(server.into_future(), async {
         if with_workers {
-            run_workers(&core, stopped()).await;
+            run_workers(&core, &stopped).await;
         }
     });
     served.context("HTTP server")?;
-    core.db.close().await;
+    close_database(&core).await;
     Ok(())
 }
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     let core = start(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
     jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     tracing::info!(database = core.db.backend(), "switchboard worker running");
-    run_workers(&core, shutdown_signal()).await;
-    core.db.close().await;
+    run_workers(&core, &stopped).await;
+    close_database(&core).await;
     Ok(())
 }
 
-/// Workers and the scheduler, until `stop` and the in-flight jobs have drained.
-async fn run_workers(core: &Core, stop: impl Future<Output = ()> + Send + 'static) {
+/// How long a stop waits for in-flight jobs. A job still running then is abandoned, not lost:
+/// its row and job stay in the database and are taken again once the claim lapses. Without a
+/// bound, a job stuck behind a write lock held past the worker's own shutdown kept the process
+/// alive until SIGKILL (seen under load, with this build and the one before).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Closing the pool waits for every borrowed connection; an abandoned job may hold one.
+const CLOSE_LIMIT: Duration = Duration::from_secs(3);
+
+async fn close_database(core: &Core) {
+    if tokio::time::timeout(CLOSE_LIMIT, core.db.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "database connections still in use {} s after the stop; exiting without them",
+            CLOSE_LIMIT.as_secs()
+        );
+    }
+}
+
+/// Workers and the scheduler, until a stop and the in-flight jobs have drained (or
+/// [`DRAIN_LIMIT`] has passed since the stop).
+async fn run_workers<F, Fut>(core: &Core, stopped: &F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let registry = crate::app::job_registry(core);
     let scheduler = tokio::spawn(switchboard_core::scheduler::run(
         core.db.clone(),
@@ -301,8 +337,23 @@ async fn run_workers(core: &Core, stop: impl Future<Output = ()> + Send + 'stati
     ));
     let jobs = core.jobs.clone();
     let concurrency = core.config.jobs_concurrency();
-    if let Err(e) = jobs::run_workers(jobs, registry, concurrency, stop).await {
-        tracing::error!(error = %e, "workers stopped with an error");
+    let drain_deadline = {
+        let stop = stopped();
+        async move {
+            stop.await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        }
+    };
+    tokio::select! {
+        result = jobs::run_workers(jobs, registry, concurrency, stopped()) => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "workers stopped with an error");
+            }
+        }
+        () = drain_deadline => tracing::warn!(
+            "jobs still running {} s after the stop; leaving them to be taken again after restart",
+            DRAIN_LIMIT.as_secs()
+        ),
     }
     scheduler.abort();
 }
