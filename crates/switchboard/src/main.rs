@@ -7,11 +7,6 @@ mod cli;
 
 use clap::Parser;
 
-/// Every ack allocates a few dozen small buffers across the HTTP tasks and the inbox writer's
-/// thread; glibc's allocator spent about a tenth of the ack path's CPU on them (measured).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
