@@ -317,6 +317,7 @@ async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
     .await;
     first.kill9();
     let killed_at = Instant::now();
+    let killed_at_ms = switchboard_core::db::now_ms();
     killed.store(true, Ordering::SeqCst);
     let at_kill = total_acked(&acked.lock().unwrap());
     let second = spawn_on(dir.path(), "second", port, &["serve"], &world.env);
@@ -365,11 +366,13 @@ async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
         }
         // Only past the inbox claim lease (30 s) of rows the killed worker held: time travel
         // moves the queue's clock, not the lease's, and retries made due before the lease ends
-        // would spend their attempts on "claimed by another worker" and dead-letter.
+        // would spend their attempts on "claimed by another worker" and dead-letter. The killed
+        // process's CRM lead claims (stale after 60 s) are aged the same way.
         if killed_at.elapsed() > Duration::from_secs(32)
             && last_travel.elapsed() > Duration::from_secs(2)
         {
             world.make_retries_due().await;
+            world.age_lead_claims_from_before(killed_at_ms).await;
             last_travel = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -389,6 +392,7 @@ async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
             && last_travel.lock().unwrap().elapsed() > Duration::from_secs(2);
         if travel {
             world.make_retries_due().await;
+            world.age_lead_claims_from_before(killed_at_ms).await;
             *last_travel.lock().unwrap() = Instant::now();
         }
         drained

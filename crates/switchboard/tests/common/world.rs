@@ -195,6 +195,24 @@ impl World {
         db.close().await;
     }
 
+    /// Test-only time travel for CRM lead claims, as `make_retries_due` is for the queue: a
+    /// claim taken before `before_ms` belongs to a process since killed, and is aged past its
+    /// 60 s staleness so retries made due early find it stale instead of dead-lettering on it.
+    /// Claims taken later belong to live jobs and are left alone.
+    pub async fn age_lead_claims_from_before(&self, before_ms: i64) {
+        let db = Db::connect(&self.database_url).await.expect("connect");
+        switchboard_core::on_pool!(&db, |p| sqlx::query(
+            "UPDATE bitrix_leads SET claimed_at = claimed_at - 61000
+             WHERE lead_id IS NULL AND claimed_at < $1"
+        )
+        .bind(before_ms)
+        .execute(p)
+        .await
+        .map(drop))
+        .expect("age lead claims");
+        db.close().await;
+    }
+
     /// Every job row (newest first, up to 1,000), read from the product's database.
     pub async fn jobs(&self) -> Vec<switchboard_core::jobs::JobRow> {
         let db = Db::connect(&self.database_url).await.expect("connect");
