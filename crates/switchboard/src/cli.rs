@@ -241,23 +241,35 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests and jobs");
 }
 
+/// SIGTERM or Ctrl-C, once, for every part of the process that has to wind down on it.
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn on_signal() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Stop(rx)
+    }
+
+    /// Resolves once the signal has come (at once, if it already has).
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
 async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
     let listen = config.listen();
     let core = start(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
+    let stop = Stop::on_signal();
 
     if with_workers {
         // Without workers this process only acks; a worker process dispatches what it stores.
@@ -270,11 +282,11 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
         "switchboard listening"
     );
     let app = crate::app::router(&core);
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.wait());
     // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
     let (served, ()) = tokio::join!(server.into_future(), async {
         if with_workers {
-            run_workers(&core, &stopped).await;
+            run_workers(&core, &stop).await;
         }
     });
     served.context("HTTP server")?;
@@ -284,20 +296,10 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     let core = start(config).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
+    let stop = Stop::on_signal();
     jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     tracing::info!(database = core.db.backend(), "switchboard worker running");
-    run_workers(&core, &stopped).await;
+    run_workers(&core, &stop).await;
     close_database(&core).await;
     Ok(())
 }
@@ -324,11 +326,7 @@ async fn close_database(core: &Core) {
 
 /// Workers and the scheduler, until a stop and the in-flight jobs have drained (or
 /// [`DRAIN_LIMIT`] has passed since the stop).
-async fn run_workers<F, Fut>(core: &Core, stopped: &F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
+async fn run_workers(core: &Core, stop: &Stop) {
     let registry = crate::app::job_registry(core);
     let scheduler = tokio::spawn(switchboard_core::scheduler::run(
         core.db.clone(),
@@ -338,14 +336,14 @@ where
     let jobs = core.jobs.clone();
     let concurrency = core.config.jobs_concurrency();
     let drain_deadline = {
-        let stop = stopped();
+        let stopped = stop.wait();
         async move {
-            stop.await;
+            stopped.await;
             tokio::time::sleep(DRAIN_LIMIT).await;
         }
     };
     tokio::select! {
-        result = jobs::run_workers(jobs, registry, concurrency, stopped()) => {
+        result = jobs::run_workers(jobs, registry, concurrency, stop.wait()) => {
             if let Err(e) = result {
                 tracing::error!(error = %e, "workers stopped with an error");
             }
