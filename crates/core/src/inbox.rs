@@ -441,31 +441,19 @@ impl Inbox {
     }
 }
 
-/// A committed (or failed) batch, as both writers report it.
-struct BatchOutcome {
-    began: Instant,
-    size: usize,
-    outcomes: Vec<Outcome>,
-}
-
 /// Metrics, the dispatcher's wake-up, the log line for a failed commit, then each caller's
 /// answer: the same for both engines' writers.
-fn deliver(batch: BatchOutcome, replies: Vec<Reply>, new_work: &Notify) {
-    metrics::histogram!("switchboard_inbox_commit_seconds")
-        .record(batch.began.elapsed().as_secs_f64());
-    metrics::histogram!("switchboard_inbox_batch_size").record(batch.size as f64);
-    if batch
-        .outcomes
-        .iter()
-        .any(|o| matches!(o, Ok(Recorded::New(_))))
-    {
+fn deliver(began: Instant, outcomes: Vec<Outcome>, replies: Vec<Reply>, new_work: &Notify) {
+    metrics::histogram!("switchboard_inbox_commit_seconds").record(began.elapsed().as_secs_f64());
+    metrics::histogram!("switchboard_inbox_batch_size").record(outcomes.len() as f64);
+    if outcomes.iter().any(|o| matches!(o, Ok(Recorded::New(_)))) {
         new_work.notify_one();
     }
-    if let Some(Err(e)) = batch.outcomes.iter().find(|o| o.is_err()) {
-        let failed = batch.outcomes.iter().filter(|o| o.is_err()).count();
+    if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
         tracing::error!(error = %e, rows = failed, "inbox batch commit failed");
     }
-    for (reply, outcome) in replies.into_iter().zip(batch.outcomes) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
         let _ = reply.send(outcome);
     }
 }
@@ -486,15 +474,7 @@ async fn postgres_writer(
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
         let outcomes = commit_batch(&pool, &items).await;
-        deliver(
-            BatchOutcome {
-                began,
-                size: items.len(),
-                outcomes,
-            },
-            replies,
-            &new_work,
-        );
+        deliver(began, outcomes, replies, &new_work);
     }
 }
 

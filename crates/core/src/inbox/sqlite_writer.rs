@@ -17,7 +17,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{Notify, mpsc};
 
-use super::{BatchOutcome, Incoming, MAX_BATCH, Outcome, Recorded, Reply, Status, deliver};
+use super::{Incoming, MAX_BATCH, Outcome, Recorded, Reply, Status, deliver};
 use crate::db::now_ms;
 
 /// As long as the sqlx pool waits for the lock, so both sides give up alike.
@@ -71,15 +71,7 @@ fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: &Notify
                 items.iter().map(|_| Err(e.clone())).collect()
             }
         };
-        deliver(
-            BatchOutcome {
-                began,
-                size: items.len(),
-                outcomes,
-            },
-            replies,
-            new_work,
-        );
+        deliver(began, outcomes, replies, new_work);
     }
 }
 
@@ -121,66 +113,61 @@ fn commit(
     let mut out = Vec::with_capacity(items.len());
     {
         let mut insert = conn.prepare_cached(INSERT_ONE)?;
-        let mut stored = |row: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Option<i64>> {
-            Ok((insert.execute(row)? == 1).then(|| conn.last_insert_rowid()))
+        // Every row binds the item's own columns; only these five differ between the cases.
+        let mut store = |i: &Incoming,
+                         key: Option<&str>,
+                         dedupe_ref: Option<&str>,
+                         status: Status,
+                         error: Option<&str>,
+                         dispatched_at: Option<i64>|
+         -> rusqlite::Result<Option<i64>> {
+            let inserted = insert.execute(params![
+                i.request_id,
+                i.source,
+                i.route,
+                key,
+                dedupe_ref,
+                status.as_str(),
+                i.body,
+                i.headers,
+                now,
+                i.started.elapsed().as_millis() as i64,
+                error,
+                dispatched_at,
+            ])? == 1;
+            Ok(inserted.then(|| conn.last_insert_rowid()))
         };
         for i in items {
-            let duration_ms = i.started.elapsed().as_millis() as i64;
             let work = i.status == Status::Received;
             if work && let Some(key) = i.dedupe_key.as_deref() {
-                let new = stored(params![
-                    i.request_id,
-                    i.source,
-                    i.route,
-                    key,
-                    key,
-                    Status::Received.as_str(),
-                    i.body,
-                    i.headers,
-                    now,
-                    duration_ms,
-                    i.error,
-                    None::<i64>,
-                ])?;
+                let new = store(
+                    i,
+                    Some(key),
+                    Some(key),
+                    Status::Received,
+                    i.error.as_deref(),
+                    None,
+                )?;
                 if let Some(id) = new {
                     out.push(Recorded::New(id));
                     continue;
                 }
                 // Seen before: kept for the audit log under dedupe_ref only, nothing to do.
-                let id = stored(params![
-                    i.request_id,
-                    i.source,
-                    i.route,
-                    None::<&str>,
-                    key,
-                    Status::Duplicate.as_str(),
-                    i.body,
-                    i.headers,
-                    now,
-                    duration_ms,
-                    None::<&str>,
-                    now,
-                ])?
-                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                let id = store(i, None, Some(key), Status::Duplicate, None, Some(now))?
+                    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
                 out.push(Recorded::Duplicate(id));
                 continue;
             }
             // Keyless work, or a refusal; a NULL key never conflicts. Rows with nothing to do
             // are stored as already dispatched, so the dispatcher's index never sees them.
-            let id = stored(params![
-                i.request_id,
-                i.source,
-                i.route,
-                None::<&str>,
-                i.dedupe_key,
-                i.status.as_str(),
-                i.body,
-                i.headers,
-                now,
-                duration_ms,
-                i.error,
+            let id = store(
+                i,
+                None,
+                i.dedupe_key.as_deref(),
+                i.status,
+                i.error.as_deref(),
                 (!work).then_some(now),
-            ])?
+            )?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             out.push(if work {
                 Recorded::New(id)
