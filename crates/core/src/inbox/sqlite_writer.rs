@@ -71,7 +71,7 @@ fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: &Notify
                 items.iter().map(|_| Err(e.clone())).collect()
             }
         };
-        deliver(began, outcomes, replies, new_work);
+        deliver(began, outcomes, items, replies, new_work);
     }
 }
 

@@ -36,6 +36,14 @@ impl Stats {
         v[idx.min(v.len() - 1)]
     }
 
+    /// Adds another measurement of the same thing (throughput over the summed time).
+    pub fn absorb(&mut self, other: Stats) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
+
     pub fn max(&self) -> Duration {
         self.latencies.iter().copied().max().unwrap_or_default()
     }
@@ -137,14 +145,31 @@ pub async fn open_loop(make: MakeRequest, rate: u64, duration: Duration) -> Stat
 /// and the other below it.
 pub const SWEEP: [usize; 3] = [32, 64, 128];
 
-/// Closed-loop throughput at every level of [`SWEEP`]; `make_for(level)` builds that level's
-/// requests (so bodies that must be unique stay unique across levels).
-pub async fn sweep(make_for: impl Fn(usize) -> MakeRequest, each: Duration) -> Vec<(usize, Stats)> {
-    let mut out = Vec::new();
+/// How often each level alternates between the two servers, and for how long each turn lasts.
+const ROUNDS: u32 = 3;
+const TURN: Duration = Duration::from_secs(1);
+
+/// Closed-loop throughput of two servers at every level of [`SWEEP`], in alternating one-second
+/// turns. This machine's speed drifts by a third within a minute (other tenants); measured one
+/// after the other, the ratio moved more with the drift than with the build, and turns that
+/// alternate see the same drift. `first(level, turn)` and `second(level, turn)` build that
+/// turn's requests: a closed loop numbers its requests from 0, so bodies that must be unique
+/// need a range of their own per level and turn.
+pub async fn sweep_turn_about(
+    first: impl Fn(usize, u32) -> MakeRequest,
+    second: impl Fn(usize, u32) -> MakeRequest,
+) -> (Vec<(usize, Stats)>, Vec<(usize, Stats)>) {
+    let (mut one, mut two) = (Vec::new(), Vec::new());
     for conns in SWEEP {
-        out.push((conns, closed_loop(make_for(conns), conns, each).await));
+        let (mut a, mut b) = (Stats::default(), Stats::default());
+        for turn in 0..ROUNDS {
+            a.absorb(closed_loop(first(conns, turn), conns, TURN).await);
+            b.absorb(closed_loop(second(conns, turn), conns, TURN).await);
+        }
+        one.push((conns, a));
+        two.push((conns, b));
     }
-    out
+    (one, two)
 }
 
 /// The level with the highest throughput.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{MakeRequest, Stats, closed_loop, describe, open_loop, peak, sweep};
+use load::{MakeRequest, Stats, closed_loop, describe, open_loop, peak, sweep_turn_about};
 use sandbox::harness::{self as process, Proc, baseline, free_port, start, switchboard};
 
 /// One row of the result table.
@@ -65,7 +65,9 @@ fn not_measured(figure: &str, target: &str, why: String) -> Row {
 const WABRIDGES_TOKEN: &str = "bench-token";
 
 /// `first_id` keeps the phases of one run apart: both count from 0, and a repeated id would
-/// measure the duplicate path instead of new work.
+/// measure the duplicate path instead of new work. The baseline gets the very same requests, so
+/// the ratio compares what the two servers do with one request, not two request sizes (it used
+/// to get a 40-byte body against the product's 300 bytes).
 fn wabridges_request(base: &str, first_id: u64) -> MakeRequest {
     let url = format!("{base}/wabridges/hooks/bench?token={WABRIDGES_TOKEN}");
     Arc::new(move |c: &reqwest::Client, i: u64| {
@@ -77,15 +79,6 @@ fn wabridges_request(base: &str, first_id: u64) -> MakeRequest {
         c.post(&url)
             .header("content-type", "application/json")
             .body(body)
-    })
-}
-
-fn any_post(base: &str) -> MakeRequest {
-    let url = format!("{base}/wabridges/hooks/bench?token={WABRIDGES_TOKEN}");
-    Arc::new(move |c: &reqwest::Client, i: u64| {
-        c.post(&url)
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"event":"message","message_id":"B{i}"}}"#))
     })
 }
 
@@ -155,7 +148,7 @@ fn postgres_url() -> Option<String> {
 /// same two cores, for comparison.
 async fn ack_rows(
     rows: &mut Vec<Row>,
-    base_sweep: &[(usize, Stats)],
+    baseline: &Proc,
     base_open: &Stats,
     engine: &str,
     db: Option<String>,
@@ -167,7 +160,7 @@ async fn ack_rows(
         "serve --no-workers"
     };
     let throughput_figure = format!(
-        "webhook ack throughput, {engine}, {mode} (peak req/s over 32 / 64 / 128 conns, 5 s each)"
+        "webhook ack throughput, {engine}, {mode} (peak req/s over 32 / 64 / 128 conns, 3 × 1 s each, turn about with the baseline)"
     );
     let latency_figure =
         format!("webhook ack latency at 1,000 req/s, {engine}, {mode} (p50 / p99 / max)");
@@ -182,13 +175,12 @@ async fn ack_rows(
             return;
         }
     };
-    // Each level its own id range, clear of the latency phase's.
-    let levels = sweep(
-        |conns| wabridges_request(&proc.base, conns as u64 * 100_000_000),
-        Duration::from_secs(5),
+    let (base_sweep, levels) = sweep_turn_about(
+        |_, _| wabridges_request(&baseline.base, 0),
+        |conns, turn| wabridges_request(&proc.base, unique_ids(conns, turn)),
     )
     .await;
-    let (Some((conns, stats)), Some((base_conns, base_stats))) = (peak(&levels), peak(base_sweep))
+    let (Some((conns, stats)), Some((base_conns, base_stats))) = (peak(&levels), peak(&base_sweep))
     else {
         return;
     };
@@ -217,11 +209,31 @@ async fn ack_rows(
         format!(
             "{:.0} req/s at {base_conns} conns ({})",
             base_stats.rps(),
-            describe(base_sweep)
+            describe(&base_sweep)
         ),
         format!("{:.0} %", ratio * 100.0),
         Some(ratio >= 0.5 && failed == 0),
     ));
+    // CPU per request is steadier than throughput on a shared machine: it does not depend on
+    // how much of the machine the process got, only on what each request costs.
+    let rate = 6_000;
+    let cpu = cpu_per_request(&proc, wabridges_request(&proc.base, 2_000_000_000), rate).await;
+    let base_cpu = cpu_per_request(baseline, wabridges_request(&baseline.base, 0), rate).await;
+    if let (Some(cpu), Some(base_cpu)) = (cpu, base_cpu) {
+        rows.push(row(
+            &format!(
+                "server CPU per ack at {rate} req/s, {engine}, {mode} (user + system, all threads)"
+            ),
+            "-",
+            format!("{:.1} µs", cpu.as_secs_f64() * 1e6),
+            format!("{:.1} µs (bare axum)", base_cpu.as_secs_f64() * 1e6),
+            format!(
+                "{:.1}×",
+                cpu.as_secs_f64() / base_cpu.as_secs_f64().max(1e-9)
+            ),
+            None,
+        ));
+    }
     // Let the queue drain so the latency run measures acks, not a backlog's contention.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let open = open_loop(
@@ -252,6 +264,60 @@ async fn ack_rows(
         ),
         Some(open.percentile(99.0) <= Duration::from_millis(5) && open.failed == 0),
     ));
+}
+
+/// Each level and turn of a throughput sweep its own million message ids, above the latency
+/// (10⁹) and CPU (2·10⁹) phases' ranges.
+fn unique_ids(conns: usize, turn: u32) -> u64 {
+    3_000_000_000 + conns as u64 * 10_000_000 + turn as u64 * 1_000_000
+}
+
+/// `switchboard-bench ab KEY=VALUE…`: two `serve --no-workers` on SQLite, the second with these
+/// settings, measured turn about; for trying a setting against the default on a noisy machine.
+async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
+    let extra: Vec<(String, String)> = settings
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE, got {kv}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let (a, _a_dir) = start_product_with(None, &[], false).await?;
+    let (b, _b_dir) = start_product_with(None, &extra, false).await?;
+    let (sa, sb) = sweep_turn_about(
+        |conns, turn| wabridges_request(&a.base, unique_ids(conns, turn)),
+        |conns, turn| wabridges_request(&b.base, unique_ids(conns, turn)),
+    )
+    .await;
+    for ((conns, one), (_, two)) in sa.iter().zip(&sb) {
+        println!(
+            "{conns} conns: default {:.0} req/s, with settings {:.0} req/s ({:.2}×)",
+            one.rps(),
+            two.rps(),
+            two.rps() / one.rps().max(1e-9)
+        );
+    }
+    let rate = 6_000;
+    let ca = cpu_per_request(&a, wabridges_request(&a.base, 2_000_000_000), rate).await;
+    let cb = cpu_per_request(&b, wabridges_request(&b.base, 2_000_000_000), rate).await;
+    if let (Some(ca), Some(cb)) = (ca, cb) {
+        println!(
+            "server CPU per ack at {rate} req/s: default {:.1} µs, with settings {:.1} µs",
+            ca.as_secs_f64() * 1e6,
+            cb.as_secs_f64() * 1e6
+        );
+    }
+    Ok(())
+}
+
+/// The server's CPU time per answered request under an open-loop load of `rate` requests per
+/// second for 4 s.
+async fn cpu_per_request(server: &Proc, make: MakeRequest, rate: u64) -> Option<Duration> {
+    let before = server.cpu_time()?;
+    let stats = open_loop(make, rate, Duration::from_secs(4)).await;
+    let used = server.cpu_time()?.checked_sub(before)?;
+    (stats.ok > 0).then(|| used / stats.ok as u32)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -402,17 +468,25 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if args.get(1).map(String::as_str) == Some("ab") {
+        return compare_settings(&args[2..]).await;
+    }
     eprintln!("baseline: bare axum 200-responder");
     let port = free_port();
     let base_proc = start(baseline(port), port, "/health").await?;
-    let base_sweep = sweep(|_| any_post(&base_proc.base), Duration::from_secs(5)).await;
-    let base_open = open_loop(any_post(&base_proc.base), 1000, Duration::from_secs(5)).await;
-    drop(base_proc);
+    // Stays up for the whole run: each throughput row measures it again, turn about with the
+    // product.
+    let base_open = open_loop(
+        wabridges_request(&base_proc.base, 0),
+        1000,
+        Duration::from_secs(5),
+    )
+    .await;
 
     // `switchboard-bench ack`: the ack rows only (SQLite, no workers), for quick iterations.
     let ack_only = args.get(1).map(String::as_str) == Some("ack");
     eprintln!("webhook acks on SQLite");
-    ack_rows(&mut rows, &base_sweep, &base_open, "SQLite", None, false).await;
+    ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, false).await;
     if ack_only {
         for r in &rows {
             println!(
@@ -422,13 +496,13 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    ack_rows(&mut rows, &base_sweep, &base_open, "SQLite", None, true).await;
+    ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, true).await;
     eprintln!("webhook acks on PostgreSQL");
     match postgres_url() {
         Some(url) => {
             ack_rows(
                 &mut rows,
-                &base_sweep,
+                &base_proc,
                 &base_open,
                 "PostgreSQL",
                 Some(url),
