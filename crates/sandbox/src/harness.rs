@@ -27,11 +27,7 @@ impl Proc {
     /// clock ticks of 10 ms).
     pub fn cpu_time(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces;
-        // utime and stime are the 14th and 15th of the whole line.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_millis(ticks * 10))
+        cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 10))
     }
 
     /// Resident memory in KiB, from /proc.
@@ -146,4 +142,27 @@ pub fn fakes_env(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// utime + stime of a `/proc/PID/stat` line: its 14th and 15th fields, counted after the command
+/// name, which is in parentheses and may itself hold spaces and parentheses.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_whatever_the_command_name() {
+        let line = "4242 (tokio (rt) worker) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 129 0 0 20 0 7 0 9000 123456 789 18446744073709551615";
+        assert_eq!(super::cpu_ticks(line), Some(731 + 129));
+        assert_eq!(super::cpu_ticks("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read() {
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(super::cpu_ticks(&me).is_some(), "{me}");
+    }
 }
