@@ -216,8 +216,8 @@ async fn ack_rows(
     ));
     // CPU per request is steadier than throughput on a shared machine: it does not depend on
     // how much of the machine the process got, only on what each request costs.
-    let rate = 6_000;
-    let cpu = cpu_per_request(&proc, wabridges_request(&proc.base, 2_000_000_000), rate).await;
+    let rate = CPU_PROBE_RATE;
+    let cpu = cpu_per_request(&proc, wabridges_request(&proc.base, CPU_PROBE_IDS), rate).await;
     let base_cpu = cpu_per_request(baseline, wabridges_request(&baseline.base, 0), rate).await;
     if let (Some(cpu), Some(base_cpu)) = (cpu, base_cpu) {
         rows.push(row(
@@ -298,9 +298,9 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
             two.rps() / one.rps().max(1e-9)
         );
     }
-    let rate = 6_000;
-    let ca = cpu_per_request(&a, wabridges_request(&a.base, 2_000_000_000), rate).await;
-    let cb = cpu_per_request(&b, wabridges_request(&b.base, 2_000_000_000), rate).await;
+    let rate = CPU_PROBE_RATE;
+    let ca = cpu_per_request(&a, wabridges_request(&a.base, CPU_PROBE_IDS), rate).await;
+    let cb = cpu_per_request(&b, wabridges_request(&b.base, CPU_PROBE_IDS), rate).await;
     if let (Some(ca), Some(cb)) = (ca, cb) {
         println!(
             "server CPU per ack at {rate} req/s: default {:.1} µs, with settings {:.1} µs",
@@ -310,6 +310,10 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The load, and the first message id, of every CPU-per-ack measurement.
+const CPU_PROBE_RATE: u64 = 6_000;
+const CPU_PROBE_IDS: u64 = 2_000_000_000;
 
 /// The server's CPU time per answered request under an open-loop load of `rate` requests per
 /// second for 4 s.
