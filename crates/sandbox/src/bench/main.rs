@@ -487,10 +487,23 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
 
-    // `switchboard-bench ack`: the ack rows only (SQLite, no workers), for quick iterations.
+    // `switchboard-bench ack [postgres]`: the ack rows only (no workers), for quick iterations.
     let ack_only = args.get(1).map(String::as_str) == Some("ack");
-    eprintln!("webhook acks on SQLite");
-    ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, false).await;
+    if ack_only && args.get(2).map(String::as_str) == Some("postgres") {
+        let url = postgres_url().ok_or_else(|| anyhow::anyhow!("no PostgreSQL reachable"))?;
+        ack_rows(
+            &mut rows,
+            &base_proc,
+            &base_open,
+            "PostgreSQL",
+            Some(url),
+            false,
+        )
+        .await;
+    } else {
+        eprintln!("webhook acks on SQLite");
+        ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, false).await;
+    }
     if ack_only {
         for r in &rows {
             println!(
