@@ -130,6 +130,10 @@ mod tempdir {
 
 /// A fresh PostgreSQL database for the PostgreSQL rows, when a server is reachable.
 fn postgres_url() -> Option<String> {
+    fresh_postgres_database("switchboard_bench")
+}
+
+fn fresh_postgres_database(name: &str) -> Option<String> {
     let admin = ["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"];
     let ok = |sql: &str| {
         std::process::Command::new("psql")
@@ -139,8 +143,8 @@ fn postgres_url() -> Option<String> {
             .map(|o| o.status.success())
             .unwrap_or(false)
     };
-    (ok("DROP DATABASE IF EXISTS switchboard_bench") && ok("CREATE DATABASE switchboard_bench"))
-        .then(|| "postgres://postgres@127.0.0.1:5432/switchboard_bench".to_string())
+    (ok(&format!("DROP DATABASE IF EXISTS {name}")) && ok(&format!("CREATE DATABASE {name}")))
+        .then(|| format!("postgres://postgres@127.0.0.1:5432/{name}"))
 }
 
 /// The ack path alone (`serve --no-workers`: jobs wait in the queue for worker processes), as
@@ -272,9 +276,26 @@ fn unique_ids(conns: usize, turn: u32) -> u64 {
     3_000_000_000 + conns as u64 * 10_000_000 + turn as u64 * 1_000_000
 }
 
-/// `switchboard-bench ab KEY=VALUE…`: two `serve --no-workers` on SQLite, the second with these
-/// settings, measured turn about; for trying a setting against the default on a noisy machine.
+/// `switchboard-bench ab [--postgres] KEY=VALUE…`: two `serve --no-workers` on SQLite (or each
+/// on a PostgreSQL database of its own: they get the same ids), the second with these settings,
+/// measured turn about; for trying a setting against the default on a noisy machine.
 async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
+    let (dbs, settings) = match settings.split_first() {
+        Some((flag, rest)) if flag == "--postgres" => {
+            let fresh = |name| {
+                fresh_postgres_database(name)
+                    .ok_or_else(|| anyhow::anyhow!("no PostgreSQL reachable"))
+            };
+            (
+                (
+                    Some(fresh("switchboard_bench_a")?),
+                    Some(fresh("switchboard_bench_b")?),
+                ),
+                rest,
+            )
+        }
+        _ => ((None, None), settings),
+    };
     let extra: Vec<(String, String)> = settings
         .iter()
         .map(|kv| {
@@ -283,8 +304,8 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE, got {kv}"))
         })
         .collect::<Result<_, _>>()?;
-    let (a, _a_dir) = start_product_with(None, &[], false).await?;
-    let (b, _b_dir) = start_product_with(None, &extra, false).await?;
+    let (a, _a_dir) = start_product_with(dbs.0.as_deref(), &[], false).await?;
+    let (b, _b_dir) = start_product_with(dbs.1.as_deref(), &extra, false).await?;
     let (sa, sb) = sweep_turn_about(
         |conns, turn| wabridges_request(&a.base, unique_ids(conns, turn)),
         |conns, turn| wabridges_request(&b.base, unique_ids(conns, turn)),
