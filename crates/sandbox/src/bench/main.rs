@@ -510,20 +510,34 @@ async fn main() -> anyhow::Result<()> {
 
     // `switchboard-bench ack [postgres]`: the ack rows only (no workers), for quick iterations.
     let ack_only = args.get(1).map(String::as_str) == Some("ack");
-    if ack_only && args.get(2).map(String::as_str) == Some("postgres") {
-        let url = postgres_url().ok_or_else(|| anyhow::anyhow!("no PostgreSQL reachable"))?;
-        ack_rows(
-            &mut rows,
-            &base_proc,
-            &base_open,
-            "PostgreSQL",
-            Some(url),
-            false,
-        )
-        .await;
-    } else {
+    let postgres_only = ack_only && args.get(2).map(String::as_str) == Some("postgres");
+    if !postgres_only {
         eprintln!("webhook acks on SQLite");
         ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, false).await;
+        if !ack_only {
+            ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, true).await;
+        }
+    }
+    if postgres_only || !ack_only {
+        eprintln!("webhook acks on PostgreSQL");
+        match postgres_url() {
+            Some(url) => {
+                ack_rows(
+                    &mut rows,
+                    &base_proc,
+                    &base_open,
+                    "PostgreSQL",
+                    Some(url),
+                    false,
+                )
+                .await
+            }
+            None => rows.push(not_measured(
+                "webhook ack throughput, PostgreSQL",
+                "≥ 50 % of bare axum",
+                "PostgreSQL not reachable on 127.0.0.1:5432".into(),
+            )),
+        }
     }
     if ack_only {
         for r in &rows {
@@ -533,26 +547,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         return Ok(());
-    }
-    ack_rows(&mut rows, &base_proc, &base_open, "SQLite", None, true).await;
-    eprintln!("webhook acks on PostgreSQL");
-    match postgres_url() {
-        Some(url) => {
-            ack_rows(
-                &mut rows,
-                &base_proc,
-                &base_open,
-                "PostgreSQL",
-                Some(url),
-                false,
-            )
-            .await
-        }
-        None => rows.push(not_measured(
-            "webhook ack throughput, PostgreSQL",
-            "≥ 50 % of bare axum",
-            "PostgreSQL not reachable on 127.0.0.1:5432".into(),
-        )),
     }
     eprintln!("relay latency Meta → Bitrix");
     if let Err(e) = relay::rows(&mut rows).await {
