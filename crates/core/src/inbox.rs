@@ -487,28 +487,32 @@ async fn postgres_writer(
     }
 }
 
-/// Columns of one inbox row, in the order every INSERT below binds them.
-const COLUMNS: &str = "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)";
+/// Columns of one inbox row, in the order every INSERT below binds them. A macro so that the
+/// statements below are constants: built once at compile time, not per batch or per row.
+macro_rules! inbox_row_columns {
+    () => {
+        "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)"
+    };
+}
 
 /// The new-work INSERT for a batch of any size: one array per column, unnested into rows. One
 /// statement text for every batch size, so each connection prepares it once. With one
 /// `VALUES` list per size, batch sizes from 1 to 256 were up to 256 statements per connection,
 /// more than sqlx's statement cache holds: under load most batches paid for a fresh prepare
 /// (PostgreSQL parsing and planning up to 3,072 parameters) and an eviction.
-fn insert_new_sql() -> String {
-    format!(
-        "INSERT INTO inbox_events {COLUMNS}
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::bytea[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[])
-         ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id, source, dedupe_key"
-    )
-}
+const INSERT_NEW: &str = concat!(
+    "INSERT INTO inbox_events ",
+    inbox_row_columns!(),
+    " SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bytea[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[])
+      ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id, source, dedupe_key"
+);
 
-fn insert_one_sql() -> String {
-    format!(
-        "INSERT INTO inbox_events {COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id"
-    )
-}
+const INSERT_ONE: &str = concat!(
+    "INSERT INTO inbox_events ",
+    inbox_row_columns!(),
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id"
+);
 
 /// PostgreSQL: records a batch in at most two transactions, since every statement is a round
 /// trip. The first — the hot path, new deduplicated work — is one INSERT over column arrays whose
@@ -599,7 +603,7 @@ async fn insert_new(
 ) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
     let items: Vec<&Incoming> = bulk.iter().map(|&idx| &row.items[idx]).collect();
     let keys: Vec<Option<&str>> = items.iter().map(|i| i.dedupe_key.as_deref()).collect();
-    let q = sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(insert_new_sql()))
+    let q = sqlx::query_as::<_, (i64, String, String)>(INSERT_NEW)
         .bind(
             items
                 .iter()
@@ -634,7 +638,6 @@ async fn insert_rest(
     row: &RowValues<'_>,
     rest: &[usize],
 ) -> Result<Vec<Recorded>, sqlx::Error> {
-    let one_sql = insert_one_sql();
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(rest.len());
     for &idx in rest {
@@ -649,7 +652,7 @@ async fn insert_rest(
             i.status
         };
         let needs_dispatch = work && !duplicate;
-        let (id,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(one_sql.clone()))
+        let (id,): (i64,) = sqlx::query_as(INSERT_ONE)
             .bind(&i.request_id)
             .bind(&i.source)
             .bind(&i.route)

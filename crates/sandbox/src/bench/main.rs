@@ -280,21 +280,13 @@ fn unique_ids(conns: usize, turn: u32) -> u64 {
 /// on a PostgreSQL database of its own: they get the same ids), the second with these settings,
 /// measured turn about; for trying a setting against the default on a noisy machine.
 async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
-    let (dbs, settings) = match settings.split_first() {
-        Some((flag, rest)) if flag == "--postgres" => {
-            let fresh = |name| {
-                fresh_postgres_database(name)
-                    .ok_or_else(|| anyhow::anyhow!("no PostgreSQL reachable"))
-            };
-            (
-                (
-                    Some(fresh("switchboard_bench_a")?),
-                    Some(fresh("switchboard_bench_b")?),
-                ),
-                rest,
-            )
-        }
-        _ => ((None, None), settings),
+    let postgres = settings.first().map(String::as_str) == Some("--postgres");
+    let settings = &settings[usize::from(postgres)..];
+    let database = |name| match postgres {
+        true => fresh_postgres_database(name)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("no PostgreSQL reachable")),
+        false => Ok(None),
     };
     let extra: Vec<(String, String)> = settings
         .iter()
@@ -304,8 +296,10 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE, got {kv}"))
         })
         .collect::<Result<_, _>>()?;
-    let (a, _a_dir) = start_product_with(dbs.0.as_deref(), &[], false).await?;
-    let (b, _b_dir) = start_product_with(dbs.1.as_deref(), &extra, false).await?;
+    let (a, _a_dir) =
+        start_product_with(database("switchboard_bench_a")?.as_deref(), &[], false).await?;
+    let (b, _b_dir) =
+        start_product_with(database("switchboard_bench_b")?.as_deref(), &extra, false).await?;
     let (sa, sb) = sweep_turn_about(
         |conns, turn| wabridges_request(&a.base, unique_ids(conns, turn)),
         |conns, turn| wabridges_request(&b.base, unique_ids(conns, turn)),
