@@ -63,5 +63,8 @@ pub mod fix {
     pub const META_190: &str = "Meta access token invalid or expired. Generate a non-expiring System User token, save it as meta.access_token, and verify with `switchboard whatsapp check-token`.";
     pub const META_131030: &str = "Using a test number: add the recipient to the allowed list in the Meta app, or move to a production number.";
     pub const META_131047: &str = "More than 24 hours since the customer's last message: WhatsApp only allows an approved template now. Send one with `/template NAME`, or wait for the customer to write.";
-    pub const APPLICATION_TOKEN: &str = "bitrix.application_token doesn't match the token Bitrix sends. Paste the local app's application token into the form, or clear it to let the bridge bootstrap it from the next event of the installed portal.";
+    pub const APPLICATION_TOKEN: &str = "bitrix.application_token doesn't match the token Bitrix sends. Clear it to use the token of the verified install, or set it to the local app's application token (a re-install may change it).";
+    pub const NO_APPLICATION_TOKEN: &str = "No application token is known, so events can't be told from forgeries (an event never supplies it). Install the local app from inside Bitrix24 as a portal administrator — the verified install stores the token — or set bitrix.application_token.";
+    pub const INSTALL_AS_ADMIN: &str = "Install the local application from inside Bitrix24 while signed in as a portal administrator; an ordinary user's tokens are not accepted as the app's grant.";
+    pub const OTHER_PORTAL: &str = "The stored grant belongs to another Bitrix24 portal at this address (a different member_id), and only an install from that portal replaces it. When you move to a portal at a new address, set bitrix.portal_url to it first: a grant for an address other than bitrix.portal_url is replaced by the next verified install.";
 }

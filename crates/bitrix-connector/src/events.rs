@@ -75,16 +75,30 @@ pub async fn receive_bitrix_event(
     body: Bytes,
 ) -> Result<Response, Error> {
     let request_id = request_id_of(&headers);
-    let incoming = || Incoming::new(&request_id, "bitrix", BITRIX_EVENTS, &body, &headers);
-    let form = php_form::parse(&body);
-    let Some(event) = php_form::text(&form, &["event"]).map(str::to_ascii_uppercase) else {
-        // The app's handler page opened inside Bitrix (PLACEMENT=DEFAULT): not an event.
-        return Ok(
-            Html("<!doctype html><h1>Switchboard WhatsApp bridge</h1><p>Running.</p>")
-                .into_response(),
-        );
+    // Read off the raw body: nothing is parsed before the sender is known.
+    let [event, presented, placement, auth_id] = php_form::fields(
+        &body,
+        ["event", "auth[application_token]", "PLACEMENT", "AUTH_ID"],
+    );
+    let Some(event) = event
+        .filter(|e| !e.is_empty())
+        .map(|e| e.to_ascii_uppercase())
+    else {
+        // The app's page opened inside Bitrix (protocol §1): the frame's POST, not an event.
+        if placement.is_some() && auth_id.is_some() {
+            return Ok(
+                Html("<!doctype html><h1>Switchboard WhatsApp bridge</h1><p>Running.</p>")
+                    .into_response(),
+            );
+        }
+        return Err(Error::BadRequest(
+            "not a Bitrix24 event (no `event`) nor the app's page opened in Bitrix24 (no PLACEMENT and AUTH_ID)".into(),
+        ));
     };
-    if let Err(why) = authenticate(&s, &form).await {
+    // Kept without the tokens it carries: the processor reads only `data`.
+    let stored = php_form::without_secrets(&body);
+    let incoming = || Incoming::new(&request_id, "bitrix", BITRIX_EVENTS, &stored, &headers);
+    if let Err(why) = authenticate(&s, presented.as_deref().unwrap_or("")).await {
         s.core
             .inbox
             .record(incoming().rejected(why.clone()))
@@ -98,61 +112,62 @@ pub async fn receive_bitrix_event(
             .await?;
         return Ok(StatusCode::OK.into_response());
     }
+    let form = match php_form::parse(&stored) {
+        Ok(form) => form,
+        Err(why) => {
+            s.core
+                .inbox
+                .record(incoming().rejected(why.clone()))
+                .await?;
+            return Err(Error::BadRequest(why));
+        }
+    };
     let msgs = messages(&form);
     // One message (the norm): its id, so a second delivery shows as `duplicate`. Several: the
     // body's hash; the processor dedupes each message on its id anyway.
     let key = match msgs.as_slice() {
         [m] => format!("message:{}", m.message_id),
-        _ => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+        _ => format!("sha256:{}", hex::encode(Sha256::digest(&stored))),
     };
     s.core.inbox.record(incoming().dedupe(key)).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-/// `auth[application_token]` against the stored one (constant time). With none stored, the
-/// seed's bootstrap: the first event from the installed portal (`member_id` of the grant)
-/// supplies it; anything else is refused.
-async fn authenticate(s: &BridgeState, form: &Value) -> Result<(), String> {
-    let presented = php_form::text(form, &["auth", "application_token"]).unwrap_or("");
-    let stored = s
+/// `auth[application_token]` against `bitrix.application_token` when it is set, else against the
+/// token the verified install stored with the grant; constant time. An event never supplies
+/// the token: its `member_id` and everything else in it are no secret.
+async fn authenticate(s: &BridgeState, presented: &str) -> Result<(), String> {
+    let configured = s
         .core
         .settings
         .secret("bitrix.application_token")
         .await
         .map_err(|e| e.to_string())?
         .filter(|t| !t.expose().is_empty());
-    if let Some(expected) = stored {
-        return if !presented.is_empty() && expected.matches(presented) {
-            Ok(())
-        } else {
-            Err(format!(
-                "auth[application_token] does not match. {}",
-                fix::APPLICATION_TOKEN
-            ))
-        };
-    }
-    let grant = oauth::load(&s.core).await.map_err(|e| e.explained())?;
-    let member = php_form::text(form, &["auth", "member_id"]).unwrap_or("");
-    match grant {
-        Some(g)
-            if !presented.is_empty()
-                && !member.is_empty()
-                && Secret::new(g.member_id.clone()).matches(member) =>
-        {
-            s.core
-                .settings
-                .set("bitrix.application_token", presented)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(
-                member_id = member,
-                "application token bootstrapped from the installed portal"
-            );
-            Ok(())
+    let expected = match configured {
+        Some(token) => token,
+        None => {
+            let grant = oauth::load(&s.core).await.map_err(|e| e.explained())?;
+            match grant
+                .and_then(|g| g.application_token)
+                .filter(|t| !t.is_empty())
+            {
+                Some(token) => Secret::new(token),
+                None => {
+                    return Err(format!(
+                        "no application token is known. {}",
+                        fix::NO_APPLICATION_TOKEN
+                    ));
+                }
+            }
         }
-        _ => Err(format!(
-            "no application token stored and the event is not from the installed portal. {}",
+    };
+    if !presented.is_empty() && expected.matches(presented) {
+        Ok(())
+    } else {
+        Err(format!(
+            "auth[application_token] does not match. {}",
             fix::APPLICATION_TOKEN
-        )),
+        ))
     }
 }

@@ -56,7 +56,7 @@ pub async fn process_bitrix_event(
     _ctx: JobContext,
 ) -> Result<Outcome, JobError> {
     let db = &relay.core.db;
-    let form = php_form::parse(&event.body);
+    let form = php_form::parse(&event.body).map_err(JobError::Permanent)?;
     let msgs = events::messages(&form);
     let mut pushed = 0;
     let mut blocked = None;

@@ -26,6 +26,15 @@ pub const BITRIX_INSTALL: &str = "/bitrix/install";
 /// Meta caps notifications at 3 MB (protocol §2.1); leave headroom, refuse beyond.
 const META_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
+/// An operator reply's event is a few KiB: the message text (percent-encoded, at most three
+/// bytes per byte of text), file names and links, and the `auth` block. 1 MiB still takes a
+/// message of a third of a million characters; anything larger is not from Bitrix.
+const BITRIX_EVENT_LIMIT: usize = 1024 * 1024;
+
+/// The install and app-page frame POSTs carry a dozen short fields (tokens, endpoint, the
+/// placement's options): well under 1 KiB in practice.
+const BITRIX_INSTALL_LIMIT: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub struct BridgeState {
     pub core: Core,
@@ -46,9 +55,15 @@ pub fn router(core: &Core) -> Router {
         )
         .route(
             BITRIX_EVENTS,
-            axum::routing::post(crate::events::receive_bitrix_event),
+            axum::routing::post(crate::events::receive_bitrix_event)
+                .layer(DefaultBodyLimit::max(BITRIX_EVENT_LIMIT)),
         )
-        .route(BITRIX_INSTALL, get(show_install).post(install_app))
+        .route(
+            BITRIX_INSTALL,
+            get(show_install)
+                .post(install_app)
+                .layer(DefaultBodyLimit::max(BITRIX_INSTALL_LIMIT)),
+        )
         .route("/media/{id}", get(serve_media))
         .with_state(state)
 }
@@ -138,7 +153,7 @@ async fn install_app(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let form = php_form::parse(&body);
+    let form = php_form::parse(&body).map_err(Error::BadRequest)?;
     let query = url_decode_pairs(query.as_deref().unwrap_or(""));
     let q = |k: &str| {
         query
@@ -178,8 +193,8 @@ async fn install_app(
             "not a Bitrix24 install request (no ONAPPINSTALL event, no AUTH_ID/REFRESH_ID)".into(),
         ));
     };
-    accept_grant(&s, &grant).await?;
-    tracing::info!(member_id = %grant.member_id, ui = with_ui, "Bitrix24 app installed; grant stored");
+    let grant = accept_grant(&s, &grant).await?;
+    tracing::info!(member_id = %grant.member_id, ui = with_ui, "Bitrix24 app installed; grant verified and stored");
     Ok(installed_page(with_ui).into_response())
 }
 
@@ -199,31 +214,82 @@ fn grant_from_event(form: &Value) -> Result<Grant, Error> {
     })
 }
 
-/// Anyone can POST to the install URL, so a grant is kept only if it is for the configured
-/// portal and the portal itself accepts its token.
-async fn accept_grant(s: &BridgeState, grant: &Grant) -> Result<(), Error> {
+/// Anyone can POST to the install URL, and any user who opens the app gets tokens of it, so the
+/// posted grant is only a claim. It is kept when the OAuth server accepts its refresh token with
+/// this app's client secret (the new pair it returns is what gets stored: refresh tokens
+/// rotate), the OAuth server names the configured portal and the same `member_id` as the grant
+/// already stored for it, and the installing user is a portal administrator.
+async fn accept_grant(s: &BridgeState, posted: &Grant) -> Result<Grant, Error> {
     let portal = required(&s.core, "bitrix.portal_url").await?;
     let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
-    if origin(&portal).is_none() || origin(&portal) != origin(&grant.client_endpoint) {
+    let other_portal =
+        || Error::Forbidden("this install is for a different portal than bitrix.portal_url".into());
+    // Cheap refusal first: no call to the OAuth server for a form naming another portal.
+    if origin(&portal).is_none() || origin(&portal) != origin(&posted.client_endpoint) {
+        return Err(other_portal());
+    }
+    let answer = oauth::redeem(&s.core, &posted.refresh_token)
+        .await
+        .map_err(|e| unverified(e, "the OAuth server refused the install's refresh token"))?;
+    let mut grant = oauth::grant_from_install(&answer)
+        .map_err(|e| Error::Forbidden(format!("the OAuth server's answer is incomplete: {e}")))?;
+    if origin(&portal) != origin(&grant.client_endpoint) {
+        return Err(other_portal());
+    }
+    if !posted.member_id.is_empty() && posted.member_id != grant.member_id {
         return Err(Error::Forbidden(
-            "this install is for a different portal than bitrix.portal_url".into(),
+            "the install's member_id is not the one the OAuth server gives for its token".into(),
         ));
     }
-    if let Err(e) = s
-        .bitrix
-        .call_with(grant, "app.info", &serde_json::json!({}))
+    let stored = oauth::load(&s.core)
         .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // A grant left from a portal that is no longer bitrix.portal_url may be replaced.
+    if let Some(stored) = stored
+        && stored.member_id != grant.member_id
+        && origin(&stored.client_endpoint) == origin(&portal)
     {
-        return Err(if e.is_retryable() {
-            Error::Internal(format!("could not verify the grant: {e}"))
-        } else {
-            Error::Forbidden(format!("the portal refused the install's token: {e}"))
-        });
+        return Err(Error::Forbidden(format!(
+            "a grant for another Bitrix24 portal (member_id {}) is stored; this install is for member_id {}. {}",
+            stored.member_id,
+            grant.member_id,
+            crate::fix::OTHER_PORTAL
+        )));
     }
-    oauth::store(&s.core, grant).await.map_err(|e| match e {
-        crate::bitrix::BitrixError::Storage(m) => Error::Internal(m),
-        other => Error::Internal(other.to_string()),
-    })
+    let admin = s
+        .bitrix
+        .call_with(&grant, "user.admin", &serde_json::json!({}))
+        .await
+        .map_err(|e| unverified(e, "the portal refused the install's token"))?;
+    if !crate::bitrix::truthy(Some(&admin)) {
+        return Err(Error::Forbidden(format!(
+            "the install was not made by a Bitrix24 administrator. {}",
+            crate::fix::INSTALL_AS_ADMIN
+        )));
+    }
+    grant.application_token = posted.application_token.clone().filter(|t| !t.is_empty());
+    // The portal's host as the OAuth server gave it (the answer's own `domain` is the OAuth
+    // server's), not the form's.
+    grant.domain = reqwest::Url::parse(&grant.client_endpoint)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(u.port().map_or(host.clone(), |p| format!("{host}:{p}")))
+        });
+    oauth::store(&s.core, &grant)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(grant)
+}
+
+/// An install that could not be verified: 403 when it was refused, 500 when the OAuth server
+/// or the portal could not be asked (installing again later may work).
+fn unverified(e: crate::bitrix::BitrixError, refused: &str) -> Error {
+    match e {
+        crate::bitrix::BitrixError::NotConfigured(setting) => Error::NotConfigured { setting },
+        e if e.is_retryable() => Error::Internal(format!("could not verify the install: {e}")),
+        e => Error::Forbidden(format!("{refused}: {e}")),
+    }
 }
 
 fn installed_page(with_ui: bool) -> Html<String> {

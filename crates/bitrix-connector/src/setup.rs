@@ -91,7 +91,7 @@ pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
     rows.push(Check::new(
         "Application token known",
         setting(core, "bitrix.application_token").await.is_some() || grant.application_token.is_some(),
-        "Paste the local app's application token into the credentials form, or leave it blank: the first event from your portal sets it.",
+        "Install the local app from inside Bitrix24 as a portal administrator (the verified install stores the token), or paste the app's application token into the credentials form.",
     ));
 
     let bitrix = Bitrix::new(core);

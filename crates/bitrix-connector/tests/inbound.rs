@@ -485,12 +485,126 @@ async fn ui_install_calls_install_finish_and_stores_the_grant() {
         .install_ui_into(&format!("{}/bitrix/install", app.url))
         .await;
     assert!(out.installed, "status {:?}: {}", out.status, out.body);
-    let stored = bitrix_connector::bitrix::oauth::load(&app.core)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.refresh_token, out.grant.refresh_token);
+    let stored = app.stored_grant().await.unwrap();
+    // Verified by redeeming the posted refresh token: the rotated pair is what is kept.
+    let current = app.bitrix.current_tokens().unwrap();
+    assert_ne!(stored.refresh_token, out.grant.refresh_token);
+    assert_eq!(stored.refresh_token, current.refresh_token);
+    assert_eq!(stored.access_token, current.access_token);
     assert_eq!(stored.member_id, out.grant.member_id);
+    assert_eq!(
+        stored.application_token,
+        Some(app.bitrix.config().application_token)
+    );
+}
+
+#[tokio::test]
+async fn a_script_install_is_verified_at_the_oauth_server_and_keeps_the_rotated_tokens() {
+    let app = TestApp::start().await;
+    let out = app
+        .bitrix
+        .install_into(&format!("{}/bitrix/install", app.url))
+        .await;
+    assert_eq!(out.status, Some(200), "{}", out.body);
+    let stored = app.stored_grant().await.unwrap();
+    let current = app.bitrix.current_tokens().unwrap();
+    assert_ne!(stored.refresh_token, out.grant.refresh_token);
+    assert_eq!(
+        (&stored.access_token, &stored.refresh_token),
+        (&current.access_token, &current.refresh_token)
+    );
+    assert_eq!(stored.client_endpoint, app.bitrix.client_endpoint());
+    let host = app.bitrix.portal_url().replace("http://", "");
+    assert_eq!(stored.domain.as_deref(), Some(host.as_str()));
+    let refreshes = app.bitrix.recorder().matching("/oauth/token/");
+    assert_eq!(refreshes.len(), 1);
+    let query = refreshes[0].query.clone().unwrap_or_default();
+    assert!(query.contains(&out.grant.refresh_token), "{query}");
+    // The admin check ran with the new token.
+    let admin = app.bitrix.recorder().matching("/user.admin.json");
+    assert_eq!(admin.len(), 1);
+    assert_eq!(admin[0].json()["auth"], current.access_token.as_str());
+}
+
+/// Any user who opens the app gets tokens of it (the frame's AUTH_ID/REFRESH_ID). Posted to
+/// the install URL with a forged application token they must not replace the admin's grant.
+#[tokio::test]
+async fn an_install_with_an_ordinary_users_tokens_is_refused() {
+    let app = TestApp::start().await;
+    app.install().await;
+    let before = app.stored_grant().await.unwrap();
+    let cfg = app.bitrix.config();
+    let endpoint = app.bitrix.client_endpoint();
+
+    let user = app.bitrix.user_grant(12);
+    let r = app
+        .post_form(
+            "/bitrix/install",
+            &[
+                ("event", "ONAPPINSTALL"),
+                ("auth[access_token]", &user.access_token),
+                ("auth[refresh_token]", &user.refresh_token),
+                ("auth[member_id]", &cfg.member_id),
+                ("auth[client_endpoint]", &endpoint),
+                ("auth[application_token]", "chosen-by-the-user"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("administrator"));
+
+    let user = app.bitrix.user_grant(12);
+    let host = app.bitrix.portal_url().replace("http://", "");
+    let r = app
+        .post_form(
+            &format!("/bitrix/install?DOMAIN={host}&PROTOCOL=0&LANG=en"),
+            &[
+                ("AUTH_ID", &user.access_token),
+                ("AUTH_EXPIRES", "3600"),
+                ("REFRESH_ID", &user.refresh_token),
+                ("member_id", &cfg.member_id),
+                ("APPLICATION_TOKEN", "chosen-by-the-user"),
+                ("PLACEMENT", "DEFAULT"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+
+    let after = app.stored_grant().await.unwrap();
+    assert_eq!(after.access_token, before.access_token);
+    assert_eq!(after.application_token, Some(cfg.application_token));
+}
+
+#[tokio::test]
+async fn an_install_for_another_member_id_than_the_stored_grant_is_refused() {
+    let app = TestApp::start().await;
+    app.install().await;
+    let mut other = app.stored_grant().await.unwrap();
+    other.member_id = "another-portal".into();
+    bitrix_connector::bitrix::oauth::store(&app.core, &other)
+        .await
+        .unwrap();
+    let out = app
+        .bitrix
+        .install_into(&format!("{}/bitrix/install", app.url))
+        .await;
+    assert_eq!(out.status, Some(403), "{}", out.body);
+    assert!(out.body.contains("member_id"), "{}", out.body);
+    assert_eq!(
+        app.stored_grant().await.unwrap().member_id,
+        "another-portal"
+    );
+
+    // A grant left from a portal that is no longer configured is replaced.
+    other.client_endpoint = "https://old-portal.example/rest/".into();
+    bitrix_connector::bitrix::oauth::store(&app.core, &other)
+        .await
+        .unwrap();
+    app.install().await;
+    assert_eq!(
+        app.stored_grant().await.unwrap().member_id,
+        app.bitrix.config().member_id
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Issue 7: operator replies → WhatsApp against the sandbox fakes — event gate and bootstrap,
+//! Issue 7: operator replies → WhatsApp against the sandbox fakes — the event gate (token of
+//! the verified install, nothing learned from events, tokens not stored),
 //! BBCode, files (each part of a reply sent once across retries), dedupe, the 24-hour window
 //! and the `/template` command, and Meta's refusals.
 
@@ -127,42 +128,216 @@ async fn a_reply_25_hours_after_the_last_message_is_blocked_with_a_note() {
     .await;
 }
 
+/// The delivered event's form with `key` set to `value`, encoded as Bitrix sends it.
+fn with_field(form: &[(String, String)], key: &str, value: &str) -> String {
+    let mut form = form.to_vec();
+    for (k, v) in form.iter_mut() {
+        if k == key {
+            *v = value.into();
+        }
+    }
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish()
+}
+
+async fn post_event(app: &TestApp, body: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/bitrix/events", app.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn application_token_setting(app: &TestApp) -> Option<String> {
+    app.core
+        .settings
+        .get("bitrix.application_token")
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn the_first_event_of_the_installed_portal_bootstraps_the_token_and_a_wrong_one_is_403() {
+async fn events_are_checked_against_the_verified_installs_token_and_a_wrong_one_is_403() {
     let app = TestApp::start().await;
     with_workers(&app.core, app.registry(), async {
         with_dialog(&app, 60).await;
         eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
         let reply = app.bitrix.operator_reply(ANNA, "first", vec![]).await;
         assert_eq!(reply.status(), Some(200));
-        let stored = app
-            .core
-            .settings
-            .get("bitrix.application_token")
-            .await
-            .unwrap();
-        assert_eq!(stored, Some(app.bitrix.config().application_token));
-        let mut form = reply.deliveries[0].form.clone();
-        for (k, v) in form.iter_mut() {
-            if k == "auth[application_token]" {
-                *v = "forged".into();
-            }
-        }
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let r = reqwest::Client::new()
-            .post(format!("{}/bitrix/events", app.url))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403);
+        eventually("sent", 20, || async { app.meta.sent_messages().len() == 1 }).await;
+        // Nothing is learned from the event.
+        assert_eq!(application_token_setting(&app).await, None);
+        let forged = with_field(
+            &reply.deliveries[0].form,
+            "auth[application_token]",
+            "forged",
+        );
+        assert_eq!(post_event(&app, forged).await.status(), 403);
         let counts = app.core.inbox.count_by_status().await.unwrap();
         assert_eq!(counts.get("rejected"), Some(&1));
     })
     .await;
+}
+
+/// The takeover: `member_id` is no secret, so an event carrying the installed portal's
+/// `member_id` and a token of the sender's choosing must not become the token.
+#[tokio::test]
+async fn a_forged_event_with_the_portals_member_id_is_refused_and_teaches_nothing() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        let cfg = app.bitrix.config();
+        let forged = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("event", "ONIMCONNECTORMESSAGEADD"),
+                ("data[MESSAGES][0][im][chat_id]", "1"),
+                ("data[MESSAGES][0][im][message_id]", "777"),
+                ("data[MESSAGES][0][chat][id]", ANNA),
+                ("data[MESSAGES][0][message][text]", "forged reply"),
+                ("auth[member_id]", cfg.member_id.as_str()),
+                ("auth[application_token]", "chosen-by-the-forger"),
+            ])
+            .finish();
+        assert_eq!(post_event(&app, forged).await.status(), 403);
+        assert_eq!(application_token_setting(&app).await, None);
+        // The portal's own events still pass.
+        let reply = app.bitrix.operator_reply(ANNA, "genuine", vec![]).await;
+        assert_eq!(reply.status(), Some(200));
+        eventually("sent", 20, || async { app.meta.sent_messages().len() == 1 }).await;
+        eventually("all work finished", 10, || app.idle()).await;
+        let sent = app.meta.sent_messages();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].body["text"]["body"], "genuine");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_no_application_token_known_events_are_refused_with_the_fix() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        // A grant without the install's token (say, minted with an authorization code).
+        let mut grant = app.stored_grant().await.unwrap();
+        grant.application_token = None;
+        bitrix_connector::bitrix::oauth::store(&app.core, &grant)
+            .await
+            .unwrap();
+        let reply = app.bitrix.operator_reply(ANNA, "hello", vec![]).await;
+        assert_eq!(reply.status(), Some(403));
+        assert_eq!(application_token_setting(&app).await, None);
+        let rejected = app
+            .core
+            .inbox
+            .list(Some("bitrix"), Some("rejected"), None, 10)
+            .await
+            .unwrap();
+        let why = rejected[0].error.clone().unwrap_or_default();
+        assert!(why.contains("administrator"), "{why}");
+        // Configured by hand, it is used.
+        app.core
+            .settings
+            .set(
+                "bitrix.application_token",
+                &app.bitrix.config().application_token,
+            )
+            .await
+            .unwrap();
+        let reply = app.bitrix.operator_reply(ANNA, "again", vec![]).await;
+        assert_eq!(reply.status(), Some(200));
+    })
+    .await;
+}
+
+/// Only `data` is needed later: the tokens an event carries are not kept.
+#[tokio::test]
+async fn stored_events_keep_no_token() {
+    let app = TestApp::start().await;
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        let reply = app.bitrix.operator_reply(ANNA, "kept clean", vec![]).await;
+        assert_eq!(reply.status(), Some(200));
+        eventually("sent", 20, || async { app.meta.sent_messages().len() == 1 }).await;
+        let form = &reply.deliveries[0].form;
+        let secret = |k: &str| {
+            form.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{k} in the event"))
+        };
+        let access = secret("auth[access_token]");
+        let application = secret("auth[application_token]");
+        let wrong = "0123456789abcdef-wrong-token";
+        let forged = with_field(form, "auth[application_token]", wrong);
+        assert_eq!(post_event(&app, forged).await.status(), 403);
+        let rows = app
+            .core
+            .inbox
+            .list(Some("bitrix"), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            let body = row.body_text();
+            assert!(body.contains("kept"), "{body}");
+            for token in [&access, &application, &wrong.to_string()] {
+                assert!(
+                    !body.contains(token.as_str()),
+                    "{} kept a token: {body}",
+                    row.status
+                );
+            }
+            assert!(!body.contains("access_token"), "{body}");
+            assert!(!body.contains("application_token"), "{body}");
+        }
+        eventually("all work finished", 10, || app.idle()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_a_placement_request_gets_the_app_page_and_garbage_is_400() {
+    let app = TestApp::start().await;
+    app.install().await;
+    let r = app.post_form("/bitrix/events", &[("garbage", "1")]).await;
+    assert_eq!(r.status(), 400);
+    let r = app.post_form("/bitrix/events", &[]).await;
+    assert_eq!(r.status(), 400);
+    let r = app
+        .post_form(
+            "/bitrix/events?DOMAIN=acme.bitrix24.com&PROTOCOL=1",
+            &[
+                ("AUTH_ID", "user-access-token"),
+                ("AUTH_EXPIRES", "3600"),
+                ("REFRESH_ID", "user-refresh-token"),
+                ("member_id", "m"),
+                ("PLACEMENT", "DEFAULT"),
+                ("PLACEMENT_OPTIONS", "{}"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Switchboard"));
+}
+
+#[tokio::test]
+async fn an_authenticated_event_with_too_many_fields_is_400() {
+    let app = TestApp::start().await;
+    app.install().await;
+    let token = app.bitrix.config().application_token;
+    let mut body = format!("event=ONIMCONNECTORMESSAGEADD&auth[application_token]={token}");
+    for i in 0..5_000 {
+        body.push_str(&format!("&data[MESSAGES][{i}][im][chat_id]={i}"));
+    }
+    let r = post_event(&app, body).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("fields"));
 }
 
 #[tokio::test]

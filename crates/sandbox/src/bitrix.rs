@@ -64,6 +64,9 @@ pub struct BitrixConfig {
     pub preinstalled: bool,
     /// Bitrix user id of the operator who answers in `operator_reply`.
     pub operator_user_id: u64,
+    /// Users with portal administrator rights (`user.admin` answers `true` for them). The
+    /// install is made by user 1.
+    pub admin_user_ids: Vec<u64>,
     /// Operator name prefixed as `[b]Name:[/b][br] ` when the connector has NEED_SIGNATURE on.
     pub operator_signature: Option<String>,
     /// Line setting CRM_CREATE=lead: Open Lines creates a lead itself for a new customer.
@@ -87,6 +90,7 @@ impl Default for BitrixConfig {
             rate_capacity: 10_000.0,
             preinstalled: true,
             operator_user_id: 12,
+            admin_user_ids: vec![1],
             operator_signature: None,
             openlines_creates_leads: false,
             event_timeout: Duration::from_secs(5),
@@ -210,6 +214,13 @@ impl FakeBitrix {
     /// The newest grant the OAuth server issued and not yet revoked.
     pub fn current_tokens(&self) -> Option<Grant> {
         self.shared.portal().current.clone()
+    }
+
+    /// The tokens Bitrix hands `user_id`'s browser when that user opens the app (the frame's
+    /// `AUTH_ID`/`REFRESH_ID`): valid for REST and refreshable, but the app's own grant
+    /// (`current_tokens`) stays what it was.
+    pub fn user_grant(&self, user_id: u64) -> Grant {
+        oauth::mint_pair(&mut self.shared.portal(), user_id)
     }
 
     /// A code for `grant_type=authorization_code`, valid 30 s of fake time.

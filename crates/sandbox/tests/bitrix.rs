@@ -156,6 +156,25 @@ async fn refresh_rotates_and_a_used_refresh_token_is_invalid_grant() {
 }
 
 #[tokio::test]
+async fn user_admin_tells_the_installing_admin_from_other_users() {
+    let b = portal().await;
+    let app = b.current_tokens().unwrap();
+    let (status, body) = call(&b, "user.admin", json!({})).await;
+    assert_eq!((status, &body["result"]), (200, &json!(true)));
+
+    // An ordinary user's tokens work for REST and refresh, but are not an admin's, and
+    // refreshing them leaves the app's grant alone.
+    let user = b.user_grant(7);
+    let (status, body) = call(&b, "user.admin", json!({"auth": user.access_token})).await;
+    assert_eq!((status, &body["result"]), (200, &json!(false)));
+    let (status, refreshed) = refresh(&b, &b.config().client_id, &user.refresh_token).await;
+    assert_eq!((status, &refreshed["user_id"]), (200, &json!(7)));
+    assert_eq!(b.current_tokens().unwrap(), app);
+    let (_, body) = call(&b, "user.admin", json!({"auth": refreshed["access_token"]})).await;
+    assert_eq!(body["result"], json!(false));
+}
+
+#[tokio::test]
 async fn authorization_code_is_single_use() {
     let b = portal().await;
     let cfg = b.config();

@@ -77,6 +77,31 @@ fn table(world: &World) -> Vec<Case> {
         .map(|i| format!("data[MESSAGES][{i}][im][chat_id]={i}"))
         .collect::<Vec<_>>()
         .join("&");
+    // Keys nested 16 deep that share no prefix: each builds 16 maps in a naive parser (2 MB of
+    // them took a process from 18 to 428 MiB).
+    let php_deep = |keys: usize| {
+        let deep = (0..keys)
+            .map(|i| format!("d[{i}]{}=1", "[k]".repeat(14)))
+            .collect::<Vec<_>>()
+            .join("&");
+        format!("event=ONIMCONNECTORMESSAGEADD&auth[application_token]=wrong&{deep}")
+    };
+    let bitrix = world.bitrix.config();
+    let forged_by_member_id = format!(
+        "event=ONIMCONNECTORMESSAGEADD&auth[application_token]=chosen-by-the-forger\
+         &auth[member_id]={}&data[MESSAGES][0][im][chat_id]=1&data[MESSAGES][0][im][message_id]=2\
+         &data[MESSAGES][0][chat][id]=4917600000000&data[MESSAGES][0][message][text]=forged",
+        bitrix.member_id
+    );
+    let ordinary_user = world.bitrix.user_grant(12);
+    let ordinary_user_install = format!(
+        "event=ONAPPINSTALL&auth[access_token]={}&auth[refresh_token]={}&auth[member_id]={}\
+         &auth[client_endpoint]={}&auth[application_token]=chosen-by-the-user",
+        ordinary_user.access_token,
+        ordinary_user.refresh_token,
+        bitrix.member_id,
+        world.bitrix.client_endpoint()
+    );
     let huge_query = "q=".to_string() + &"x".repeat(30_000);
     let hook = |t: &str| format!("/wabridges/hooks/front?token={t}");
     let ok_hook = hook(WABRIDGES_TOKEN);
@@ -147,6 +172,29 @@ fn table(world: &World) -> Vec<Case> {
             .form()
             .body(big.clone())
             .expect(413),
+        case("bitrix events: garbage form (no event, no page)", "POST", "/bitrix/events")
+            .form()
+            .body("garbage=1&more=2")
+            .expect(400),
+        case("bitrix events: forged with the portal's member", "POST", "/bitrix/events")
+            .form()
+            .body(forged_by_member_id)
+            .expect(403),
+        case("bitrix events: 39k keys 16 deep (2 MB), no auth", "POST", "/bitrix/events")
+            .form()
+            .body(php_deep(39_000))
+            .expect(413),
+        case("bitrix events: 19k keys 16 deep (1 MB), no auth", "POST", "/bitrix/events")
+            .form()
+            .body(php_deep(19_000))
+            .expect(403),
+        case("bitrix events: 20k message items, authentic", "POST", "/bitrix/events")
+            .form()
+            .body(format!(
+                "event=ONIMCONNECTORMESSAGEADD&auth[application_token]={}&{php_many}",
+                bitrix.application_token
+            ))
+            .expect(400),
         // Bitrix install.
         case("bitrix install: not an install", "POST", "/bitrix/install")
             .form()
@@ -163,6 +211,14 @@ fn table(world: &World) -> Vec<Case> {
         case("bitrix install: 5 MB body", "POST", "/bitrix/install")
             .form()
             .body(big.clone())
+            .expect(413),
+        case("bitrix install: an ordinary user's grant", "POST", "/bitrix/install")
+            .form()
+            .body(ordinary_user_install)
+            .expect(403),
+        case("bitrix install: 100 KB body", "POST", "/bitrix/install")
+            .form()
+            .body(vec![b'a'; 100 * 1024])
             .expect(413),
         // Media.
         case("media: path traversal", "GET", "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd").expect(404),

@@ -90,53 +90,82 @@ impl OAuth {
     }
 
     async fn refresh(&self, stored: &Grant) -> Result<Grant, BitrixError> {
-        let oauth_url = required(&self.core, "bitrix.oauth_url").await?;
-        let client_id = required(&self.core, "bitrix.client_id").await?;
-        let secret = required_secret(&self.core, "bitrix.client_secret").await?;
-        let resp = self
-            .core
-            .http
-            .get(format!("{}/oauth/token/", oauth_url.trim_end_matches('/')))
-            .query(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", client_id.as_str()),
-                ("client_secret", secret.expose()),
-                ("refresh_token", stored.refresh_token.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| BitrixError::Transport(e.without_url().to_string()))?;
-        let http = resp.status().as_u16();
-        let body: Option<Value> = resp.json().await.ok();
-        let Some(body) = body else {
-            return Err(BitrixError::Unavailable { http });
-        };
-        if let Some(code) = body.get("error").and_then(Value::as_str) {
-            // Another process may have rotated the refresh token under us: its grant is stored.
-            if code == "invalid_grant"
-                && let Some(newer) = load(&self.core).await?
-                && newer.refresh_token != stored.refresh_token
-            {
-                return Ok(newer);
+        let body = match redeem(&self.core, &stored.refresh_token).await {
+            Ok(body) => body,
+            Err(e) => {
+                // Another process may have rotated the refresh token under us: its grant is stored.
+                if e.code() == Some("invalid_grant")
+                    && let Some(newer) = load(&self.core).await?
+                    && newer.refresh_token != stored.refresh_token
+                {
+                    return Ok(newer);
+                }
+                return Err(e);
             }
-            tracing::error!(code, "Bitrix24 token refresh refused");
-            return Err(BitrixError::OAuth {
-                code: code.to_string(),
-                description: body
-                    .get("error_description")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            });
-        }
-        if !(200..300).contains(&http) {
-            return Err(BitrixError::Unavailable { http });
-        }
+        };
         let grant = grant_from_refresh(&body, stored)?;
         store(&self.core, &grant).await?;
         tracing::info!(member_id = %grant.member_id, "Bitrix24 grant refreshed");
         Ok(grant)
     }
+}
+
+/// Trades `refresh_token` for a new pair at the OAuth server (protocol §2), with this app's
+/// client id and secret: the answer's body, or the server's refusal as [`BitrixError::OAuth`].
+/// The refresh token is used up either way.
+pub async fn redeem(core: &Core, refresh_token: &str) -> Result<Value, BitrixError> {
+    let oauth_url = required(core, "bitrix.oauth_url").await?;
+    let client_id = required(core, "bitrix.client_id").await?;
+    let secret = required_secret(core, "bitrix.client_secret").await?;
+    let resp = core
+        .http
+        .get(format!("{}/oauth/token/", oauth_url.trim_end_matches('/')))
+        .query(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", secret.expose()),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .map_err(|e| BitrixError::Transport(e.without_url().to_string()))?;
+    let http = resp.status().as_u16();
+    let body: Option<Value> = resp.json().await.ok();
+    let Some(body) = body else {
+        return Err(BitrixError::Unavailable { http });
+    };
+    if let Some(code) = body.get("error").and_then(Value::as_str) {
+        tracing::error!(code, "Bitrix24 token refresh refused");
+        return Err(BitrixError::OAuth {
+            code: code.to_string(),
+            description: body
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        });
+    }
+    if !(200..300).contains(&http) {
+        return Err(BitrixError::Unavailable { http });
+    }
+    Ok(body)
+}
+
+/// A new install's grant from the OAuth server's answer to its refresh token: tokens, portal
+/// (`member_id`) and REST endpoint all as that server states them, none from the install form.
+pub fn grant_from_install(body: &Value) -> Result<Grant, BitrixError> {
+    let missing = |what: &str| BitrixError::Storage(format!("refresh answer lacks {what}"));
+    let unknown = Grant {
+        access_token: String::new(),
+        refresh_token: String::new(),
+        expires_at: 0,
+        member_id: text(body, "member_id").ok_or_else(|| missing("member_id"))?,
+        client_endpoint: text(body, "client_endpoint").ok_or_else(|| missing("client_endpoint"))?,
+        domain: None,
+        application_token: None,
+        issued_at: 0,
+    };
+    grant_from_refresh(body, &unknown)
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {

@@ -171,6 +171,26 @@ impl TestApp {
             && stats.running == 0
     }
 
+    /// POSTs `pairs` form-encoded to `path` (say, `/bitrix/events?x=1`).
+    pub async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stored_grant(&self) -> Option<bitrix_connector::bitrix::Grant> {
+        bitrix_connector::bitrix::oauth::load(&self.core)
+            .await
+            .unwrap()
+    }
+
     pub async fn post_raw(&self, body: &[u8], signature: Option<String>) -> reqwest::Response {
         let mut req = reqwest::Client::new()
             .post(format!("{}/webhook/whatsapp", self.url))

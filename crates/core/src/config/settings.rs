@@ -360,7 +360,7 @@ pub static SETTINGS: &[Setting] = &[
         true,
         Bitrix,
         "Application Token",
-        "Verifies /bitrix/events calls; bootstrapped from the first matching event when blank."
+        "Verifies /bitrix/events calls. Leave blank to use the token of the verified install; never learned from an event."
     ),
     setting!(
         "bitrix.oauth_url",

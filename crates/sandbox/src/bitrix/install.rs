@@ -14,7 +14,8 @@ pub struct InstallOutcome {
     /// The product's HTTP status, `None` if it could not be reached.
     pub status: Option<u16>,
     pub body: String,
-    /// The grant that was posted: what the product should now hold.
+    /// The grant that was posted. A product that verifies the install redeems its refresh
+    /// token at once and holds the rotated pair (`FakeBitrix::current_tokens`) instead.
     pub grant: Grant,
 }
 

@@ -38,13 +38,20 @@ pub(crate) async fn issue_token(
     if text("client_id") != cfg.client_id || text("client_secret") != cfg.client_secret {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "Invalid client");
     }
-    let user_id = match text("grant_type").as_str() {
+    // Refreshing the app's grant rotates it; refreshing another user's tokens (say, the ones a
+    // user's browser got on opening the app) leaves the app's grant alone.
+    let (user_id, rotates_app_grant) = match text("grant_type").as_str() {
         "refresh_token" => {
             let token = text("refresh_token");
             match portal.refresh.get(&token) {
                 Some(RefreshState::Live) => {
+                    let user = portal.refresh_user.get(&token).copied().unwrap_or(1);
+                    let current = portal
+                        .current
+                        .as_ref()
+                        .is_some_and(|g| g.refresh_token == token);
                     portal.refresh.insert(token, RefreshState::Used);
-                    1
+                    (user, current)
                 }
                 _ => {
                     return oauth_error(
@@ -60,7 +67,7 @@ pub(crate) async fn issue_token(
             match portal.auth_codes.get_mut(&text("code")) {
                 Some((issued, used)) if !*used && now - *issued <= CODE_LIFETIME_SECS => {
                     *used = true;
-                    1
+                    (1, true)
                 }
                 _ => {
                     return oauth_error(
@@ -79,7 +86,10 @@ pub(crate) async fn issue_token(
             );
         }
     };
-    let grant = mint_grant(&mut portal, user_id);
+    let grant = mint_pair(&mut portal, user_id);
+    if rotates_app_grant {
+        portal.current = Some(grant.clone());
+    }
     Json(grant_json(&portal, s.urls(), &grant, user_id)).into_response()
 }
 
@@ -93,20 +103,26 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
 
 /// A fresh access + refresh pair; becomes the portal's current grant.
 pub(crate) fn mint_grant(portal: &mut Portal, user_id: u64) -> Grant {
+    let grant = mint_pair(portal, user_id);
+    portal.current = Some(grant.clone());
+    grant
+}
+
+/// A fresh access + refresh pair of `user_id`, not the app's grant.
+pub(crate) fn mint_pair(portal: &mut Portal, user_id: u64) -> Grant {
     let access_token = mint_access(portal, user_id);
     let refresh_token = random_hex(35);
     portal
         .refresh
         .insert(refresh_token.clone(), RefreshState::Live);
-    let grant = Grant {
+    portal.refresh_user.insert(refresh_token.clone(), user_id);
+    Grant {
         expires: portal.access[&access_token].expires_at,
         access_token,
         refresh_token,
         member_id: portal.cfg.member_id.clone(),
         application_token: portal.cfg.application_token.clone(),
-    };
-    portal.current = Some(grant.clone());
-    grant
+    }
 }
 
 /// An access token without a refresh token: what events carry for the triggering user.

@@ -208,6 +208,9 @@ async fn dispatch(s: &Shared, method: &str, params: &Value, caller: &Caller) -> 
         "crm.lead.get" => crm::lead_get(s, params),
         "crm.lead.list" => crm::lead_list(s, params),
         "app.info" => app_info(s),
+        "user.admin" => Ok(Reply::Result(json!(
+            s.portal().cfg.admin_user_ids.contains(&caller.user_id)
+        ))),
         "imopenlines.config.get" => crm::openlines_config(s, params),
         _ => Err(RestError::new(
             404,

@@ -256,6 +256,8 @@ pub(crate) struct Portal {
     pub down: bool,
     pub access: HashMap<String, AccessToken>,
     pub refresh: HashMap<String, RefreshState>,
+    /// Whose grant each refresh token belongs to: a refresh keeps the user.
+    pub refresh_user: HashMap<String, u64>,
     pub auth_codes: HashMap<String, (i64, bool)>,
     pub current: Option<Grant>,
     pub connectors: BTreeMap<String, Connector>,
@@ -286,6 +288,7 @@ impl Portal {
             down: false,
             access: HashMap::new(),
             refresh: HashMap::new(),
+            refresh_user: HashMap::new(),
             auth_codes: HashMap::new(),
             current: None,
             connectors: BTreeMap::new(),
