@@ -152,7 +152,7 @@ pub struct SettingView {
     pub group: &'static str,
     pub secret: bool,
     pub storable: bool,
-    /// Masked for secrets.
+    /// Masked for secrets; a URL's password masked for the rest.
     pub shown: String,
     pub source: Source,
 }
@@ -275,7 +275,8 @@ impl Settings {
             let secret = s.kind == settings::Kind::Secret;
             let (shown, source) = match resolved {
                 Some((_, src)) if secret => (crate::secret::MASK.to_string(), src),
-                Some((v, src)) => (v, src),
+                // A URL's password (DATABASE_URL's, typically) is as secret as a secret.
+                Some((v, src)) => (crate::db::redact_url(&v), src),
                 None => (String::new(), Source::Unset),
             };
             out.push(SettingView {

@@ -145,33 +145,79 @@ impl Db {
     }
 }
 
-/// The URL with any password replaced, for errors and logs.
+/// The URL with its credentials masked, for errors, logs and everywhere settings are shown:
+/// the password of `scheme://user:password@host` and the value of any credential-looking
+/// query parameter (`?password=…`, `?token=…`). Text that is not a URL comes back unchanged.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    format!("{}{user}:••••••••{}", &url[..scheme_end + 3], &url[at..])
-                }
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    use crate::{ops::redact::is_sensitive_key, secret::MASK};
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    // The user info ends at the last `@`: a password may hold `/`, `?` or `@` unencoded, and
+    // masking too much (an `@` later in the path) is the safe mistake.
+    let mut out = String::with_capacity(url.len() + MASK.len());
+    let mut rest = url;
+    if let Some(at) = url[scheme_end..].rfind('@').map(|i| scheme_end + i)
+        && let Some(colon) = url[scheme_end..at].find(':').map(|i| scheme_end + i)
+    {
+        out.push_str(&url[..=colon]);
+        out.push_str(MASK);
+        rest = &url[at..];
     }
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    out.push_str(&rest[..query_start]);
+    let rest = &rest[query_start..];
+    let Some(query) = rest.strip_prefix('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+    out.push('?');
+    for (n, pair) in query.split('&').enumerate() {
+        if n > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((key, _)) if is_sensitive_key(key) => {
+                out.push_str(key);
+                out.push('=');
+                out.push_str(MASK);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out.push_str(fragment);
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::redact_url;
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
-            super::redact_url("postgres://u:pw@h:5432/db"),
+            redact_url("postgres://u:pw@h:5432/db"),
             "postgres://u:••••••••@h:5432/db"
         );
-        assert_eq!(
-            super::redact_url("sqlite://data/x.db"),
-            "sqlite://data/x.db"
-        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        // A password holding `/` or `@`, one in the query, and nothing to mask.
+        for (url, shown) in [
+            (
+                "postgres://u:p/w@d@h/db?sslmode=require",
+                "postgres://u:••••••••@h/db?sslmode=require",
+            ),
+            (
+                "postgresql://h/db?user=u&password=pw#x",
+                "postgresql://h/db?user=u&password=••••••••#x",
+            ),
+            ("postgres://u:p?w@h/db", "postgres://u:••••••••@h/db"),
+            ("https://u@h:8443/api?x=1", "https://u@h:8443/api?x=1"),
+            ("https://h/a/b", "https://h/a/b"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("/api/,/v2/", "/api/,/v2/"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }

@@ -114,9 +114,14 @@ pub fn request_id_of(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// The most of one header value the audit log keeps: ample for a user agent or a signature.
+pub const AUDIT_HEADER_BYTES: usize = 512;
+
 /// Headers worth keeping in the audit log, as the JSON object text the audit row stores.
 /// Anything carrying a credential is left out, so the audit log can be shown on a page without
-/// redaction. Written straight to text: this runs on every webhook's ack path.
+/// redaction. Each value is cut to [`AUDIT_HEADER_BYTES`]: refused calls are stored too, and
+/// their senders choose the headers. Written straight to text: this runs on every webhook's
+/// ack path.
 pub fn audit_headers(headers: &HeaderMap) -> String {
     // Sorted, so the text is the same object serde_json would print. Names built at compile
     // time: looking a header up by `&str` parses and hashes the name on every call.
@@ -131,6 +136,8 @@ pub fn audit_headers(headers: &HeaderMap) -> String {
     json.push(b'{');
     for name in KEEP {
         if let Some(v) = headers.get(&name).and_then(|v| v.to_str().ok()) {
+            // Visible ASCII (what `to_str` accepts): any byte is a character boundary.
+            let v = &v[..v.len().min(AUDIT_HEADER_BYTES)];
             if json.len() > 1 {
                 json.push(b',');
             }
@@ -240,6 +247,11 @@ mod tests {
         );
         assert!(!text.contains("secret"));
         assert_eq!(audit_headers(&HeaderMap::new()), "{}");
+
+        // A sender's outsized header is cut, not stored whole.
+        h.insert("user-agent", "u".repeat(60_000).parse().unwrap());
+        let v: serde_json::Value = serde_json::from_str(&audit_headers(&h)).unwrap();
+        assert_eq!(v["user-agent"].as_str().unwrap().len(), AUDIT_HEADER_BYTES);
     }
 
     #[test]

@@ -85,7 +85,15 @@ pub struct Incoming {
     pub error: Option<String>,
     /// When the request started, for the audit row's duration.
     pub started: Instant,
+    /// Set when `body` holds only the head of what arrived: the whole body's length in bytes
+    /// and its SHA-256 (hex).
+    pub body_size: Option<i64>,
+    pub body_sha256: Option<String>,
 }
+
+/// How much of a refused call's body is kept. Anyone can send one, so its body is not stored
+/// whole (that let strangers fill the disk); the head shows what it was.
+pub const REFUSED_HEAD_BYTES: usize = 4096;
 
 impl Incoming {
     pub fn new(
@@ -105,6 +113,8 @@ impl Incoming {
             status: Status::Received,
             error: None,
             started: Instant::now(),
+            body_size: None,
+            body_sha256: None,
         }
     }
 
@@ -113,9 +123,17 @@ impl Incoming {
         self
     }
 
+    /// A refused call: kept as its first [`REFUSED_HEAD_BYTES`] (cut back to a character
+    /// boundary when that falls inside one; bytes that are not UTF-8 are kept as they are) with
+    /// the whole body's size and SHA-256.
     pub fn rejected(mut self, why: impl Into<String>) -> Self {
+        use sha2::Digest;
         self.status = Status::Rejected;
         self.error = Some(why.into());
+        self.body_size = Some(self.body.len() as i64);
+        self.body_sha256 = Some(hex::encode(sha2::Sha256::digest(&self.body)));
+        self.body.truncate(head_len(&self.body, REFUSED_HEAD_BYTES));
+        self.body.shrink_to_fit();
         self
     }
 
@@ -123,6 +141,18 @@ impl Incoming {
         self.status = Status::Skipped;
         self.error = Some(why.into());
         self
+    }
+}
+
+/// Where to cut `body` to keep at most `max` bytes: before a UTF-8 character the cut would split.
+fn head_len(body: &[u8], max: usize) -> usize {
+    if body.len() <= max {
+        return body.len();
+    }
+    match std::str::from_utf8(&body[..max]) {
+        // Only the last character is incomplete: the text up to it is whole.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => max,
     }
 }
 
@@ -161,6 +191,18 @@ pub struct StoredEvent {
     pub error: Option<String>,
     pub attempts: i64,
     pub processed_at: Option<i64>,
+    /// Set when `body` is only the head of what arrived (a refused call): the whole body's
+    /// length and SHA-256 (hex).
+    pub body_size: Option<i64>,
+    pub body_sha256: Option<String>,
+}
+
+/// A row as the event list shows it: `event.body` holds only the first bytes of the stored body.
+#[derive(Debug, Clone)]
+pub struct EventPreview {
+    pub event: StoredEvent,
+    /// Length of the stored body in bytes.
+    pub stored_len: i64,
 }
 
 impl StoredEvent {
@@ -169,7 +211,12 @@ impl StoredEvent {
     }
 }
 
-const EVENT_COLUMNS: &str = "id, request_id, source, route, COALESCE(dedupe_key, dedupe_ref) AS dedupe_key, status, body, headers, received_at, duration_ms, error, attempts, processed_at";
+/// Every column but the body, which is read whole ([`Inbox::get`]) or as a preview.
+const EVENT_COLUMNS: &str = "id, request_id, source, route, COALESCE(dedupe_key, dedupe_ref) AS dedupe_key, status, headers, received_at, duration_ms, error, attempts, processed_at, body_size, body_sha256";
+
+/// How much of each body the event list reads. A constant in the SQL text: PostgreSQL's
+/// `substr(bytea, int, int)` would not take a bound `int8`.
+pub const PREVIEW_BYTES: usize = 512;
 
 fn event_from_row<R>(r: &R) -> Result<StoredEvent, sqlx::Error>
 where
@@ -193,6 +240,8 @@ where
         error: r.try_get("error")?,
         attempts: r.try_get("attempts")?,
         processed_at: r.try_get("processed_at")?,
+        body_size: r.try_get("body_size")?,
+        body_sha256: r.try_get("body_sha256")?,
     })
 }
 
@@ -292,7 +341,7 @@ impl Inbox {
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<StoredEvent>, InboxError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM inbox_events WHERE id = $1");
+        let sql = format!("SELECT {EVENT_COLUMNS}, body FROM inbox_events WHERE id = $1");
         Ok(on_pool!(&self.db, |p| {
             match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(id)
@@ -313,8 +362,44 @@ impl Inbox {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, InboxError> {
+        let rows = self
+            .select_page("body", source, status, before, limit)
+            .await?;
+        Ok(rows.into_iter().map(|(event, _)| event).collect())
+    }
+
+    /// [`Inbox::list`] with only the first [`PREVIEW_BYTES`] of each body, cut by the database:
+    /// a page of large bodies costs the page's size, not the bodies'.
+    pub async fn list_previews(
+        &self,
+        source: Option<&str>,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<EventPreview>, InboxError> {
+        let body = format!("substr(body, 1, {PREVIEW_BYTES}) AS body");
+        let rows = self
+            .select_page(&body, source, status, before, limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event, stored_len)| EventPreview { event, stored_len })
+            .collect())
+    }
+
+    /// A page of rows with `body` read as the expression `body_column`, and each stored
+    /// body's length.
+    async fn select_page(
+        &self,
+        body_column: &str,
+        source: Option<&str>,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(StoredEvent, i64)>, InboxError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM inbox_events
+            "SELECT {EVENT_COLUMNS}, {body_column}, CAST(length(body) AS BIGINT) AS stored_len
+             FROM inbox_events
              WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3)
              ORDER BY id DESC LIMIT $4"
         );
@@ -327,8 +412,8 @@ impl Inbox {
                 .fetch_all(p)
                 .await?;
             rows.iter()
-                .map(event_from_row)
-                .collect::<Result<Vec<_>, _>>()?
+                .map(|r| Ok((event_from_row(r)?, sqlx::Row::try_get(r, "stored_len")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
         }))
     }
 
@@ -429,17 +514,19 @@ impl Inbox {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Deletes finished rows older than the cut-off (PII retention). Unfinished and failed rows
-    /// are kept whatever their age: deleting them would lose work.
+    /// Deletes finished rows older than the cut-off (PII retention), refused calls included.
+    /// Unfinished and failed rows are kept whatever their age: deleting them would lose work.
     pub async fn prune(&self, older_than_ms: i64) -> Result<u64, InboxError> {
         let cutoff = now_ms() - older_than_ms;
         Ok(on_pool!(&self.db, |p| {
             sqlx::query(
-            "DELETE FROM inbox_events WHERE received_at < $1 AND status IN ('processed', 'duplicate', 'skipped')"
-        )
-        .bind(cutoff)
-        .execute(p)
-        .await.map(|r| r.rows_affected())
+                "DELETE FROM inbox_events WHERE received_at < $1
+                 AND status IN ('processed', 'duplicate', 'skipped', 'rejected', 'blocked_window')",
+            )
+            .bind(cutoff)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
         })?)
     }
 }
@@ -491,7 +578,7 @@ async fn postgres_writer(
 /// statements below are constants: built once at compile time, not per batch or per row.
 macro_rules! inbox_row_columns {
     () => {
-        "(request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)"
+        "request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at"
     };
 }
 
@@ -501,17 +588,19 @@ macro_rules! inbox_row_columns {
 /// more than sqlx's statement cache holds: under load most batches paid for a fresh prepare
 /// (PostgreSQL parsing and planning up to 3,072 parameters) and an eviction.
 const INSERT_NEW: &str = concat!(
-    "INSERT INTO inbox_events ",
+    "INSERT INTO inbox_events (",
     inbox_row_columns!(),
-    " SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                            $7::bytea[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[])
       ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id, source, dedupe_key"
 );
 
+/// Also sets what only refused calls have: the whole body's size and hash. New work never
+/// does, so the batch INSERT above leaves them out.
 const INSERT_ONE: &str = concat!(
-    "INSERT INTO inbox_events ",
+    "INSERT INTO inbox_events (",
     inbox_row_columns!(),
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id"
+    ", body_size, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id"
 );
 
 /// PostgreSQL: records a batch in at most two transactions, since every statement is a round
@@ -665,6 +754,8 @@ async fn insert_rest(
             .bind(row.durations[idx])
             .bind(if duplicate { None } else { i.error.as_deref() })
             .bind((!needs_dispatch).then_some(row.now))
+            .bind(i.body_size)
+            .bind(i.body_sha256.as_deref())
             .fetch_one(&mut *tx)
             .await?;
         out.push(if duplicate {

@@ -162,6 +162,7 @@ async fn requests_without_the_token_are_refused_with_401() {
         "/admin/events",
         "/admin/jobs",
         "/admin/events?token=wrong",
+        "/admin/events/1/payload",
     ] {
         assert_eq!(
             app.get(path, "").await.0,
@@ -480,6 +481,121 @@ async fn events_page_masks_credentials_and_replays_an_event() {
     assert_eq!(app.core.jobs.stats().await.unwrap().pending, before + 1);
     let (_, html) = app.get(location, &cookie).await;
     assert!(html.contains("queued for reprocessing"));
+}
+
+/// JSON nested `depth` deep around `leaves` numbers: pretty-printed whole, each leaf got a line
+/// of its own indented by the depth (1 MiB of it rendered as 122 MiB of HTML).
+fn nested_json(depth: usize, leaves: usize) -> String {
+    let mut s = String::from(
+        r#"{"auth":{"access_token":{"value":"NESTED-SECRET"}},"api_secret":["ARRAY-SECRET"],"data":"#,
+    );
+    s.push_str(&"[".repeat(depth));
+    s.push_str(&vec!["1"; leaves].join(","));
+    s.push_str(&"]".repeat(depth));
+    s.push_str(r#","tail":"END-OF-PAYLOAD"}"#);
+    s
+}
+
+#[tokio::test]
+async fn events_list_is_bounded_and_each_payload_opens_on_its_own_route() {
+    let app = configured_app().await;
+    let cookie = app.sign_in().await;
+    // Under and over the size the full view still parses and pretty-prints, and one small
+    // body with credentials nested in objects and arrays.
+    let bodies = [
+        nested_json(100, 100_000),
+        nested_json(100, 300_000),
+        r#"{"auth":{"access_token":{"value":"SMALL-NESTED"}},"api_secret":["SMALL-ARRAY"],"text":"hi"}"#
+            .to_string(),
+    ];
+    let mut ids = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let id = app
+            .core
+            .inbox
+            .record(
+                Incoming::new("r", "test", "/t", body.as_bytes(), &HeaderMap::new())
+                    .dedupe(format!("big-{i}")),
+            )
+            .await
+            .unwrap()
+            .id();
+        ids.push(id);
+    }
+
+    let (status, html) = app.get("/admin/events", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let stored: usize = bodies.iter().map(String::len).sum();
+    println!(
+        "{} rows, {stored} bytes stored: list page {} bytes",
+        bodies.len(),
+        html.len()
+    );
+    assert!(
+        html.len() < 48 * 1024,
+        "the list is {} bytes for {} rows",
+        html.len(),
+        bodies.len()
+    );
+    for id in &ids {
+        assert!(
+            html.contains(&format!("/admin/events/{id}/payload")),
+            "row {id} links its payload"
+        );
+    }
+    assert!(html.contains("hi"), "the small body is previewed");
+    for leaked in [
+        "NESTED-SECRET",
+        "ARRAY-SECRET",
+        "SMALL-NESTED",
+        "SMALL-ARRAY",
+    ] {
+        assert!(!html.contains(leaked), "{leaked} on the list");
+    }
+
+    for (id, body) in ids.iter().zip(&bodies) {
+        let r = app
+            .http
+            .get(app.url(&format!("/admin/events/{id}/payload")))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"),
+            "{:?}",
+            r.headers()
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.len() < 2 * body.len() + 4096,
+            "payload of {} bytes shown as {} bytes",
+            body.len(),
+            text.len()
+        );
+        assert!(
+            text.contains("END-OF-PAYLOAD") || text.contains("hi"),
+            "the whole payload"
+        );
+        for leaked in [
+            "NESTED-SECRET",
+            "ARRAY-SECRET",
+            "SMALL-NESTED",
+            "SMALL-ARRAY",
+        ] {
+            assert!(
+                !text.contains(leaked),
+                "{leaked} in the payload of row {id}"
+            );
+        }
+    }
+    let (status, _) = app.get("/admin/events/999999/payload", &cookie).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -159,6 +159,44 @@ async fn rejected_calls_are_recorded_but_never_processed() {
     assert_eq!(ev.body_text(), "{bad");
 }
 
+/// Anyone can make a call that is refused, so a refused call keeps only the head of its body
+/// (cut back to a character boundary in text) with the whole body's size and SHA-256.
+#[tokio::test]
+async fn refused_calls_keep_a_bounded_head_with_the_whole_bodys_size_and_hash() {
+    use sha2::Digest;
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    // `{"xy":"` is 7 bytes and each `é` two: byte 4,096 falls inside a character.
+    let text = format!("{{\"xy\":\"{}\"}}", "é".repeat(1024 * 1024)).into_bytes();
+    let binary: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let short = b"{short".to_vec();
+    for (body, kept) in [(&text, 4095), (&binary, 4096), (&short, short.len())] {
+        let id = core
+            .inbox
+            .record(
+                Incoming::new("req", "test", "/t", body, &HeaderMap::new()).rejected("bad token"),
+            )
+            .await
+            .unwrap()
+            .id();
+        let ev = core.inbox.get(id).await.unwrap().unwrap();
+        assert_eq!(ev.status, "rejected");
+        assert_eq!(ev.body.len(), kept);
+        assert_eq!(ev.body, body[..kept]);
+        assert_eq!(ev.body_size, Some(body.len() as i64));
+        assert_eq!(
+            ev.body_sha256,
+            Some(hex::encode(sha2::Sha256::digest(body)))
+        );
+        if body == &text {
+            assert!(
+                std::str::from_utf8(&ev.body).is_ok(),
+                "cut inside a character"
+            );
+        }
+    }
+}
+
 /// Persist-before-ack: rows committed by a process that died before processing them are
 /// processed, once, by the next process to start on the same database.
 #[tokio::test]
@@ -432,10 +470,17 @@ async fn replay_reprocesses_and_prune_keeps_unfinished_rows() {
         .await
         .unwrap()
         .id();
+    let refused = core
+        .inbox
+        .record(incoming("test", "r3", "{}").rejected("bad token"))
+        .await
+        .unwrap()
+        .id();
     // Nothing is older than a day: prune removes nothing.
     assert_eq!(core.inbox.prune(86_400_000).await.unwrap(), 0);
-    // Everything finished is older than "0 ms": only the processed row goes.
-    assert_eq!(core.inbox.prune(-1000).await.unwrap(), 1);
+    // Everything finished is older than "0 ms": the processed and the refused row go.
+    assert_eq!(core.inbox.prune(-1000).await.unwrap(), 2);
+    assert!(core.inbox.get(refused).await.unwrap().is_none());
     assert!(core.inbox.get(pending).await.unwrap().is_some());
 
     let ids = core

@@ -87,17 +87,18 @@ pub fn info(core: &Core) -> BridgeInfo {
 /// credentials, so it can only tell whether something answers there.
 async fn reachable(http: reqwest::Client, base: String) -> Check {
     const LABEL: &str = "PBX base URL reachable";
+    let shown = switchboard_core::db::redact_url(&base);
     match http.get(&base).timeout(Duration::from_secs(5)).send().await {
         Ok(r) => Check::new(
             LABEL,
             true,
-            format!("{base} answered {}", r.status().as_u16()),
+            format!("{shown} answered {}", r.status().as_u16()),
         ),
         Err(e) => Check::new(
             LABEL,
             false,
             format!(
-                "{base} did not answer ({}). Check SWITCHBOARD_PBX_BASE_URL and that this host can reach the PBX.",
+                "{shown} did not answer ({}). Check SWITCHBOARD_PBX_BASE_URL and that this host can reach the PBX.",
                 if e.is_timeout() {
                     "timed out"
                 } else if e.is_connect() {

@@ -540,7 +540,7 @@ async fn methods_are_forwarded_in_any_case_and_every_answer_passes_back() {
 }
 
 #[tokio::test]
-async fn bodies_over_one_mib_are_413() {
+async fn bodies_over_the_limit_are_413() {
     let app = TestApp::start().await;
     let mut big = click_to_call(KEY, SECRET);
     big["body"]["note"] = json!("x".repeat(pbx_bridge::MAX_BODY));

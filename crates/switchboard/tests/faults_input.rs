@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{world::*, *};
-use switchboard_core::testing::fresh_database_url;
+use switchboard_core::{Db, testing::fresh_database_url};
 
 /// One hostile request and what it must get: `Some(code)` exactly, `None` any 4xx.
 struct Case {
@@ -148,6 +148,9 @@ fn table(world: &World) -> Vec<Case> {
         case("meta: 5 MB body", "POST", "/webhook/whatsapp")
             .body(big.clone())
             .expect(413),
+        case("meta: 3 MB body (Meta's cap), no signature", "POST", "/webhook/whatsapp")
+            .body(vec![b'a'; 3_000_000])
+            .expect(401),
         case("meta verify: wrong token", "GET", "/webhook/whatsapp?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1").expect(403),
         case("meta verify: no parameters", "GET", "/webhook/whatsapp").expect(403),
         case("meta verify: huge query", "GET", format!("/webhook/whatsapp?{huge_query}")).expect(403),
@@ -232,6 +235,7 @@ fn table(world: &World) -> Vec<Case> {
         case("wabridges: invalid UTF-8", "POST", ok_hook.clone()).body(invalid_utf8.clone()).expect(400),
         case("wabridges: 100k '[' nesting", "POST", ok_hook.clone()).body(nested(100_000)).expect(400),
         case("wabridges: 5 MB body", "POST", ok_hook.clone()).body(big_json).expect(413),
+        case("wabridges: 600 KB message, right token", "POST", ok_hook.clone()).body(wabridges_text(600 * 1024)).expect(413),
         case("wabridges: traversal in bridge name", "POST", format!("/wabridges/hooks/..%2f..%2fetc?token={WABRIDGES_TOKEN}")).body("{\"event\":\"connected\",\"phone\":\"1\"}").expect(400),
         case("wabridges: huge query", "POST", format!("/wabridges/hooks/front?{huge_query}")).body("{}").expect(401),
         // wabridges admin API.
@@ -243,12 +247,25 @@ fn table(world: &World) -> Vec<Case> {
         case("pbx: malformed JSON", "POST", "/whatsapp-bridge").body("{\"api_key\":").expect(400),
         case("pbx: wrong content type", "POST", "/whatsapp-bridge").content_type("text/plain").body(msg91("/api/v1/calls/click-to-call")),
         case("pbx: missing fields", "POST", "/whatsapp-bridge").body("{}").expect(400),
-        case("pbx: 100k '[' nesting", "POST", "/whatsapp-bridge").body(nested(100_000)).expect(400),
+        case("pbx: 60k '[' nesting (under the size limit)", "POST", "/whatsapp-bridge").body(nested(60_000)).expect(400),
         case("pbx: endpoint path traversal", "POST", "/whatsapp-bridge").body(msg91("/api/v1/../../admin")),
         case("pbx: endpoint absolute URL (open proxy)", "POST", "/whatsapp-bridge").body(msg91("http://169.254.169.254/latest/meta-data")),
         case("pbx: wrong secret", "POST", "/whatsapp-bridge").body(msg91("/api/v1/calls/click-to-call").replace(PBX_SECRET, "wrong")),
         case("pbx: 5 MB body", "POST", "/whatsapp-bridge").body(big).expect(413),
+        case("pbx: 100 KB body, right credentials", "POST", "/whatsapp-bridge")
+            .body(serde_json::json!({
+                "api_key": PBX_KEY, "api_secret": PBX_SECRET, "endpoint": "/api/v1/calls/click-to-call",
+                "body": {"note": "x".repeat(100 * 1024)}
+            }).to_string())
+            .expect(413),
     ]
+}
+
+/// A well-formed wabridges `message` event of about `size` bytes.
+fn wabridges_text(size: usize) -> Vec<u8> {
+    let event = wabridges_message(1);
+    let (head, tail) = event.split_at(event.find("message 1").unwrap());
+    format!("{head}{}{tail}", "x".repeat(size)).into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,4 +363,112 @@ async fn hostile_input_gets_a_clear_4xx_on_every_route_and_the_process_stays_up(
         rss_after < RSS_LIMIT_KIB,
         "RSS {rss_after} KiB after the barrage"
     );
+}
+
+/// Unsigned or wrongly authenticated calls of several MiB each: every one is refused and
+/// recorded, but the database keeps a bounded head of each body, not the body; thirty-one days
+/// later the daily prune's retention removes them like the other finished rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_cost_the_database_a_bounded_head_and_are_pruned() {
+    const CALLS: usize = 10;
+    const HEAD: i64 = switchboard_core::inbox::REFUSED_HEAD_BYTES as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &url, &base).await;
+    let proc = spawn_on(dir.path(), "refused", port, &["serve"], &world.env);
+    healthy(&proc).await;
+    let db = Db::connect(&url).await.unwrap();
+    let (rows_before, bytes_before) = refused_rows(&db).await;
+    let file_before = sqlite_file_bytes(&url);
+
+    // The largest body each route reads: Meta's cap, and just under the wabridges limit.
+    let meta_body = {
+        let mut v = br#"{"object":"whatsapp_business_account","entry":[{"id":""#.to_vec();
+        v.resize(3_000_000, b'7');
+        v
+    };
+    let hook_body = wabridges_text(500 * 1024);
+    let http = reqwest::Client::new();
+    for _ in 0..CALLS {
+        for (path, body) in [
+            ("/webhook/whatsapp".to_string(), &meta_body),
+            ("/wabridges/hooks/front?token=wrong".to_string(), &hook_body),
+        ] {
+            let r = http
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{path}");
+        }
+    }
+
+    let (rows, bytes) = refused_rows(&db).await;
+    let sent = CALLS * (meta_body.len() + hook_body.len());
+    println!(
+        "{} refused calls, {sent} bytes sent: {} body bytes stored",
+        2 * CALLS,
+        bytes - bytes_before
+    );
+    assert_eq!(
+        rows - rows_before,
+        2 * CALLS as i64,
+        "every refusal recorded"
+    );
+    assert!(
+        bytes - bytes_before <= 2 * CALLS as i64 * HEAD,
+        "{} body bytes stored for {} refused calls",
+        bytes - bytes_before,
+        2 * CALLS
+    );
+    if let (Some(before), Some(after)) = (file_before, sqlite_file_bytes(&url)) {
+        // Each refusal is its own commit: a few pages of WAL besides the row.
+        let grown = after.saturating_sub(before);
+        println!("SQLite files grew by {grown} bytes");
+        assert!(
+            grown < 2 * 1024 * 1024,
+            "SQLite files grew by {grown} bytes"
+        );
+    }
+
+    let month = 31 * 24 * 3600 * 1000_i64;
+    switchboard_core::on_pool!(&db, |p| sqlx::query(
+        "UPDATE inbox_events SET received_at = received_at - $1 WHERE status = 'rejected'"
+    )
+    .bind(month)
+    .execute(p)
+    .await
+    .map(drop))
+    .unwrap();
+    let out = world
+        .cli(dir.path(), &["events", "prune", "--older-than", "30d"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(refused_rows(&db).await.0, 0, "old refused rows pruned");
+    db.close().await;
+}
+
+/// (rows, stored body bytes) of the refused calls.
+async fn refused_rows(db: &Db) -> (i64, i64) {
+    switchboard_core::on_pool!(db, |p| sqlx::query_as::<_, (i64, i64)>(
+        "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM inbox_events WHERE status = 'rejected'"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+/// Size of the SQLite database with its write-ahead log; `None` on PostgreSQL.
+fn sqlite_file_bytes(url: &str) -> Option<u64> {
+    let path = url.strip_prefix("sqlite://")?;
+    let size = |p: String| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Some(size(path.to_string()) + size(format!("{path}-wal")))
 }

@@ -238,6 +238,76 @@ async fn credentials_cli_stores_masks_and_survives_key_rotation() {
     );
 }
 
+/// A password inside a URL setting (the PostgreSQL URL's, or one in a service's base URL) is
+/// masked wherever settings are shown: `credentials list` and `/admin/credentials`.
+#[tokio::test]
+async fn passwords_in_url_settings_are_masked_in_credentials_list_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    // The test PostgreSQL trusts local connections and ignores the password; SQLite URLs have
+    // none, so there the PBX URL's password stands for it.
+    let url = url.replacen("://postgres@", "://postgres:DB-PASSWORD-42@", 1);
+    let admin = "mask-test-admin-token";
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        (
+            "SWITCHBOARD_PBX_BASE_URL",
+            "https://pbx-user:PBX-PASSWORD-42@pbx.example.com/",
+        ),
+        ("SWITCHBOARD_ADMIN_TOKEN", admin),
+    ];
+    let masked_pbx = "https://pbx-user:••••••••@pbx.example.com/";
+    let masked_db = url.replacen("DB-PASSWORD-42", "••••••••", 1);
+
+    let list = run(dir.path(), &env, &["credentials", "list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let text = String::from_utf8_lossy(&list.stdout);
+    for leaked in ["DB-PASSWORD-42", "PBX-PASSWORD-42"] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} in credentials list:\n{text}"
+        );
+    }
+    assert!(text.contains(masked_pbx), "{text}");
+    assert!(text.contains(&masked_db), "{text}");
+
+    let (server, _) = serve(dir.path(), &env).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = http
+        .get(format!("{}/admin/credentials?token={admin}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = http
+        .get(format!("{}/admin/credentials", server.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    for leaked in ["DB-PASSWORD-42", "PBX-PASSWORD-42"] {
+        assert!(!html.contains(leaked), "{leaked} on /admin/credentials");
+    }
+    assert!(html.contains(masked_pbx));
+    assert!(html.contains(&masked_db));
+}
+
 #[test]
 fn keys_generate_prints_a_usable_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, Uri},
     routing::{get, post},
 };
@@ -19,9 +19,17 @@ use crate::{
     events::{self, Parsed},
 };
 
+/// The largest event wabridges sends is a `message`, whose `body` is the text: WhatsApp caps a
+/// message at 65,536 characters, at most 6 bytes each once JSON-escaped (`\u003c`), so 384 KiB.
+/// Anything larger is not from wabridges: refused with 413, never stored.
+pub const MAX_BODY: usize = 512 * 1024;
+
 pub fn router(core: &Core) -> Router {
     Router::new()
-        .route("/wabridges/hooks/{bridge}", post(receive_wabridges_hook))
+        .route(
+            "/wabridges/hooks/{bridge}",
+            post(receive_wabridges_hook).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
         .route("/api/wabridges/bridges", get(api::list_bridges))
         .route(
             "/api/wabridges/bridges/{bridge}/messages",

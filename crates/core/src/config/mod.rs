@@ -397,7 +397,10 @@ pub fn check_kind(s: &Setting, raw: &str) -> Result<(), String> {
         return Ok(());
     }
     match s.kind {
-        Kind::Url if !is_http_url(raw) => Err(format!("`{raw}` is not an absolute http(s) URL")),
+        Kind::Url if !is_http_url(raw) => Err(format!(
+            "`{}` is not an absolute http(s) URL",
+            crate::db::redact_url(raw)
+        )),
         Kind::SocketAddr if raw.parse::<SocketAddr>().is_err() => Err(format!(
             "`{raw}` is not a host:port address like 127.0.0.1:8080"
         )),

@@ -32,8 +32,8 @@ const LOCK_POLL: Duration = Duration::from_micros(200);
 /// with a trigger gets a statement journal that copies every page it touches. Together they
 /// were about a third of the writer's instructions (callgrind); the row count and the last
 /// rowid say the same.
-const INSERT_ONE: &str = "INSERT INTO inbox_events (request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+const INSERT_ONE: &str = "INSERT INTO inbox_events (request_id, source, route, dedupe_key, dedupe_ref, status, body, headers, received_at, duration_ms, error, dispatched_at, body_size, body_sha256)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (source, dedupe_key) DO NOTHING";
 
 pub(super) fn spawn(
@@ -134,6 +134,8 @@ fn commit(
                 i.started.elapsed().as_millis() as i64,
                 error,
                 dispatched_at,
+                i.body_size,
+                i.body_sha256,
             ])? == 1;
             Ok(inserted.then(|| conn.last_insert_rowid()))
         };

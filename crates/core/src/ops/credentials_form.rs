@@ -104,7 +104,12 @@ pub(super) async fn save_credentials(
         }
         if !secret {
             match s.core.settings.get(setting.key).await {
-                Ok(Some(current)) if current == value => continue,
+                // The field shows a URL's password masked: sent back as shown, it is unchanged.
+                Ok(Some(current))
+                    if current == value || crate::db::redact_url(&current) == value =>
+                {
+                    continue;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     feedback.form_error = Some(e.to_string());

@@ -1,10 +1,13 @@
 //! `/admin/events`: the audit log, newest first, filterable by source and status, paged by id;
-//! each row opens to its headers and payload (credentials masked) and can be replayed.
+//! each row opens to its headers and the start of its payload (credentials masked) and can be
+//! replayed. The whole payload is on its own route, `/admin/events/{id}/payload`, so a page
+//! of large bodies costs the page's size, not the bodies'.
 
 use axum::{
     Form,
-    extract::{Query, State},
-    response::Response,
+    extract::{Path, Query, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
 
@@ -14,9 +17,12 @@ use super::{
     redact,
     session::{self, AdminSession, CSRF_FIELD},
 };
-use crate::inbox::{Status, StoredEvent};
+use crate::inbox::{EventPreview, Status};
 
 const PAGE_SIZE: i64 = 50;
+/// Characters of each payload and error shown on the list.
+const PREVIEW_CHARS: usize = 400;
+const ERROR_CHARS: usize = 1000;
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct Filter {
@@ -68,14 +74,14 @@ pub(super) async fn show_events(
     let events = match s
         .core
         .inbox
-        .list(f.source(), f.status(), f.before(), PAGE_SIZE)
+        .list_previews(f.source(), f.status(), f.before(), PAGE_SIZE)
         .await
     {
         Ok(e) => e,
         Err(e) => return layout::internal(e),
     };
     let older = (events.len() as i64 == PAGE_SIZE)
-        .then(|| events.last().map(|e| e.id))
+        .then(|| events.last().map(|e| e.event.id))
         .flatten();
     let body = html! {
         h1 { "Events" }
@@ -111,7 +117,9 @@ pub(super) async fn show_events(
     layout::ok("Events", Nav::Events, body)
 }
 
-fn event(e: &StoredEvent, f: &Filter, csrf: &str) -> Markup {
+fn event(row: &EventPreview, f: &Filter, csrf: &str) -> Markup {
+    let e = &row.event;
+    let whole = row.stored_len <= e.body.len() as i64;
     let headers = serde_json::from_str::<serde_json::Value>(&e.headers)
         .map(|mut v| {
             redact::redact_json(&mut v);
@@ -136,12 +144,16 @@ fn event(e: &StoredEvent, f: &Filter, csrf: &str) -> Markup {
                     @if let Some(d) = e.duration_ms { dt { "Duration" } dd { (d) " ms" } }
                     dt { "Attempts" } dd { (e.attempts) }
                     @if let Some(p) = e.processed_at { dt { "Finished" } dd { (layout::time(p)) } }
-                    @if let Some(err) = &e.error { dt { "Error" } dd { (err) } }
+                    @if let Some(err) = &e.error { dt { "Error" } dd { (truncate(err, ERROR_CHARS)) } }
+                    @if let (Some(size), Some(hash)) = (e.body_size, &e.body_sha256) {
+                        dt { "Body" }
+                        dd { "refused call: first " (row.stored_len) " of " (size) " bytes kept · SHA-256 " code { (hash) } }
+                    }
                 }
                 h3 { "Headers" }
                 pre { (headers) }
-                h3 { "Payload" }
-                pre { (redact::redact_body(&e.body)) }
+                h3 { "Payload " a href={ "/admin/events/" (e.id) "/payload" } { "(all " (row.stored_len) " stored bytes)" } }
+                pre { (redact::preview(&e.body, whole, PREVIEW_CHARS)) }
                 @if replayable {
                     form.inline method="post" action="/admin/events/replay" {
                         input type="hidden" name=(CSRF_FIELD) value=(csrf);
@@ -161,6 +173,47 @@ fn truncate(s: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
+}
+
+/// GET `/admin/events/{id}/payload`: the stored body, credentials masked, as plain text. Never
+/// rendered by the browser: the body is whatever the sender chose.
+pub(super) async fn show_payload(
+    State(s): State<OpsState>,
+    _admin: AdminSession,
+    Path(id): Path<i64>,
+) -> Response {
+    let event = match s.core.inbox.get(id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            return layout::error_page(
+                StatusCode::NOT_FOUND,
+                "No such event",
+                "There is no stored event with that id; it may have been pruned.",
+                html! { p { a href="/admin/events" { "Back to events" } } },
+            );
+        }
+        Err(e) => return layout::internal(e),
+    };
+    let mut resp = redact::redact_body(&event.body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// POST `/admin/events/replay`: the row back to `received`, handed to the workers at once.

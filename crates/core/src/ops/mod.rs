@@ -210,6 +210,7 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         )
         .route("/admin/events", get(events_page::show_events))
         .route("/admin/events/replay", post(events_page::replay_event))
+        .route("/admin/events/{id}/payload", get(events_page::show_payload))
         .route("/admin/jobs", get(jobs_page::show_jobs))
         .route("/admin/jobs/retry", post(jobs_page::retry_jobs))
         .with_state(OpsState {
