@@ -17,7 +17,7 @@ pub enum Error {
         field: Option<&'static str>,
         message: String,
     },
-    #[error("request body is larger than 64 KiB")]
+    #[error("request body is larger than 1 MiB")]
     TooLarge,
     /// The PBX refused the org's credentials (a 4xx from login). The caller's body says
     /// "PBX login failed" (SPEC §2); this text is for the log.

@@ -13,10 +13,9 @@ use axum::{
 
 use crate::{client::Answer, error::Error, proxy::Proxy, request};
 
-/// Bodies over this are refused with 413. MSG91's flow sends org credentials, a path and a
-/// small JSON body: a few hundred bytes. Anyone can post here, and a body is parsed whole
-/// before the PBX sees it, so nothing near a megabyte is read.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Bodies over 1 MiB are refused with 413, as the bridge's contract with MSG91 flows states.
+/// Nothing of this route is stored, so the limit bounds only the memory of one parse.
+pub const MAX_BODY: usize = 1024 * 1024;
 
 pub fn router(state: BridgeState) -> Router {
     Router::new()

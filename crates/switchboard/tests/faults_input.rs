@@ -252,10 +252,10 @@ fn table(world: &World) -> Vec<Case> {
         case("pbx: endpoint absolute URL (open proxy)", "POST", "/whatsapp-bridge").body(msg91("http://169.254.169.254/latest/meta-data")),
         case("pbx: wrong secret", "POST", "/whatsapp-bridge").body(msg91("/api/v1/calls/click-to-call").replace(PBX_SECRET, "wrong")),
         case("pbx: 5 MB body", "POST", "/whatsapp-bridge").body(big).expect(413),
-        case("pbx: 100 KB body, right credentials", "POST", "/whatsapp-bridge")
+        case("pbx: 1.5 MB body, right credentials", "POST", "/whatsapp-bridge")
             .body(serde_json::json!({
                 "api_key": PBX_KEY, "api_secret": PBX_SECRET, "endpoint": "/api/v1/calls/click-to-call",
-                "body": {"note": "x".repeat(100 * 1024)}
+                "body": {"note": "x".repeat(1536 * 1024)}
             }).to_string())
             .expect(413),
     ]
