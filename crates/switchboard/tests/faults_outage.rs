@@ -1,14 +1,17 @@
-//! Outage (issue 9): Bitrix24 and the forwarding subscriber are down while traffic arrives,
-//! then come back. Everything acknowledged is delivered exactly once, in bounded time; the
-//! only dead letter is a permanent error, and `switchboard jobs retry all` delivers it after
-//! the fix. Runs on SQLite and PostgreSQL.
+//! Outages. Bitrix24 and the forwarding subscriber are down while traffic arrives, then come
+//! back: everything acknowledged is delivered exactly once, in bounded time; the only dead
+//! letter is a permanent error, and `switchboard jobs retry all` delivers it after the fix.
+//! The database itself is unreachable (PostgreSQL behind a proxy the test cuts) or locked
+//! (SQLite): the workers come back on their own, and `/health` says they are down meanwhile.
+//! A worker cut off from PostgreSQL stops its job before another process takes it over.
+//! Runs on SQLite and PostgreSQL.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{world::*, *};
-use sandbox::meta::Customer;
+use sandbox::meta::{Customer, InboundMessage};
 use switchboard_core::testing::fresh_database_url;
 
 const RELAY: &str = "bitrix-connector.relay-to-bitrix";
@@ -252,4 +255,220 @@ async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
          {}s in all",
         began.elapsed().as_secs()
     );
+}
+
+/// How the database becomes unreachable: PostgreSQL behind a TCP proxy that the test cuts
+/// (every open connection dropped, new ones closed at once), SQLite locked by a second
+/// connection holding `BEGIN EXCLUSIVE` (every writer gets "database is locked").
+enum DbOutage {
+    Postgres {
+        product_url: String,
+        up: tokio::sync::watch::Sender<bool>,
+    },
+    Sqlite {
+        url: String,
+        holder: Option<sqlx::SqliteConnection>,
+    },
+}
+
+impl DbOutage {
+    async fn prepare(url: &str) -> DbOutage {
+        if url.starts_with("sqlite:") {
+            return DbOutage::Sqlite {
+                url: url.to_string(),
+                holder: None,
+            };
+        }
+        let mut product_url = reqwest::Url::parse(url).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            product_url.host_str().unwrap(),
+            product_url.port().unwrap_or(5432)
+        );
+        let (port, up) = cuttable_proxy(upstream).await;
+        product_url.set_host(Some("127.0.0.1")).unwrap();
+        product_url.set_port(Some(port)).unwrap();
+        DbOutage::Postgres {
+            product_url: product_url.to_string(),
+            up,
+        }
+    }
+
+    /// The database URL the product is given.
+    fn product_url(&self) -> String {
+        match self {
+            DbOutage::Postgres { product_url, .. } => product_url.clone(),
+            DbOutage::Sqlite { url, .. } => url.clone(),
+        }
+    }
+
+    async fn begin(&mut self) {
+        match self {
+            DbOutage::Postgres { up, .. } => {
+                up.send_replace(false);
+            }
+            DbOutage::Sqlite { url, holder } => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                *holder = Some(conn);
+            }
+        }
+    }
+
+    async fn end(&mut self) {
+        match self {
+            DbOutage::Postgres { up, .. } => {
+                up.send_replace(true);
+            }
+            DbOutage::Sqlite { holder, .. } => {
+                if let Some(mut conn) = holder.take() {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A loopback TCP proxy to `upstream`; sending `false` drops every proxied connection and
+/// closes new ones as soon as they are accepted, `true` lets them through again.
+async fn cuttable_proxy(upstream: String) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let (up, _) = tokio::sync::watch::channel(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let up_for_loop = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut watch = up_for_loop.subscribe();
+            if !*watch.borrow_and_update() {
+                drop(client);
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watch.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    (port, up)
+}
+
+/// `/health` as (HTTP status, body), answered or not within `secs`.
+async fn health_within(base: &str, secs: u64) -> Option<(u16, serde_json::Value)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(secs))
+        .build()
+        .unwrap();
+    let r = client.get(format!("{base}/health")).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+/// The workers' failure window today: a failed heartbeat or fetch (every 5 s, plus up to 10 s
+/// of the database's own busy or acquire timeout) stops them. The outage outlasts it.
+const DB_OUTAGE: Duration = Duration::from_secs(25);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_come_back_after_the_database_was_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let mut outage = DbOutage::prepare(&url).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &outage.product_url(), &base).await;
+    let serve = spawn_on(dir.path(), "serve", port, &["serve"], &world.env);
+    healthy(&serve).await;
+    world.install(dir.path(), &base).await;
+    let customer = Customer::new("4930555000111", "Kundin Datenbank");
+    world.warm_up(std::slice::from_ref(&customer)).await;
+
+    outage.begin().await;
+    let began = Instant::now();
+    let mut seen = Vec::new();
+    while began.elapsed() < DB_OUTAGE {
+        if let Some((code, h)) = health_within(&base, 12).await {
+            seen.push((code, h));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    outage.end().await;
+
+    // A new message after the outage goes all the way to Bitrix.
+    let sent = world
+        .meta
+        .webhooks()
+        .send_inbound(&customer, InboundMessage::text("after the outage"))
+        .await
+        .unwrap();
+    assert_eq!(sent.status, 200, "acknowledged after the outage");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !world.bitrix_inbound().contains_key(&sent.wamid) {
+        assert!(
+            Instant::now() < deadline,
+            "90 s after the database came back, a new message is still not in Bitrix \
+             (health during the outage: {:?}); log:\n{}",
+            seen.iter()
+                .map(|(c, h)| (c, &h["status"], &h["workers"]))
+                .collect::<Vec<_>>(),
+            tail(&serve.log_text(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("healthy again, workers running", 60, || async {
+        let h = health(&serve).await;
+        h["status"] == "healthy" && h["workers"]["state"] == "running"
+    })
+    .await;
+
+    // While the workers were down, /health said so and named why.
+    let down: Vec<&serde_json::Value> = seen
+        .iter()
+        .map(|(_, h)| h)
+        .filter(|h| h["workers"]["state"] == "restarting")
+        .collect();
+    assert!(
+        !down.is_empty(),
+        "no /health during the outage said the workers were down: {:?}",
+        seen.iter()
+            .map(|(c, h)| (c, &h["status"], &h["workers"]))
+            .collect::<Vec<_>>()
+    );
+    for h in &down {
+        assert_ne!(h["status"], "healthy", "{h}");
+        assert!(
+            h["workers"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{h}"
+        );
+    }
+    if url.starts_with("sqlite:") {
+        // The database still answers reads, so the process is up but not doing its work.
+        assert!(down.iter().any(|h| h["status"] == "degraded"), "{:?}", down);
+    }
+    println!(
+        "database outage of {}s: /health during it {:?}, e.g. {}; a new message relayed afterwards",
+        DB_OUTAGE.as_secs(),
+        seen.iter()
+            .map(|(c, h)| format!("{c} {} {}", h["status"], h["workers"]["state"]))
+            .collect::<Vec<_>>(),
+        down[down.len() / 2]
+    );
+}
+
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
