@@ -632,38 +632,27 @@ impl Jobs {
     /// of the same chat). The handler returns `Ok(())` after it; what runs later is a copy with
     /// the same payload, attempts and idempotency key, so [`Jobs::make_due_by_key`] finds it.
     ///
-    /// The running row is finished in the same transaction: moved aside rather than updated,
-    /// because apalis may still apply this run's late "lock" and "done" events to it.
+    /// The running row is replaced, not updated: apalis may still apply this run's late "lock"
+    /// and "done" events to a row of that id, and finds none.
     pub async fn postpone(&self, task_id: &str, after: Duration) -> Result<(), QueueError> {
         let copy = ulid::Ulid::generate().to_string();
-        let (table, done_now, run_at) = match self.db {
-            Db::Sqlite(_) => (
-                "Jobs",
-                "strftime('%s', 'now')",
-                "CAST(strftime('%s', 'now') AS INTEGER) + $3",
-            ),
-            Db::Postgres(_) => ("apalis.jobs", "now()", "now() + make_interval(secs => $3)"),
+        let (table, run_at) = match self.db {
+            Db::Sqlite(_) => ("Jobs", "CAST(strftime('%s', 'now') AS INTEGER) + $3"),
+            Db::Postgres(_) => ("apalis.jobs", "now() + make_interval(secs => $3)"),
         };
-        let key_sql = format!("SELECT idempotency_key FROM {table} WHERE id = $1");
-        let finish_sql = format!(
-            "UPDATE {table} SET status = 'Done', done_at = {done_now}, idempotency_key = NULL WHERE id = $1"
-        );
+        // The copy is written first, without the key (unique per queue) that the original
+        // still holds: an SQLite transaction that reads before it writes can't wait for the
+        // write lock, it fails "database is locked" at once when another writer came first.
         let copy_sql = format!(
-            "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-             SELECT job, $2, job_type, 'Pending', attempts, max_attempts, {run_at}, priority, metadata, $4
+            "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata)
+             SELECT job, $2, job_type, 'Pending', attempts, max_attempts, {run_at}, priority, metadata
              FROM {table} WHERE id = $1"
         );
+        let drop_sql = format!("DELETE FROM {table} WHERE id = $1 RETURNING idempotency_key");
+        let key_sql = format!("UPDATE {table} SET idempotency_key = $2 WHERE id = $1");
         let secs = after.as_secs_f64().max(1.0);
         on_pool!(&self.db, |p| {
             let mut tx = p.begin().await?;
-            let key: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(key_sql))
-                .bind(task_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(finish_sql))
-                .bind(task_id)
-                .execute(&mut *tx)
-                .await?;
             let q = sqlx::query(sqlx::AssertSqlSafe(copy_sql))
                 .bind(task_id)
                 .bind(&copy);
@@ -671,7 +660,16 @@ impl Jobs {
                 Db::Sqlite(_) => q.bind(secs.ceil() as i64),
                 Db::Postgres(_) => q.bind(secs),
             };
-            q.bind(key.flatten()).execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
+            let key: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(drop_sql))
+                .bind(task_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(key_sql))
+                .bind(&copy)
+                .bind(key.flatten())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await
         })?;
         Ok(())
