@@ -195,6 +195,29 @@ enum WorkerState {
     Restarting,
 }
 
+/// What went wrong, in words that reveal nothing about the deployment (no host, path or query).
+fn failure_kind(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("locked") || e.contains("busy") {
+        "the database is locked"
+    } else if [
+        "connect",
+        "communicating",
+        "timed out",
+        "refused",
+        "reset",
+        "closed",
+        "io error",
+    ]
+    .iter()
+    .any(|k| e.contains(k))
+    {
+        "the database is unreachable"
+    } else {
+        "a database error; see the log"
+    }
+}
+
 /// Failed dispatch rounds in a row before `/health` reports them (one can be a blip).
 const DISPATCH_FAILURES_REPORTED: u32 = 3;
 
@@ -376,18 +399,20 @@ impl Jobs {
             WorkerState::Running => "running",
             WorkerState::Restarting => "restarting",
         };
+        // `/health` is public: the kind of failure only; the log has the error itself.
         let mut reasons = Vec::new();
         if s.state == WorkerState::Restarting {
             reasons.push(format!(
                 "job workers stopped ({}); restarting",
-                s.error.as_deref().unwrap_or("no error given")
+                failure_kind(s.error.as_deref().unwrap_or_default())
             ));
         }
         if s.dispatch_failures >= DISPATCH_FAILURES_REPORTED
             && let Some(e) = &s.dispatch_error
         {
             reasons.push(format!(
-                "stored events are not being handed to the job queue ({e})"
+                "stored events are not being handed to the job queue ({})",
+                failure_kind(e)
             ));
         }
         WorkersHealth {
@@ -1328,5 +1353,22 @@ mod tests {
         let d: Vec<u64> = (1..=4).map(|a| super::retry_delay(a).as_secs()).collect();
         assert_eq!(d, vec![10, 30, 60, 60]);
         assert_eq!(super::MAX_ATTEMPTS, 5);
+    }
+
+    #[test]
+    fn health_names_the_kind_of_failure_only() {
+        use super::failure_kind;
+        assert_eq!(
+            failure_kind("error returned from database: (code: 5) database is locked"),
+            "the database is locked"
+        );
+        assert_eq!(
+            failure_kind("error communicating with database: Connection refused (os error 111)"),
+            "the database is unreachable"
+        );
+        assert_eq!(
+            failure_kind("relation \"secret_table\" does not exist"),
+            "a database error; see the log"
+        );
     }
 }
