@@ -175,21 +175,17 @@ async fn one_post_with_several_messages_retries_only_the_failed_one() {
             ],
         );
         assert_eq!(hooks.deliver(&payload).await.unwrap().status(), 200);
-        eventually(
-            "the first waiting to retry, the second for the first",
-            20,
-            || async {
-                app.customer_messages(ANNA).is_empty()
-                    && app
-                        .core
-                        .jobs
-                        .list(false, 50)
-                        .await
-                        .unwrap()
-                        .iter()
-                        .any(|j| j.last_error.is_some())
-            },
-        )
+        eventually("first to retry, second behind it", 20, || async {
+            app.customer_messages(ANNA).is_empty()
+                && app
+                    .core
+                    .jobs
+                    .list(false, 50)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|j| j.last_error.is_some())
+        })
         .await;
         app.core.jobs.make_due_now().await.unwrap();
         eventually("both delivered", 20, || async {
