@@ -2,6 +2,16 @@
 //! job per message and per status, each pushed once under its own key, so one failing message
 //! retries alone and a redelivered or replayed wamid never doubles. Jobs are plain structs;
 //! handlers take the shared [`Relay`] state.
+//!
+//! Order: a customer's messages reach Bitrix in the order Meta sent them — by Meta's timestamp,
+//! then the order they arrived in (inbox row, place in the notification) — whatever the number
+//! of workers or processes. A relay job sends only when its message is next: every earlier
+//! notification that mentions the customer has been split into jobs, and every earlier
+//! message of the customer is in Bitrix or has nothing left to try (its job finished without
+//! sending, or is a dead letter). Otherwise the job is postponed (not sleeping in a worker
+//! slot, and not spending an attempt), and the message before it wakes it when done. So a
+//! message whose relay keeps failing holds the customer's later ones through its retries,
+//! until it is sent or dead-lettered; `jobs retry` of a dead letter then delivers it late.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -69,8 +79,13 @@ pub async fn process_meta_event(
     }
     let total = units.messages.len() + units.statuses.len();
     let mut fresh = 0;
-    for unit in units.messages {
-        if store::record_inbound(db, &unit.wamid, &unit.customer)
+    for (seq, unit) in units.messages.into_iter().enumerate() {
+        let place = store::Place {
+            sent_at: unit.timestamp,
+            inbox_id: event.id,
+            seq: seq as i64,
+        };
+        if store::record_inbound(db, &unit.wamid, &unit.customer, place)
             .await
             .map_err(db_retry)?
         {
@@ -86,7 +101,7 @@ pub async fn process_meta_event(
         .map_err(db_retry)?;
         // Pushed even when the wamid was known: the key makes it a no-op, and it covers a crash
         // between recording the unit and pushing its job.
-        let key = format!("relay:{}", unit.wamid);
+        let key = relay_key(&unit.wamid);
         relay
             .core
             .jobs
@@ -116,15 +131,106 @@ pub async fn process_meta_event(
     })
 }
 
+/// The idempotency key of a message's relay job.
+fn relay_key(wamid: &str) -> String {
+    format!("relay:{wamid}")
+}
+
+/// How soon a message that is not next looks again. An earlier notification of the customer
+/// still being split is a matter of milliseconds; an earlier message being sent or retried
+/// wakes the later one itself when done, so that wait is only the safety net.
+const TURN_SPLITTING: std::time::Duration = std::time::Duration::from_secs(1);
+const TURN_SENDING: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `None`: the message is next in its customer's order; otherwise how long to wait.
+async fn wait_for_turn(
+    relay: &Relay,
+    unit: &InboundUnit,
+) -> Result<Option<std::time::Duration>, JobError> {
+    let db = &relay.core.db;
+    let Some(place) = store::place_of(db, &unit.wamid).await.map_err(db_retry)? else {
+        return Ok(None);
+    };
+    let jobs = &relay.core.jobs;
+    let queue = |e: switchboard_core::jobs::QueueError| JobError::Retry(e.to_string());
+    // The customer's id as a JSON string: notifications that carry it (rarely one that only
+    // mentions it) hold this message back until they are split.
+    let mention = serde_json::to_string(&unit.customer).unwrap_or_default();
+    if jobs
+        .inbox_work_before("meta", place.inbox_id, &mention)
+        .await
+        .map_err(queue)?
+    {
+        return Ok(Some(TURN_SPLITTING));
+    }
+    let earlier: Vec<String> = store::unrelayed_before(db, &unit.customer, place)
+        .await
+        .map_err(db_retry)?
+        .iter()
+        .map(|w| relay_key(w))
+        .collect();
+    if jobs.any_live(&earlier).await.map_err(queue)? {
+        return Ok(Some(TURN_SENDING));
+    }
+    Ok(None)
+}
+
+/// This message is done with (sent, or nothing more will be tried): the customer's next one
+/// may go now rather than at its next look.
+async fn wake_next(relay: &Relay, unit: &InboundUnit) {
+    let db = &relay.core.db;
+    let next = match store::place_of(db, &unit.wamid).await {
+        Ok(Some(place)) => store::next_unrelayed_after(db, &unit.customer, place).await,
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    let woken = match next {
+        Ok(Some(wamid)) => relay.core.jobs.make_due_by_key(&relay_key(&wamid)).await,
+        Ok(None) => return,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = woken {
+        // It looks again by itself a little later.
+        tracing::debug!(error = %e, "could not wake the customer's next message");
+    }
+}
+
 pub async fn relay_to_bitrix(
     relay: &Relay,
     job: RelayToBitrix,
-    _ctx: JobContext,
+    ctx: JobContext,
 ) -> Result<(), JobError> {
     let unit = job.unit;
+    let result = relay_in_turn(relay, &unit, &ctx).await;
+    let settled = match &result {
+        Ok(Relayed::Postponed) => false,
+        // Woken when it was sent, before the lead.
+        Ok(Relayed::Sent) => false,
+        Ok(Relayed::Nothing) | Err(JobError::Permanent(_)) => true,
+        Err(JobError::Retry(_)) => ctx.attempt >= switchboard_core::jobs::MAX_ATTEMPTS,
+    };
+    if settled {
+        wake_next(relay, &unit).await;
+    }
+    result.map(drop)
+}
+
+enum Relayed {
+    Sent,
+    /// Nothing to send (nothing to show, or sent before).
+    Nothing,
+    /// Not this message's turn yet: its job runs again later.
+    Postponed,
+}
+
+async fn relay_in_turn(
+    relay: &Relay,
+    unit: &InboundUnit,
+    ctx: &JobContext,
+) -> Result<Relayed, JobError> {
     let Some(rendered) = inbound::render(&unit.message) else {
         tracing::info!(wamid = %unit.wamid, "nothing to show an operator; not relayed");
-        return Ok(());
+        return Ok(Relayed::Nothing);
     };
     let db = &relay.core.db;
     let (connector, line) = relay
@@ -132,7 +238,29 @@ pub async fn relay_to_bitrix(
         .connector_and_line()
         .await
         .map_err(bitrix_job_error)?;
+    let mut relayed = Relayed::Nothing;
     if !store::is_relayed(db, &unit.wamid).await.map_err(db_retry)? {
+        if let Some(wait) = wait_for_turn(relay, unit).await? {
+            let queue = |e: switchboard_core::jobs::QueueError| JobError::Retry(e.to_string());
+            relay
+                .core
+                .jobs
+                .postpone(&ctx.task_id, wait)
+                .await
+                .map_err(queue)?;
+            // The message before may have finished between the look and the postponing, and
+            // found no waiting job to wake: look once more now that it would find one.
+            if wait_for_turn(relay, unit).await?.is_none() {
+                relay
+                    .core
+                    .jobs
+                    .make_due_by_key(&relay_key(&unit.wamid))
+                    .await
+                    .map_err(queue)?;
+            }
+            tracing::debug!(wamid = %unit.wamid, wait_secs = wait.as_secs(), "an earlier message of this customer goes first");
+            return Ok(Relayed::Postponed);
+        }
         let mut files = Vec::new();
         if let Some(m) = &rendered.media {
             let meta = MetaClient::from_settings(&relay.core)
@@ -152,7 +280,7 @@ pub async fn relay_to_bitrix(
                 .map_err(db_retry)?;
             files.push(json!({"url": public_link(&relay.core, &format!("/media/{id}")), "name": m.filename}));
         }
-        let item = bitrix_message(&unit, rendered.text.as_deref(), files);
+        let item = bitrix_message(unit, rendered.text.as_deref(), files);
         let result = relay
             .bitrix
             .call(
@@ -175,10 +303,13 @@ pub async fn relay_to_bitrix(
             .map_err(db_retry)?;
         metrics::counter!("switchboard_bitrix_relayed_total", "direction" => "inbound")
             .increment(1);
+        wake_next(relay, unit).await;
+        relayed = Relayed::Sent;
     }
-    ensure_lead(relay, &unit, &line, rendered.text.as_deref())
+    ensure_lead(relay, unit, &line, rendered.text.as_deref())
         .await
-        .map_err(bitrix_job_error)
+        .map_err(bitrix_job_error)?;
+    Ok(relayed)
 }
 
 /// The `MESSAGES[]` item of protocol §4.1.

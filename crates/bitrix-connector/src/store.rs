@@ -4,19 +4,93 @@
 
 use switchboard_core::{Db, db::now_ms, on_pool};
 
-/// First sight of an inbound wamid? `false` for a redelivery or replay.
-pub async fn record_inbound(db: &Db, wamid: &str, customer: &str) -> Result<bool, sqlx::Error> {
+/// Where an inbound message stands in its customer's order (migration `0006`): Meta's
+/// timestamp, the inbox row that carried it, its index in that notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub sent_at: i64,
+    pub inbox_id: i64,
+    pub seq: i64,
+}
+
+/// First sight of an inbound wamid? `false` for a redelivery or replay (its first place stays).
+pub async fn record_inbound(
+    db: &Db,
+    wamid: &str,
+    customer: &str,
+    place: Place,
+) -> Result<bool, sqlx::Error> {
     let n = on_pool!(db, |p| sqlx::query(
-        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at) VALUES ($1, $2, $3)
+        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (wamid) DO NOTHING"
     )
     .bind(wamid)
     .bind(customer)
     .bind(now_ms())
+    .bind(place.sent_at)
+    .bind(place.inbox_id)
+    .bind(place.seq)
     .execute(p)
     .await
     .map(|r| r.rows_affected()))?;
     Ok(n == 1)
+}
+
+/// The place of an inbound message; `None` for one stored before places were recorded.
+pub async fn place_of(db: &Db, wamid: &str) -> Result<Option<Place>, sqlx::Error> {
+    let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT sent_at, inbox_id, CAST(seq AS BIGINT) FROM bitrix_inbound WHERE wamid = $1"
+    )
+    .bind(wamid)
+    .fetch_optional(p)
+    .await)?;
+    Ok(match row {
+        Some((Some(sent_at), Some(inbox_id), Some(seq))) => Some(Place {
+            sent_at,
+            inbox_id,
+            seq,
+        }),
+        _ => None,
+    })
+}
+
+/// The customer's messages before `place` not yet in Bitrix (whether or not anything still
+/// tries to put them there).
+pub async fn unrelayed_before(
+    db: &Db,
+    customer: &str,
+    place: Place,
+) -> Result<Vec<String>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT wamid FROM bitrix_inbound
+         WHERE wa_id = $1 AND relayed_at IS NULL AND (sent_at, inbox_id, seq) < ($2, $3, $4)"
+    )
+    .bind(customer)
+    .bind(place.sent_at)
+    .bind(place.inbox_id)
+    .bind(place.seq)
+    .fetch_all(p)
+    .await)
+}
+
+/// The customer's first message after `place` not yet in Bitrix.
+pub async fn next_unrelayed_after(
+    db: &Db,
+    customer: &str,
+    place: Place,
+) -> Result<Option<String>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT wamid FROM bitrix_inbound
+         WHERE wa_id = $1 AND relayed_at IS NULL AND (sent_at, inbox_id, seq) > ($2, $3, $4)
+         ORDER BY sent_at, inbox_id, seq LIMIT 1"
+    )
+    .bind(customer)
+    .bind(place.sent_at)
+    .bind(place.inbox_id)
+    .bind(place.seq)
+    .fetch_optional(p)
+    .await)
 }
 
 pub async fn is_relayed(db: &Db, wamid: &str) -> Result<bool, sqlx::Error> {

@@ -279,6 +279,26 @@ impl FakeBitrix {
             });
     }
 
+    /// Every later call of `method` waits a random time between `min` and `max` before the
+    /// portal acts on it, as a busy portal does; concurrent calls then finish in any order.
+    pub fn set_latency(&self, method: &str, min: Duration, max: Duration) {
+        self.shared
+            .portal()
+            .latency
+            .insert(rest::normalize_method(method), (min, max));
+    }
+
+    /// Customer message ids inside an `imconnector.send.messages` call being answered now.
+    pub fn sending_now(&self) -> Vec<String> {
+        self.shared.portal().sending.keys().cloned().collect()
+    }
+
+    /// Customer message ids that were inside two `imconnector.send.messages` calls at the same
+    /// moment: one message sent twice at once. A call whose client gave up stops counting.
+    pub fn overlapping_sends(&self) -> Vec<String> {
+        self.shared.portal().overlapping.clone()
+    }
+
     pub fn set_rate_limit(&self, drain_per_sec: f64, capacity: f64) {
         let mut portal = self.shared.portal();
         portal.bucket.drain_per_sec = drain_per_sec;

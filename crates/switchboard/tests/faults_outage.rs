@@ -1,14 +1,17 @@
-//! Outage (issue 9): Bitrix24 and the forwarding subscriber are down while traffic arrives,
-//! then come back. Everything acknowledged is delivered exactly once, in bounded time; the
-//! only dead letter is a permanent error, and `switchboard jobs retry all` delivers it after
-//! the fix. Runs on SQLite and PostgreSQL.
+//! Outages. Bitrix24 and the forwarding subscriber are down while traffic arrives, then come
+//! back: everything acknowledged is delivered exactly once, in bounded time; the only dead
+//! letter is a permanent error, and `switchboard jobs retry all` delivers it after the fix.
+//! The database itself is unreachable (PostgreSQL behind a proxy the test cuts) or locked
+//! (SQLite): the workers come back on their own, and `/health` says they are down meanwhile.
+//! A worker cut off from PostgreSQL stops its job before another process takes it over.
+//! Runs on SQLite and PostgreSQL.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{world::*, *};
-use sandbox::meta::Customer;
+use sandbox::meta::{Customer, InboundMessage};
 use switchboard_core::testing::fresh_database_url;
 
 const RELAY: &str = "bitrix-connector.relay-to-bitrix";
@@ -107,9 +110,11 @@ async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
     for c in plan {
         wamids.push(post_meta("outage message late".into(), c).await);
     }
-    let jobs_expected = WABRIDGES + wamids.len();
+    // Each customer's first message fails; the customer's later ones wait behind it (a
+    // customer's messages keep their order) and are not tried at all.
+    let jobs_expected = WABRIDGES + WARM + NEW;
     eventually(
-        "every relay and forward failed once while down",
+        "every forward and each customer's first relay failed once while down",
         30,
         || async { attempted(&world, &[RELAY, FORWARD], 1).await >= jobs_expected },
     )
@@ -117,7 +122,7 @@ async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
     // One retry round inside the outage: still failing, still not dead.
     world.make_retries_due().await;
     eventually(
-        "every relay and forward failed twice while down",
+        "every forward and each customer's first relay failed twice while down",
         30,
         || async { attempted(&world, &[RELAY, FORWARD], 2).await >= jobs_expected },
     )
@@ -252,4 +257,304 @@ async fn bitrix_and_subscriber_down_then_back_deliver_everything_once() {
          {}s in all",
         began.elapsed().as_secs()
     );
+}
+
+/// How the database becomes unreachable: PostgreSQL behind a TCP proxy that the test cuts
+/// (every open connection dropped, new ones closed at once), SQLite locked by a second
+/// connection holding `BEGIN EXCLUSIVE` (every writer gets "database is locked").
+enum DbOutage {
+    Postgres {
+        product_url: String,
+        up: tokio::sync::watch::Sender<bool>,
+    },
+    Sqlite {
+        url: String,
+        holder: Option<sqlx::SqliteConnection>,
+    },
+}
+
+impl DbOutage {
+    async fn prepare(url: &str) -> DbOutage {
+        if url.starts_with("sqlite:") {
+            return DbOutage::Sqlite {
+                url: url.to_string(),
+                holder: None,
+            };
+        }
+        let mut product_url = reqwest::Url::parse(url).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            product_url.host_str().unwrap(),
+            product_url.port().unwrap_or(5432)
+        );
+        let (port, up) = cuttable_proxy(upstream).await;
+        product_url.set_host(Some("127.0.0.1")).unwrap();
+        product_url.set_port(Some(port)).unwrap();
+        DbOutage::Postgres {
+            product_url: product_url.to_string(),
+            up,
+        }
+    }
+
+    /// The database URL the product is given.
+    fn product_url(&self) -> String {
+        match self {
+            DbOutage::Postgres { product_url, .. } => product_url.clone(),
+            DbOutage::Sqlite { url, .. } => url.clone(),
+        }
+    }
+
+    async fn begin(&mut self) {
+        match self {
+            DbOutage::Postgres { up, .. } => {
+                up.send_replace(false);
+            }
+            DbOutage::Sqlite { url, holder } => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                *holder = Some(conn);
+            }
+        }
+    }
+
+    async fn end(&mut self) {
+        match self {
+            DbOutage::Postgres { up, .. } => {
+                up.send_replace(true);
+            }
+            DbOutage::Sqlite { holder, .. } => {
+                if let Some(mut conn) = holder.take() {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A loopback TCP proxy to `upstream`; sending `false` drops every proxied connection and
+/// closes new ones as soon as they are accepted, `true` lets them through again.
+async fn cuttable_proxy(upstream: String) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let (up, _) = tokio::sync::watch::channel(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let up_for_loop = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut watch = up_for_loop.subscribe();
+            if !*watch.borrow_and_update() {
+                drop(client);
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watch.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    (port, up)
+}
+
+/// `/health` as (HTTP status, body), answered or not within `secs`.
+async fn health_within(base: &str, secs: u64) -> Option<(u16, serde_json::Value)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(secs))
+        .build()
+        .unwrap();
+    let r = client.get(format!("{base}/health")).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+/// The workers' failure window today: a failed heartbeat or fetch (every 5 s, plus up to 10 s
+/// of the database's own busy or acquire timeout) stops them. The outage outlasts it.
+const DB_OUTAGE: Duration = Duration::from_secs(25);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_come_back_after_the_database_was_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let mut outage = DbOutage::prepare(&url).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &outage.product_url(), &base).await;
+    let serve = spawn_on(dir.path(), "serve", port, &["serve"], &world.env);
+    healthy(&serve).await;
+    world.install(dir.path(), &base).await;
+    let customer = Customer::new("4930555000111", "Kundin Datenbank");
+    world.warm_up(std::slice::from_ref(&customer)).await;
+
+    outage.begin().await;
+    let began = Instant::now();
+    let mut seen = Vec::new();
+    while began.elapsed() < DB_OUTAGE {
+        if let Some((code, h)) = health_within(&base, 12).await {
+            seen.push((code, h));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    outage.end().await;
+
+    // A new message after the outage goes all the way to Bitrix.
+    let sent = world
+        .meta
+        .webhooks()
+        .send_inbound(&customer, InboundMessage::text("after the outage"))
+        .await
+        .unwrap();
+    assert_eq!(sent.status, 200, "acknowledged after the outage");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !world.bitrix_inbound().contains_key(&sent.wamid) {
+        assert!(
+            Instant::now() < deadline,
+            "90 s after the database came back, a new message is still not in Bitrix \
+             (health during the outage: {:?}); log:\n{}",
+            seen.iter()
+                .map(|(c, h)| (c, &h["status"], &h["workers"]))
+                .collect::<Vec<_>>(),
+            tail(&serve.log_text(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("healthy again, workers running", 60, || async {
+        let h = health(&serve).await;
+        h["status"] == "healthy" && h["workers"]["state"] == "running"
+    })
+    .await;
+
+    // While the workers were down, /health said so and named why.
+    let down: Vec<&serde_json::Value> = seen
+        .iter()
+        .map(|(_, h)| h)
+        .filter(|h| h["workers"]["state"] == "restarting")
+        .collect();
+    assert!(
+        !down.is_empty(),
+        "no /health during the outage said the workers were down: {:?}",
+        seen.iter()
+            .map(|(c, h)| (c, &h["status"], &h["workers"]))
+            .collect::<Vec<_>>()
+    );
+    for h in &down {
+        assert_ne!(h["status"], "healthy", "{h}");
+        assert!(
+            h["workers"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{h}"
+        );
+    }
+    if url.starts_with("sqlite:") {
+        // The database still answers reads, so the process is up but not doing its work.
+        assert!(down.iter().any(|h| h["status"] == "degraded"), "{:?}", down);
+    }
+    println!(
+        "database outage of {}s: /health during it {:?}, e.g. {}; a new message relayed afterwards",
+        DB_OUTAGE.as_secs(),
+        seen.iter()
+            .map(|(c, h)| format!("{c} {} {}", h["status"], h["workers"]["state"]))
+            .collect::<Vec<_>>(),
+        down[down.len() / 2]
+    );
+}
+
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Suspected: with two processes on one PostgreSQL, a job whose worker can no longer renew its
+/// hold (its process cut off from the database) while the job waits on a slow Bitrix call is
+/// taken over by the other process's worker and sent a second time while the first call is
+/// still running. Process A holds the message in a 28 s call when its database connections are
+/// cut; B (a `switchboard worker` on the same database, not cut) takes the job over once A's
+/// lease lapses. The fake portal records any message inside two calls at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_gives_up_its_job_before_another_takes_it() {
+    if !switchboard_core::testing::wants_postgres() {
+        println!("skipped: two processes share a job queue on PostgreSQL only");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let mut outage = DbOutage::prepare(&url).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let world = World::start(dir.path(), &outage.product_url(), &base).await;
+    let a = spawn_on(dir.path(), "a", port, &["serve"], &world.env);
+    healthy(&a).await;
+    world.install(dir.path(), &base).await;
+    let customer = Customer::new("4930555000222", "Kunde Zweimal");
+    world.warm_up(std::slice::from_ref(&customer)).await;
+
+    world.bitrix.set_latency(
+        "imconnector.send.messages",
+        Duration::from_secs(28),
+        Duration::from_secs(28),
+    );
+    let sent = world
+        .meta
+        .webhooks()
+        .send_inbound(&customer, InboundMessage::text("once, please"))
+        .await
+        .unwrap();
+    assert_eq!(sent.status, 200);
+    eventually("A is sending the message to Bitrix", 30, || async {
+        world.bitrix.sending_now().contains(&sent.wamid)
+    })
+    .await;
+    let env_b: Vec<(String, String)> = world
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "DATABASE_URL" {
+                url.clone()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let b = spawn(dir.path(), "b", &["worker"], &env_b);
+    eventually("B's workers are running", 30, || async {
+        b.log_text().contains("switchboard worker running")
+    })
+    .await;
+    outage.begin().await;
+    let cut = Instant::now();
+
+    let deadline = cut + Duration::from_secs(120);
+    while !world.bitrix_inbound().contains_key(&sent.wamid) {
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached Bitrix; B's log:\n{}",
+            tail(&b.log_text(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let overlapping = world.bitrix.overlapping_sends();
+    println!(
+        "A cut off from PostgreSQL mid-call; the message reached Bitrix {:.0}s later, {} time(s); \
+         sent twice at once: {overlapping:?}",
+        cut.elapsed().as_secs_f64(),
+        world.bitrix_inbound()[&sent.wamid],
+    );
+    assert_eq!(
+        overlapping,
+        Vec::<String>::new(),
+        "one message was in two Bitrix calls at once: A still ran the job when B took it over"
+    );
+    drop(b);
 }

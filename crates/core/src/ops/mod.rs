@@ -238,11 +238,20 @@ async fn health(State(s): State<OpsState>) -> Response {
         metrics::gauge!("switchboard_queue_depth").set(st.pending as f64);
         metrics::gauge!("switchboard_dead_letters").set(st.dead as f64);
     }
-    let status = if db_ok { "healthy" } else { "unhealthy" };
+    // Degraded: up and acknowledging, but what it acknowledges is not being processed.
+    let workers = s.core.jobs.workers_health();
+    let status = if !db_ok {
+        "unhealthy"
+    } else if workers.degraded() {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let body = json!({
         "status": status,
         "database": { "backend": s.core.db.backend(), "reachable": db_ok },
         "queue": stats.as_ref().map(|q| json!({ "depth": q.pending, "running": q.running, "dead_letters": q.dead })),
+        "workers": workers,
         "bridges": bridges,
         "uptime_secs": s.core.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -49,6 +49,17 @@ pub(crate) async fn send_messages(s: &Shared, params: &Value) -> MethodResult {
     ))
 }
 
+/// The customer message ids (`MESSAGES[].message.id`) a call carries, if it parses.
+pub(crate) fn message_ids(params: &Value) -> Vec<String> {
+    let Ok((_, _, items)) = read_request(params) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| php::as_text(item.get("message").and_then(|m| m.get("id"))))
+        .collect()
+}
+
 /// The argument checks the REST wrapper makes before the module sees anything.
 fn read_request(params: &Value) -> Result<(String, i64, Vec<Value>), RestError> {
     let connector = php::param(params, "CONNECTOR")

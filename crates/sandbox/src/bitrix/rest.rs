@@ -83,10 +83,61 @@ pub(crate) async fn call_method(
     match admit(&s, &method, &params) {
         Err(Refused::Outage) => super::outage(),
         Err(Refused::Error(e)) => e.into_response(),
-        Ok(caller) => match dispatch(&s, &method, &params, &caller).await {
-            Ok(reply) => envelope(reply, started),
-            Err(e) => e.into_response(),
-        },
+        Ok(caller) => {
+            let _sending = Sending::enter(&s, &method, &params);
+            let latency = s.portal().latency.get(&method).copied();
+            if let Some((min, max)) = latency {
+                let wait = if max > min {
+                    rand::random_range(min..=max)
+                } else {
+                    min
+                };
+                tokio::time::sleep(wait).await;
+            }
+            match dispatch(&s, &method, &params, &caller).await {
+                Ok(reply) => envelope(reply, started),
+                Err(e) => e.into_response(),
+            }
+        }
+    }
+}
+
+/// Marks the customer messages of one `imconnector.send.messages` call as being sent until
+/// the call is answered or its caller goes away (the handler is dropped).
+struct Sending {
+    s: Shared,
+    ids: Vec<String>,
+}
+
+impl Sending {
+    fn enter(s: &Shared, method: &str, params: &Value) -> Option<Self> {
+        if method != "imconnector.send.messages" {
+            return None;
+        }
+        let ids = super::inbound::message_ids(params);
+        let mut portal = s.portal();
+        for id in &ids {
+            let n = portal.sending.entry(id.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                portal.overlapping.push(id.clone());
+            }
+        }
+        Some(Self { s: s.clone(), ids })
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let mut portal = self.s.portal();
+        for id in &self.ids {
+            if let Some(n) = portal.sending.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    portal.sending.remove(id);
+                }
+            }
+        }
     }
 }
 

@@ -270,6 +270,13 @@ pub(crate) struct Portal {
     pub inject: HashMap<String, Vec<Injected>>,
     pub bucket: Bucket,
     pub file_sign_key: [u8; 32],
+    /// Per method: each call waits a random time in this range before the portal acts on it.
+    pub latency: HashMap<String, (std::time::Duration, std::time::Duration)>,
+    /// Customer message ids (`message.id`) inside a `imconnector.send.messages` call right now,
+    /// with how many calls carry each.
+    pub sending: HashMap<String, usize>,
+    /// Message ids that were in two such calls at the same moment.
+    pub overlapping: Vec<String>,
     next_id: HashMap<&'static str, u64>,
 }
 
@@ -301,6 +308,9 @@ impl Portal {
             inject: HashMap::new(),
             bucket,
             file_sign_key: rand::random(),
+            latency: HashMap::new(),
+            sending: HashMap::new(),
+            overlapping: Vec::new(),
             next_id: HashMap::new(),
         }
     }
