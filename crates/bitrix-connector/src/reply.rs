@@ -400,7 +400,7 @@ async fn send_content(
     // portal sends nothing at all.
     for f in &m.files {
         if let Err(e) = portal_file::resolve(&portal, &f.link) {
-            return Err(file_refused(relay, sender.row, f, e).await);
+            return Err(file_failed(relay, sender.row, f, e).await);
         }
     }
     for (n, f) in m.files.iter().enumerate() {
@@ -410,16 +410,7 @@ async fn send_content(
         if sender.is_done(index) {
             continue;
         }
-        let (kind, mut obj, filename) = match fetch_file(relay, &portal, m, n, f).await {
-            Ok(fetched) => fetched,
-            Err(FetchFailed::File(e)) if e.is_final() => {
-                return Err(file_refused(relay, sender.row, f, e).await);
-            }
-            Err(FetchFailed::File(e)) => {
-                return Err(JobError::Retry(format!("downloading the Bitrix file: {e}")));
-            }
-            Err(FetchFailed::Job(e)) => return Err(e),
-        };
+        let (kind, mut obj, filename) = fetch_file(relay, &portal, sender.row, m, n, f).await?;
         if n == 0 && !text.is_empty() {
             if kind == "audio" {
                 sender.send(text_body()).await?;
@@ -447,25 +438,13 @@ async fn portal_url(relay: &Relay) -> Result<reqwest::Url, JobError> {
         .map_err(|e| JobError::Permanent(format!("bitrix.portal_url is not a URL: {e}")))
 }
 
-enum FetchFailed {
-    File(FileError),
-    Job(JobError),
-}
-
-/// Downloads a Bitrix file from the portal (see [`portal_file`]) and re-hosts it under
-/// `/media/…` for Meta to fetch: (Graph media type, media object with the link, safe file
-/// name).
-async fn fetch_file(
-    relay: &Relay,
+/// Downloads a Bitrix file from the portal (see [`portal_file`]): its mime type, Graph media
+/// type and bytes.
+async fn download(
     portal: &reqwest::Url,
-    m: &OperatorMessage,
-    n: usize,
     f: &crate::events::OperatorFile,
-) -> Result<(&'static str, Value, String), FetchFailed> {
-    let url = portal_file::resolve(portal, &f.link).map_err(FetchFailed::File)?;
-    let resp = portal_file::open(portal, url)
-        .await
-        .map_err(FetchFailed::File)?;
+) -> Result<(String, &'static str, Vec<u8>), FileError> {
+    let resp = portal_file::open(portal, portal_file::resolve(portal, &f.link)?).await?;
     let mime = resp
         .headers()
         .get("content-type")
@@ -474,9 +453,24 @@ async fn fetch_file(
         .map(str::to_string)
         .unwrap_or_else(|| mime_from_name(&f.name).to_string());
     let kind = media_type(&f.kind, &mime);
-    let bytes = portal_file::read_capped(resp, whatsapp_limit(kind))
-        .await
-        .map_err(FetchFailed::File)?;
+    let bytes = portal_file::read_capped(resp, whatsapp_limit(kind)).await?;
+    Ok((mime, kind, bytes))
+}
+
+/// Downloads a Bitrix file and re-hosts it under `/media/…` for Meta to fetch: (Graph media
+/// type, media object with the link, safe file name).
+async fn fetch_file(
+    relay: &Relay,
+    portal: &reqwest::Url,
+    row: &store::OutboundRow,
+    m: &OperatorMessage,
+    n: usize,
+    f: &crate::events::OperatorFile,
+) -> Result<(&'static str, Value, String), JobError> {
+    let (mime, kind, bytes) = match download(portal, f).await {
+        Ok(downloaded) => downloaded,
+        Err(e) => return Err(file_failed(relay, row, f, e).await),
+    };
     let copy = Media {
         mime,
         filename: media::safe_filename(&f.name),
@@ -488,20 +482,24 @@ async fn fetch_file(
         &copy,
     )
     .await
-    .map_err(|e| FetchFailed::Job(retry_db(e)))?;
+    .map_err(retry_db)?;
     let obj = json!({"link": public_link(&relay.core, &format!("/media/{id}"))});
     Ok((kind, obj, copy.filename))
 }
 
-/// A file the bridge will not fetch or WhatsApp would not take: the operator gets a note
-/// saying which and why, the reply is `failed`, and the job a dead letter carrying the reason
-/// (retrying it cannot help, and a link leading off the portal is worth a look).
-async fn file_refused(
+/// A file that could not be fetched. Unreachable for now: retried. Refused (the bridge will
+/// not fetch it, or WhatsApp would not take it): the operator gets a note saying which and
+/// why, the reply is `failed`, and the job a dead letter carrying the reason (retrying cannot
+/// help, and a link leading off the portal is worth a look).
+async fn file_failed(
     relay: &Relay,
     row: &store::OutboundRow,
     f: &crate::events::OperatorFile,
     e: FileError,
 ) -> JobError {
+    if !e.is_final() {
+        return JobError::Retry(format!("downloading the Bitrix file: {e}"));
+    }
     let what_now = match e {
         FileError::TooLarge(_) => "Send a smaller file, or a link to it in the text.",
         _ => {
@@ -509,10 +507,20 @@ async fn file_refused(
              tell your administrator."
         }
     };
-    let note = format!(
-        "⚠ The file \"{}\" was not sent to WhatsApp: {e}. {what_now}",
-        media::safe_filename(&f.name)
-    );
+    let sent_before = match store::sent_parts(&relay.core.db, &row.bitrix_message_id).await {
+        Ok(parts) => !parts.is_empty(),
+        Err(db) => return retry_db(db),
+    };
+    let name = media::safe_filename(&f.name);
+    let note = if sent_before {
+        format!(
+            "⚠ Only part of this reply was sent to WhatsApp, because of the file \"{name}\": {e}. {what_now}"
+        )
+    } else {
+        format!(
+            "⚠ This reply was not sent to WhatsApp, because of the file \"{name}\": {e}. {what_now}"
+        )
+    };
     tracing::warn!(
         bitrix_message_id = %row.bitrix_message_id,
         reason = %e,
@@ -532,7 +540,7 @@ async fn file_refused(
     {
         return retry_db(db);
     }
-    JobError::Permanent(format!("file \"{}\" refused: {e}", f.name))
+    JobError::Permanent(format!("file \"{name}\" refused: {e}"))
 }
 
 /// Without this the operator sees the reply stuck as "sending" (protocol §5.2). `message.id`

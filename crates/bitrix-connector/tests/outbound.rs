@@ -638,7 +638,7 @@ async fn file_links_off_the_portal_to_internal_addresses_or_too_big_are_refused_
         let notes = system_notes(&app);
         assert_eq!(notes.len(), expect_failed.len(), "{notes:#?}");
         for n in &notes {
-            assert!(n.contains("was not sent"), "{n}");
+            assert!(n.contains("This reply was not sent to WhatsApp"), "{n}");
         }
         assert!(
             notes.iter().any(|n| n.contains("5 MB")),
