@@ -38,6 +38,7 @@ pub struct OperatorFile {
     pub name: String,
     /// `image`, `file`, `audio`, `video`.
     pub kind: String,
+    /// As the event gave it: only ever fetched through `portal_file`.
     pub link: String,
 }
 
@@ -52,7 +53,10 @@ pub fn messages(form: &Value) -> Vec<OperatorMessage> {
                     Some(OperatorFile {
                         name: php_form::text(f, &["name"]).unwrap_or("file").to_string(),
                         kind: php_form::text(f, &["type"]).unwrap_or("file").to_string(),
-                        link: php_form::text(f, &["link"])?.to_string(),
+                        // Newer portals may send only a (relative) `downloadLink`.
+                        link: php_form::text(f, &["link"])
+                            .or_else(|| php_form::text(f, &["downloadLink"]))?
+                            .to_string(),
                     })
                 })
                 .collect();

@@ -18,6 +18,7 @@ pub mod meta_payload;
 mod notes;
 mod outbound;
 pub mod php_form;
+mod portal_file;
 mod reply;
 mod routes;
 mod settings;

@@ -107,6 +107,63 @@ pub fn extension(mime: &str) -> &'static str {
     }
 }
 
+/// How a copy is served at `/media/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub content_type: &'static str,
+    /// Shown in the browser (`inline`) rather than downloaded (`attachment`).
+    pub inline: bool,
+}
+
+/// `/media/{id}` shares its origin with the admin pages, and a customer picks the type of
+/// what they send: anything a browser could run there (HTML, SVG, XML, scripts…) must not
+/// render. Only inert image, audio and video types show inline; the document types WhatsApp
+/// accepts keep their type but download; every other type is served as plain bytes.
+pub fn served_as(mime: &str) -> Served {
+    let base = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let inline = |content_type| Served {
+        content_type,
+        inline: true,
+    };
+    let download = |content_type| Served {
+        content_type,
+        inline: false,
+    };
+    match base.as_str() {
+        "image/jpeg" => inline("image/jpeg"),
+        "image/png" => inline("image/png"),
+        "image/webp" => inline("image/webp"),
+        "image/gif" => inline("image/gif"),
+        "video/mp4" => inline("video/mp4"),
+        "video/3gpp" => inline("video/3gpp"),
+        "audio/ogg" => inline("audio/ogg"),
+        "audio/mpeg" => inline("audio/mpeg"),
+        "audio/mp4" => inline("audio/mp4"),
+        "audio/aac" => inline("audio/aac"),
+        "audio/amr" => inline("audio/amr"),
+        "application/pdf" => download("application/pdf"),
+        "text/plain" => download("text/plain"),
+        "application/msword" => download("application/msword"),
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => {
+            download("application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+        }
+        "application/vnd.ms-excel" => download("application/vnd.ms-excel"),
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => {
+            download("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        }
+        "application/vnd.ms-powerpoint" => download("application/vnd.ms-powerpoint"),
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation" => {
+            download("application/vnd.openxmlformats-officedocument.presentationml.presentation")
+        }
+        _ => download("application/octet-stream"),
+    }
+}
+
 /// A file name safe for a `Content-Disposition` header and a Bitrix file list.
 pub fn safe_filename(name: &str) -> String {
     let cleaned: String = name
@@ -138,5 +195,50 @@ mod tests {
         assert_eq!(extension("IMAGE/JPEG"), "jpg");
         assert_eq!(safe_filename("a\"b\r\n/c.pdf"), "abc.pdf");
         assert_eq!(safe_filename("\n"), "file");
+    }
+
+    #[test]
+    fn only_inert_media_is_served_inline_and_active_types_are_bytes() {
+        for mime in [
+            "image/jpeg",
+            "IMAGE/PNG",
+            "audio/ogg; codecs=opus",
+            "video/mp4",
+        ] {
+            assert!(served_as(mime).inline, "{mime}");
+        }
+        assert_eq!(
+            served_as("audio/ogg; codecs=opus").content_type,
+            "audio/ogg"
+        );
+        assert_eq!(
+            served_as("application/pdf"),
+            Served {
+                content_type: "application/pdf",
+                inline: false
+            }
+        );
+        for mime in [
+            "text/html",
+            "TEXT/HTML; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/xml",
+            "text/javascript",
+            "application/javascript",
+            "multipart/x-mixed-replace; boundary=x",
+            "text/html\r\nX-Injected: 1",
+            "",
+        ] {
+            assert_eq!(
+                served_as(mime),
+                Served {
+                    content_type: "application/octet-stream",
+                    inline: false
+                },
+                "{mime:?}"
+            );
+        }
     }
 }

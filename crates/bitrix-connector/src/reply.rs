@@ -16,7 +16,8 @@ use crate::{
     media::{self, Media},
     meta::{MetaClient, MetaError},
     notes, outbound, php_form,
-    settings::public_link,
+    portal_file::{self, FileError, Limit},
+    settings::{public_link, required},
     store,
 };
 
@@ -108,6 +109,31 @@ fn media_type(kind: &str, mime: &str) -> &'static str {
         ("video", _) | (_, "video") => "video",
         ("audio", _) | (_, "audio") => "audio",
         _ => "document",
+    }
+}
+
+const MB: u64 = 1024 * 1024;
+
+/// What WhatsApp accepts per Graph media type (protocol Meta §4); Meta would refuse more after
+/// accepting the send, so a larger file is refused before it is downloaded whole.
+fn whatsapp_limit(media_type: &str) -> Limit {
+    match media_type {
+        "image" => Limit {
+            bytes: 5 * MB,
+            what: "an image",
+        },
+        "video" => Limit {
+            bytes: 16 * MB,
+            what: "a video",
+        },
+        "audio" => Limit {
+            bytes: 16 * MB,
+            what: "audio",
+        },
+        _ => Limit {
+            bytes: 100 * MB,
+            what: "a document",
+        },
     }
 }
 
@@ -369,6 +395,14 @@ async fn send_content(
         }
         return sender.send(text_body()).await;
     }
+    let portal = portal_url(relay).await?;
+    // Every link is checked before the first part goes out, so a reply with a link off the
+    // portal sends nothing at all.
+    for f in &m.files {
+        if let Err(e) = portal_file::resolve(&portal, &f.link) {
+            return Err(file_failed(relay, sender.row, f, e).await);
+        }
+    }
     for (n, f) in m.files.iter().enumerate() {
         let index = n as i64 + 1;
         // Sent before: skip the download too. (If the first file is done and part 0 is not,
@@ -376,7 +410,7 @@ async fn send_content(
         if sender.is_done(index) {
             continue;
         }
-        let (kind, mut obj, filename) = fetch_file(relay, m, n, f).await?;
+        let (kind, mut obj, filename) = fetch_file(relay, &portal, sender.row, m, n, f).await?;
         if n == 0 && !text.is_empty() {
             if kind == "audio" {
                 sender.send(text_body()).await?;
@@ -395,28 +429,22 @@ async fn send_content(
     Ok(())
 }
 
-/// Downloads a Bitrix file and re-hosts it under `/media/…` for Meta to fetch: (Graph media
-/// type, media object with the link, safe file name).
-async fn fetch_file(
-    relay: &Relay,
-    m: &OperatorMessage,
-    n: usize,
+/// `bitrix.portal_url`: the one origin operators' file links may point to.
+async fn portal_url(relay: &Relay) -> Result<reqwest::Url, JobError> {
+    let configured = required(&relay.core, "bitrix.portal_url")
+        .await
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    reqwest::Url::parse(configured.trim())
+        .map_err(|e| JobError::Permanent(format!("bitrix.portal_url is not a URL: {e}")))
+}
+
+/// Downloads a Bitrix file from the portal (see [`portal_file`]): its mime type, Graph media
+/// type and bytes.
+async fn download(
+    portal: &reqwest::Url,
     f: &crate::events::OperatorFile,
-) -> Result<(&'static str, Value, String), JobError> {
-    // `#img.jpg` marks images in the event; it is no part of the address (protocol §5.2).
-    let link = f.link.split('#').next().unwrap_or(&f.link);
-    let resp = relay.core.http.get(link).send().await.map_err(|e| {
-        JobError::Retry(format!(
-            "downloading the Bitrix file failed: {}",
-            e.without_url()
-        ))
-    })?;
-    if !resp.status().is_success() {
-        return Err(JobError::Retry(format!(
-            "Bitrix file link answered HTTP {}",
-            resp.status()
-        )));
-    }
+) -> Result<(String, &'static str, Vec<u8>), FileError> {
+    let resp = portal_file::open(portal, portal_file::resolve(portal, &f.link)?).await?;
     let mime = resp
         .headers()
         .get("content-type")
@@ -424,14 +452,29 @@ async fn fetch_file(
         .filter(|c| !c.starts_with("application/octet-stream"))
         .map(str::to_string)
         .unwrap_or_else(|| mime_from_name(&f.name).to_string());
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| JobError::Retry(e.to_string()))?;
+    let kind = media_type(&f.kind, &mime);
+    let bytes = portal_file::read_capped(resp, whatsapp_limit(kind)).await?;
+    Ok((mime, kind, bytes))
+}
+
+/// Downloads a Bitrix file and re-hosts it under `/media/…` for Meta to fetch: (Graph media
+/// type, media object with the link, safe file name).
+async fn fetch_file(
+    relay: &Relay,
+    portal: &reqwest::Url,
+    row: &store::OutboundRow,
+    m: &OperatorMessage,
+    n: usize,
+    f: &crate::events::OperatorFile,
+) -> Result<(&'static str, Value, String), JobError> {
+    let (mime, kind, bytes) = match download(portal, f).await {
+        Ok(downloaded) => downloaded,
+        Err(e) => return Err(file_failed(relay, row, f, e).await),
+    };
     let copy = Media {
-        mime: mime.clone(),
+        mime,
         filename: media::safe_filename(&f.name),
-        bytes: bytes.to_vec(),
+        bytes,
     };
     let id = media::put(
         &relay.core.db,
@@ -441,7 +484,63 @@ async fn fetch_file(
     .await
     .map_err(retry_db)?;
     let obj = json!({"link": public_link(&relay.core, &format!("/media/{id}"))});
-    Ok((media_type(&f.kind, &mime), obj, copy.filename))
+    Ok((kind, obj, copy.filename))
+}
+
+/// A file that could not be fetched. Unreachable for now: retried. Refused (the bridge will
+/// not fetch it, or WhatsApp would not take it): the operator gets a note saying which and
+/// why, the reply is `failed`, and the job a dead letter carrying the reason (retrying cannot
+/// help, and a link leading off the portal is worth a look).
+async fn file_failed(
+    relay: &Relay,
+    row: &store::OutboundRow,
+    f: &crate::events::OperatorFile,
+    e: FileError,
+) -> JobError {
+    if !e.is_final() {
+        return JobError::Retry(format!("downloading the Bitrix file: {e}"));
+    }
+    let what_now = match e {
+        FileError::TooLarge(_) => "Send a smaller file, or a link to it in the text.",
+        _ => {
+            "The bridge fetches files only from this portal; if the file did come from it, \
+             tell your administrator."
+        }
+    };
+    let sent_before = match store::sent_parts(&relay.core.db, &row.bitrix_message_id).await {
+        Ok(parts) => !parts.is_empty(),
+        Err(db) => return retry_db(db),
+    };
+    let name = media::safe_filename(&f.name);
+    let note = if sent_before {
+        format!(
+            "⚠ Only part of this reply was sent to WhatsApp, because of the file \"{name}\": {e}. {what_now}"
+        )
+    } else {
+        format!(
+            "⚠ This reply was not sent to WhatsApp, because of the file \"{name}\": {e}. {what_now}"
+        )
+    };
+    tracing::warn!(
+        bitrix_message_id = %row.bitrix_message_id,
+        reason = %e,
+        "an operator's file was refused"
+    );
+    if let Err(je) = notes::post(&relay.bitrix, &row.bitrix_chat_id, &note).await {
+        return je.into_job_error();
+    }
+    if let Err(db) = store::set_outbound(
+        &relay.core.db,
+        &row.bitrix_message_id,
+        "failed",
+        None,
+        Some(&e.to_string()),
+    )
+    .await
+    {
+        return retry_db(db);
+    }
+    JobError::Permanent(format!("file \"{name}\" refused: {e}"))
 }
 
 /// Without this the operator sees the reply stuck as "sending" (protocol §5.2). `message.id`

@@ -322,7 +322,14 @@ fn connector_settings_page(form: &Value) -> Html<String> {
     ))
 }
 
+/// What a browser may do with a copy opened straight from `/media/{id}`: nothing active. The
+/// sandbox gives it an opaque origin (no cookies, no reading the admin pages), `default-src
+/// 'none'` loads nothing beyond the file itself.
+const MEDIA_CSP: &str = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; \
+                         style-src 'unsafe-inline'; frame-ancestors 'none'";
+
 /// Re-hosted media (unguessable id, expires). Served without auth: the id is the capability.
+/// Served on the admin pages' origin, so see [`media::served_as`] for what may render.
 async fn serve_media(
     State(s): State<BridgeState>,
     Path(id): Path<String>,
@@ -331,13 +338,20 @@ async fn serve_media(
         return Err(Error::NotFound);
     }
     let m = media::get(&s.core.db, &id).await?.ok_or(Error::NotFound)?;
-    let content_type = HeaderValue::from_str(&m.mime)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let disposition = HeaderValue::from_str(&content_disposition(&m.filename))
-        .unwrap_or(HeaderValue::from_static("inline"));
+    let served = media::served_as(&m.mime);
+    let disposition = content_disposition(served.inline, &m.filename);
+    let disposition =
+        HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static(if served.inline {
+            "inline"
+        } else {
+            "attachment"
+        }));
     Ok((
         [
-            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(served.content_type),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
             (
                 header::CACHE_CONTROL,
@@ -347,14 +361,18 @@ async fn serve_media(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(MEDIA_CSP),
+            ),
         ],
         m.bytes,
     )
         .into_response())
 }
 
-/// `inline; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266).
-fn content_disposition(name: &str) -> String {
+/// `inline|attachment; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266).
+fn content_disposition(inline: bool, name: &str) -> String {
     let ascii: String = name
         .chars()
         .map(|c| {
@@ -376,14 +394,16 @@ fn content_disposition(name: &str) -> String {
             }
         })
         .collect();
-    format!("inline; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+    let kind = if inline { "inline" } else { "attachment" };
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn content_disposition_is_header_safe() {
-        let v = super::content_disposition("Rechnung ü\"1.pdf");
+        let v = super::content_disposition(false, "Rechnung ü\"1.pdf");
+        assert!(v.starts_with("attachment; "));
         assert!(v.is_ascii());
         assert!(v.contains("filename=\"Rechnung _1.pdf\""));
         assert!(v.contains("Rechnung%20%C3%BC%221.pdf"));

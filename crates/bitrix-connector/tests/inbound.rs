@@ -257,6 +257,89 @@ async fn an_image_reaches_bitrix_as_a_working_link_with_the_original_bytes() {
     }
 }
 
+/// Issue 17: `/media/{id}` shares its origin with the admin pages, so a customer's document
+/// must never render as active content there: a page or an SVG is a download of inert bytes,
+/// sandboxed, never sniffed; only inert media types (a JPEG here) show inline.
+#[tokio::test]
+async fn customer_html_and_svg_documents_are_served_as_sandboxed_downloads() {
+    let app = TestApp::start().await;
+    app.ready().await;
+    let script = "<script>fetch('/admin/credentials').then(r=>r.text()).then(alert)</script>";
+    let html = format!("<!doctype html><html><body>{script}</body></html>");
+    let svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\"><script>{script}</script></svg>");
+    let sent = [
+        (
+            "invoice.html",
+            app.meta.add_inbound_media(html.clone(), "text/html"),
+        ),
+        (
+            "logo.svg",
+            app.meta.add_inbound_media(svg.clone(), "image/svg+xml"),
+        ),
+        (
+            "page.xhtml",
+            app.meta
+                .add_inbound_media(html.clone(), "application/xhtml+xml; charset=utf-8"),
+        ),
+    ];
+    let jpeg = app
+        .meta
+        .add_inbound_media(b"\xff\xd8\xff\xe0 jpeg".to_vec(), "image/jpeg");
+    with_workers(&app.core, app.registry(), async {
+        let hooks = app.meta.webhooks();
+        for (name, media) in &sent {
+            hooks
+                .send_inbound(&anna(), InboundMessage::document(media, name, None))
+                .await
+                .unwrap();
+        }
+        hooks
+            .send_inbound(&anna(), InboundMessage::image(&jpeg, Some("photo")))
+            .await
+            .unwrap();
+        eventually("all files in Bitrix", 20, || async {
+            app.customer_messages(ANNA).len() == sent.len() + 1
+        })
+        .await;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for m in app.customer_messages(ANNA) {
+        let file = &m.files[0];
+        let r = http.get(&file.url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let h = |k: &str| {
+            r.headers()
+                .get(k)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let name = file.name.clone().unwrap_or_default();
+        let (ctype, disposition, csp) = (
+            h("content-type"),
+            h("content-disposition"),
+            h("content-security-policy"),
+        );
+        assert_eq!(h("x-content-type-options"), "nosniff", "{name}");
+        assert!(csp.contains("sandbox"), "{name}: CSP {csp:?}");
+        assert!(csp.contains("default-src 'none'"), "{name}: CSP {csp:?}");
+        if m.text.as_deref() == Some("photo") {
+            assert_eq!(ctype, "image/jpeg");
+            assert!(disposition.starts_with("inline;"), "{disposition}");
+        } else {
+            assert_eq!(ctype, "application/octet-stream", "{name}");
+            assert!(
+                disposition.starts_with("attachment;"),
+                "{name}: {disposition}"
+            );
+            assert!(disposition.contains(&name), "{name}: {disposition}");
+            // The bytes themselves are the customer's, unchanged.
+            let body = r.text().await.unwrap();
+            assert!(body.contains("<script>"), "{name}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn location_contacts_and_replies_arrive_as_readable_text() {
     let app = TestApp::start().await;

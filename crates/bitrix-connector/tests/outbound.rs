@@ -620,3 +620,255 @@ fn sent_bitrix_id(app: &TestApp) -> String {
         })
         .unwrap()
 }
+
+/// A service only this machine should reach. It counts the connections it accepts and answers
+/// each with a "secret" shaped like an image, so a leak shows both here and in what Meta got.
+struct InternalService {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InternalService {
+    async fn start() -> Self {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 6\r\n\
+                          connection: close\r\n\r\nsecret",
+                    )
+                    .await;
+            }
+        });
+        Self { port, hits, task }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for InternalService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `genuine`'s event with another message id and one file `{key}={link}`: what anyone holding
+/// the application token (or a portal user who can craft a message) could make Bitrix post.
+async fn post_forged_reply(
+    app: &TestApp,
+    genuine: &sandbox::bitrix::OperatorReply,
+    message_id: u64,
+    key: &str,
+    link: &str,
+) {
+    let mut form: Vec<(String, String)> = genuine.deliveries[0]
+        .form
+        .iter()
+        .filter(|(k, _)| !k.contains("[files]"))
+        .map(|(k, v)| match k.as_str() {
+            "data[MESSAGES][0][im][message_id]" => (k.clone(), message_id.to_string()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let file = "data[MESSAGES][0][message][files][0]";
+    form.push((format!("{file}[name]"), "photo.png".into()));
+    form.push((format!("{file}[type]"), "image".into()));
+    form.push((format!("{file}[{key}]"), link.into()));
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let r = reqwest::Client::new()
+        .post(format!("{}/bitrix/events", app.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the forged event passes the token check");
+}
+
+async fn outbound_state(app: &TestApp, message_id: u64) -> Option<String> {
+    bitrix_connector::store::outbound_by_message(&app.core.db, &message_id.to_string())
+        .await
+        .unwrap()
+        .map(|r| r.state)
+}
+
+/// Issue 17: a reply's file link is chosen by whoever can post the event. The bridge fetches
+/// only from the configured portal; a hop off it must be https to a public address (checked
+/// after DNS, on every redirect), and the body is capped. Each refusal is a note for the
+/// operator and a dead letter, and nothing of it reaches Meta or the internal service.
+#[tokio::test]
+async fn file_links_off_the_portal_to_internal_addresses_or_too_big_are_refused_with_a_note() {
+    let app = TestApp::start().await;
+    let internal = InternalService::start().await;
+    let p = internal.port;
+    // Set as an operator would, so the forged events below authenticate whatever the bootstrap.
+    app.core
+        .settings
+        .set(
+            "bitrix.application_token",
+            &app.bitrix.config().application_token,
+        )
+        .await
+        .unwrap();
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        let genuine = app.bitrix.operator_reply(ANNA, "genuine", vec![]).await;
+        eventually("genuine reply sent", 20, || async {
+            app.meta.sent_messages().len() == 1
+        })
+        .await;
+        // Six redirects, every hop on the portal itself.
+        let mut chain = format!("{}/~missing", app.bitrix.portal_url());
+        for _ in 0..6 {
+            chain = app.bitrix.redirecting_link(&chain);
+        }
+        let refused: Vec<(&str, String)> = vec![
+            (
+                "another port of the portal's address",
+                format!("http://127.0.0.1:{p}/secret.png"),
+            ),
+            (
+                "protocol-relative link",
+                format!("//127.0.0.1:{p}/secret.png"),
+            ),
+            (
+                "cloud metadata",
+                "http://169.254.169.254/latest/meta-data/".into(),
+            ),
+            (
+                "portal redirects to plain http on loopback",
+                app.bitrix
+                    .redirecting_link(&format!("http://127.0.0.1:{p}/secret.png")),
+            ),
+            (
+                "portal redirects to a name resolving to loopback",
+                app.bitrix
+                    .redirecting_link(&format!("https://localhost:{p}/secret.png")),
+            ),
+            (
+                "portal redirects to v4-mapped IPv6 loopback",
+                app.bitrix
+                    .redirecting_link(&format!("https://[::ffff:127.0.0.1]:{p}/secret.png")),
+            ),
+            (
+                "portal redirects to link-local metadata over https",
+                app.bitrix
+                    .redirecting_link("https://169.254.169.254/latest/meta-data/"),
+            ),
+            ("more than five redirects", chain),
+        ];
+        let first_forged = 900_000;
+        for (i, (_, link)) in refused.iter().enumerate() {
+            post_forged_reply(&app, &genuine, first_forged + i as u64, "link", link).await;
+        }
+        // WhatsApp takes images up to 5 MB: one byte more is refused before Meta sees it.
+        let too_big = app
+            .bitrix
+            .operator_reply(
+                ANNA,
+                "too big",
+                vec![OperatorFile::image(
+                    "huge.png",
+                    vec![7u8; 5 * 1024 * 1024 + 1],
+                    10,
+                    10,
+                )],
+            )
+            .await;
+        let mut expect_failed: Vec<(String, u64)> = refused
+            .iter()
+            .enumerate()
+            .map(|(i, (label, _))| (label.to_string(), first_forged + i as u64))
+            .collect();
+        expect_failed.push(("an image over 5 MB".into(), too_big.message_id));
+        eventually("every refusal settled", 30, || async {
+            for (_, id) in &expect_failed {
+                if outbound_state(&app, *id).await.as_deref() != Some("failed") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        eventually("all work finished", 10, || app.idle()).await;
+        assert_eq!(internal.hits(), 0, "a fetch reached the internal service");
+        let sent = app.meta.sent_messages();
+        assert_eq!(
+            sent.len(),
+            1,
+            "only the genuine reply reached Meta: {sent:?}"
+        );
+        let notes = system_notes(&app);
+        assert_eq!(notes.len(), expect_failed.len(), "{notes:#?}");
+        for n in &notes {
+            assert!(n.contains("This reply was not sent to WhatsApp"), "{n}");
+        }
+        assert!(
+            notes.iter().any(|n| n.contains("5 MB")),
+            "the size refusal names the limit: {notes:#?}"
+        );
+        // Refusals are final: dead letters at once, not retried.
+        let dead = app.dead_letters().await;
+        assert_eq!(dead.len(), expect_failed.len(), "{dead:#?}");
+    })
+    .await;
+}
+
+/// Newer portals may send a relative `downloadLink` instead of `link` (protocol §5.2): it is
+/// resolved against the portal's origin and fetched like a portal link.
+#[tokio::test]
+async fn a_relative_download_link_is_fetched_from_the_portal() {
+    let app = TestApp::start().await;
+    app.core
+        .settings
+        .set(
+            "bitrix.application_token",
+            &app.bitrix.config().application_token,
+        )
+        .await
+        .unwrap();
+    with_workers(&app.core, app.registry(), async {
+        with_dialog(&app, 60).await;
+        eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
+        let png = b"\x89PNG\r\n\x1a\n pixels".to_vec();
+        let genuine = app
+            .bitrix
+            .operator_reply(ANNA, "", vec![OperatorFile::image("a.png", png, 1, 1)])
+            .await;
+        eventually("genuine file sent", 20, || async {
+            app.meta.sent_messages().len() == 1
+        })
+        .await;
+        let link = genuine.deliveries[0]
+            .form
+            .iter()
+            .find(|(k, _)| k.ends_with("[files][0][link]"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let relative = link
+            .strip_prefix(&app.bitrix.portal_url())
+            .unwrap()
+            .to_string();
+        assert!(relative.starts_with("/~"), "{relative}");
+        post_forged_reply(&app, &genuine, 900_100, "downloadLink", &relative).await;
+        eventually("relative file sent", 20, || async {
+            app.meta.sent_messages().len() == 2
+        })
+        .await;
+        assert_eq!(app.meta.sent_messages()[1].kind, "image");
+        assert!(system_notes(&app).is_empty(), "{:?}", system_notes(&app));
+    })
+    .await;
+}

@@ -375,6 +375,16 @@ impl FakeBitrix {
         events::operator_reply(&self.shared, external_chat_id, text_bbcode, files).await
     }
 
+    /// A link on the portal, shaped like a file's short link, that answers 302 to `location`:
+    /// stands for any redirect a portal can be made to serve (an open redirect, a proxy rule),
+    /// so a test can check what the product does with where a portal link leads.
+    pub fn redirecting_link(&self, location: &str) -> String {
+        let mut portal = self.shared.portal();
+        let code = format!("r{}", portal.next("redirect"));
+        portal.redirects.insert(code.clone(), location.to_string());
+        format!("{}/~{code}", self.shared.urls().base)
+    }
+
     /// Script-only install: POSTs `ONAPPINSTALL` with a fresh grant to `install_url`.
     pub async fn install_into(&self, install_url: &str) -> InstallOutcome {
         install::script_only(&self.shared, install_url).await

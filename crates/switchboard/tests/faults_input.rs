@@ -227,6 +227,8 @@ fn table(world: &World) -> Vec<Case> {
         case("media: path traversal", "GET", "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd").expect(404),
         case("media: unknown id", "GET", format!("/media/{}", "0".repeat(32))).expect(404),
         case("media: huge id", "GET", format!("/media/{}", "a".repeat(20_000))).expect(404),
+        case("media: 32 characters, not hex", "GET", format!("/media/{}", "<svg>".repeat(6) + "zz")).expect(404),
+        case("media: upload attempt", "POST", format!("/media/{}", "0".repeat(32))).content_type("text/html").body("<script>alert(1)</script>").expect(405),
         // wabridges hooks.
         case("wabridges: wrong token", "POST", hook("nope")).body("{}").expect(401),
         case("wabridges: no token", "POST", "/wabridges/hooks/front").body("{}").expect(401),

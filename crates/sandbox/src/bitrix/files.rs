@@ -21,6 +21,9 @@ pub(crate) async fn short_link(State(s): State<Shared>, uri: Uri) -> Response {
     let Some(code) = uri.path().strip_prefix("/~") else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Some(location) = portal.redirects.get(code) {
+        return (StatusCode::FOUND, [(header::LOCATION, location.clone())]).into_response();
+    }
     let Some(file) = portal.files.values().find(|f| f.short_code == code) else {
         return StatusCode::NOT_FOUND.into_response();
     };

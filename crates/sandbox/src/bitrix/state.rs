@@ -264,6 +264,8 @@ pub(crate) struct Portal {
     pub statuses: BTreeMap<(String, i64), ConnectorStatus>,
     pub chats: Vec<Chat>,
     pub files: HashMap<u64, StoredFile>,
+    /// Short codes that answer 302 to a location of the test's choosing.
+    pub redirects: HashMap<String, String>,
     pub events: Vec<BoundEvent>,
     pub deliveries: Vec<Delivery>,
     pub leads: Vec<Lead>,
@@ -302,6 +304,7 @@ impl Portal {
             statuses: BTreeMap::new(),
             chats: Vec::new(),
             files: HashMap::new(),
+            redirects: HashMap::new(),
             events: Vec::new(),
             deliveries: Vec::new(),
             leads: Vec::new(),
