@@ -1,0 +1,320 @@
+//! Connections that stall or pile up can't take the server down: partial headers, idle sockets,
+//! idle keep-alives and trickled bodies are cut off after their timeouts; past the connection
+//! limit the server answers 503 instead of running out of file descriptors; a stop still ends
+//! the process with such connections open. Every wait is bounded. Runs on SQLite and PostgreSQL.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{world::*, *};
+use sandbox::meta::Customer;
+use switchboard_core::testing::fresh_database_url;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Timeouts short enough for a test; the slack covers a loaded machine.
+const HEADER_TIMEOUT_SECS: u64 = 2;
+const BODY_TIMEOUT_SECS: u64 = 2;
+const SLACK: Duration = Duration::from_secs(8);
+
+fn short_timeouts() -> Vec<(String, String)> {
+    vec![
+        (
+            "SWITCHBOARD_HEADER_TIMEOUT_SECS".into(),
+            HEADER_TIMEOUT_SECS.to_string(),
+        ),
+        (
+            "SWITCHBOARD_BODY_TIMEOUT_SECS".into(),
+            BODY_TIMEOUT_SECS.to_string(),
+        ),
+    ]
+}
+
+fn addr(p: &Proc) -> String {
+    p.base.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (EOF or reset), for at most `bound`.
+/// `Some(bytes received)` if it closed in time, `None` if it was still open.
+async fn closed_within(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(bound, read_all)
+        .await
+        .ok()
+        .map(|()| got)
+}
+
+/// `serve` with the short timeouts; the second value keeps a SQLite database's folder alive.
+async fn server(dir: &std::path::Path, name: &str) -> (Proc, Box<dyn std::any::Any + Send>) {
+    let (url, keep) = fresh_database_url().await;
+    let mut env = short_timeouts();
+    env.push(("DATABASE_URL".into(), url));
+    let p = spawn(dir, name, &["serve"], &env);
+    healthy(&p).await;
+    (p, Box::new(keep))
+}
+
+/// Slowloris (headers sent a byte at a time), a socket that never sends anything, and a
+/// keep-alive connection left idle after its answer: each is closed within the header timeout.
+#[tokio::test]
+async fn stalled_connections_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _keep) = server(dir.path(), "stalled").await;
+    let bound = Duration::from_secs(HEADER_TIMEOUT_SECS) + SLACK;
+
+    let mut slowloris = TcpStream::connect(addr(&p)).await.unwrap();
+    slowloris
+        .write_all(b"POST /webhook/whatsapp HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = slowloris.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+        {
+            if writer.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+
+    let mut idle = TcpStream::connect(addr(&p)).await.unwrap();
+
+    let mut kept_alive = TcpStream::connect(addr(&p)).await.unwrap();
+    kept_alive
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let (slow, idle, kept) = tokio::join!(
+        async {
+            let mut got = Vec::new();
+            let read_all = async {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            tokio::time::timeout(bound, read_all)
+                .await
+                .ok()
+                .map(|()| got)
+        },
+        closed_within(&mut idle, bound),
+        closed_within(&mut kept_alive, bound),
+    );
+    trickle.abort();
+    println!(
+        "stalled connections: all settled after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(
+        slow.is_some(),
+        "headers trickled a byte at a time kept the connection open past {bound:?}"
+    );
+    assert!(
+        idle.is_some(),
+        "a connection that sent nothing stayed open past {bound:?}"
+    );
+    let kept = kept.unwrap_or_else(|| panic!("an idle keep-alive stayed open past {bound:?}"));
+    assert!(
+        kept.starts_with(b"HTTP/1.1 200"),
+        "the keep-alive's request was answered first: {}",
+        String::from_utf8_lossy(&kept)
+    );
+    assert!(p.log_text().contains("switchboard listening"));
+}
+
+/// A body trickled a byte at a time gets 408 once the body timeout has passed, and the
+/// connection is closed.
+#[tokio::test]
+async fn a_trickled_body_gets_408_after_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _keep) = server(dir.path(), "trickle").await;
+    let bound = Duration::from_secs(BODY_TIMEOUT_SECS) + SLACK;
+
+    let stream = TcpStream::connect(addr(&p)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            b"POST /webhook/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(bound, read_all).await.is_ok();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        closed,
+        "a body trickled a byte at a time kept the connection open past {bound:?} (got {text:?})"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "answer: {text:?}");
+}
+
+/// With the open-file limit low, more idle sockets than the server may serve: a signed Meta
+/// webhook still gets an answer (503 while the idle sockets hold every slot, never a 500 or a
+/// hang), and once the header timeout has closed them, the next one is acknowledged with 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_beyond_the_limit_are_shed_and_webhooks_keep_working() {
+    const NOFILE: u64 = 256;
+    const IDLE_SOCKETS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let world = World::start(dir.path(), &url, "http://127.0.0.1:9").await;
+    let mut env = world.env.clone();
+    env.push(("SWITCHBOARD_HEADER_TIMEOUT_SECS".into(), "4".into()));
+    let mut p = spawn_with_fd_limit(dir.path(), "fds", NOFILE, &["serve"], &env);
+    healthy(&p).await;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let customer = Customer::new("15550009001", "Idle Tester");
+    let webhook = |text: &str| {
+        let (_, body, signature) = world.meta_inbound(&customer, text);
+        http.post(format!("{}/webhook/whatsapp", p.base))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+    };
+
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_SOCKETS {
+        match TcpStream::connect(addr(&p)).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect #{}: {e}", idle.len() + 1),
+        }
+    }
+    // The sockets past the limit have had their 503 and are closed by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let status = match webhook("while the idle sockets are open").await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!(
+            "no answer with {IDLE_SOCKETS} idle sockets open ({e}); log:\n{}",
+            tail(&p.log_text())
+        ),
+    };
+    println!("signed webhook with {IDLE_SOCKETS} idle sockets open: {status}");
+    assert!(
+        status == 200 || status == 503,
+        "got {status} with the idle sockets open; log:\n{}",
+        tail(&p.log_text())
+    );
+
+    // The idle sockets stay open on this side; the server must close them itself.
+    let started = Instant::now();
+    let mut last = String::new();
+    let acknowledged = loop {
+        match webhook("after the idle sockets were closed").await {
+            Ok(r) if r.status() == 200 => break true,
+            Ok(r) => last = r.status().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        if started.elapsed() > Duration::from_secs(4) + SLACK {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        acknowledged,
+        "no 200 within {:?} (last: {last}); log:\n{}",
+        Duration::from_secs(4) + SLACK,
+        tail(&p.log_text())
+    );
+    assert!(p.alive(), "the process died:\n{}", tail(&p.log_text()));
+    drop(idle);
+}
+
+/// SIGTERM with a client stuck half-way through its headers and an idle keep-alive: the process
+/// still exits, once the stuck client's header timeout has passed.
+#[tokio::test]
+async fn sigterm_exits_with_stalled_clients_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _keep) = server(dir.path(), "sigterm").await;
+
+    let mut stuck = TcpStream::connect(addr(&p)).await.unwrap();
+    stuck
+        .write_all(b"POST /webhook/whatsapp HTTP/1.1\r\nHost: x\r\nX-Half")
+        .await
+        .unwrap();
+    let mut kept_alive = TcpStream::connect(addr(&p)).await.unwrap();
+    kept_alive
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = kept_alive.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bound = Duration::from_secs(HEADER_TIMEOUT_SECS) + SLACK;
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {bound:?} after SIGTERM with a stalled client; log:\n{}",
+            tail(&p.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<_> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
