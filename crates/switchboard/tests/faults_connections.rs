@@ -318,3 +318,136 @@ fn tail(log: &str) -> String {
     let lines: Vec<_> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
+
+/// The PBX bridge behind `serve`, with `env` added; the fake PBX knows the one org.
+async fn pbx_bridge(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (sandbox::pbx::FakePbx, Proc, Box<dyn std::any::Any + Send>) {
+    let pbx = sandbox::pbx::FakePbx::start().await;
+    pbx.add_org(PBX_KEY, PBX_SECRET, "ThrottleTests");
+    let (url, keep) = fresh_database_url().await;
+    let mut all = vec![
+        ("DATABASE_URL".to_string(), url),
+        ("SWITCHBOARD_PBX_BASE_URL".to_string(), pbx.url()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let p = spawn(dir, "pbx", &["serve", "--no-workers"], &all);
+    healthy(&p).await;
+    (pbx, p, Box::new(keep))
+}
+
+/// One MSG91-style bridge call: (status, Retry-After in seconds).
+async fn bridge_call(p: &Proc, key: &str, secret: &str, forwarded_for: &str) -> (u16, Option<u64>) {
+    let body = serde_json::json!({
+        "api_key": key,
+        "api_secret": secret,
+        "endpoint": "/api/v1/calls/click-to-call",
+        "body": {"from": "9876543210", "from_type": "external", "to": "5001", "to_type": "queue"}
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{}/whatsapp-bridge", p.base))
+        .header("x-forwarded-for", forwarded_for)
+        .timeout(Duration::from_secs(20))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (r.status().as_u16(), retry_after)
+}
+
+/// Guessed credentials from one client: after a handful of refused logins the client gets 429
+/// with Retry-After, and no more logins reach the PBX. X-Forwarded-For, not trusted by
+/// default, doesn't let it pass for other clients. An org that already works is unaffected.
+#[tokio::test]
+async fn guessed_pbx_credentials_from_one_client_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbx, p, _keep) = pbx_bridge(dir.path(), &[]).await;
+    assert_eq!(
+        bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
+        200
+    );
+
+    let mut answers = Vec::new();
+    for i in 0..14 {
+        let key = format!("org_guess_{i}");
+        answers.push(bridge_call(&p, &key, "wrong", &format!("203.0.113.{i}")).await);
+    }
+    let logins = pbx.recorder().matching("/api/v1/auth/login").len();
+    println!("guesses from one client: {answers:?}; logins at the PBX: {logins}");
+    let refused = answers.iter().take_while(|(s, _)| *s == 401).count();
+    assert!(
+        (3..=10).contains(&refused),
+        "refused logins before the throttle: {answers:?}"
+    );
+    for (status, retry_after) in &answers[refused..] {
+        assert_eq!(*status, 429, "{answers:?}");
+        assert!(retry_after.is_some_and(|s| s > 0), "{answers:?}");
+    }
+    assert_eq!(
+        logins,
+        1 + refused,
+        "logins reached the PBX while throttled"
+    );
+    assert_eq!(
+        bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
+        200
+    );
+}
+
+/// Guessed secrets for one org from many clients (behind a trusted proxy, so each guess comes
+/// from its own X-Forwarded-For address): the org's refused logins are throttled too, while
+/// another org's caller isn't, and the org's working credentials still get through, even when
+/// their token has to be renewed.
+#[tokio::test]
+async fn guessed_pbx_secrets_for_one_org_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbx, p, _keep) =
+        pbx_bridge(dir.path(), &[("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    assert_eq!(
+        bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
+        200
+    );
+
+    let mut answers = Vec::new();
+    for i in 0..14 {
+        let secret = format!("guess-{i}");
+        answers.push(bridge_call(&p, PBX_KEY, &secret, &format!("198.51.100.{i}")).await);
+    }
+    println!("guesses for one org: {answers:?}");
+    let refused = answers.iter().take_while(|(s, _)| *s == 401).count();
+    assert!(
+        (3..=10).contains(&refused),
+        "refused logins before the throttle: {answers:?}"
+    );
+    assert!(
+        answers[refused..]
+            .iter()
+            .all(|(s, r)| *s == 429 && r.is_some()),
+        "{answers:?}"
+    );
+    assert_eq!(pbx.login_count(PBX_KEY) as usize, 1 + refused);
+
+    // Another org, from a client of its own: not throttled (the PBX refuses it itself).
+    assert_eq!(
+        bridge_call(&p, "org_other", "wrong", "198.51.100.200")
+            .await
+            .0,
+        401
+    );
+    // The org's own flow keeps working, through a token renewal too.
+    assert_eq!(
+        bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
+        200
+    );
+    pbx.expire_all_tokens();
+    assert_eq!(
+        bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
+        200
+    );
+}

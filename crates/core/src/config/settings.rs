@@ -183,6 +183,16 @@ pub static SETTINGS: &[Setting] = &[
         "Most connections served at once; more get 503 and are closed. Default: what the open-file limit leaves room for, at most 4096. Can only lower that."
     ),
     setting!(
+        "trusted_proxies",
+        "SWITCHBOARD_TRUSTED_PROXIES",
+        List,
+        None,
+        false,
+        Server,
+        "Trusted proxies",
+        "Comma list of your reverse proxies' addresses (IP or CIDR). Only a connection from one of them may name the client in X-Forwarded-For; by default that header is ignored."
+    ),
+    setting!(
         "database.url",
         "SWITCHBOARD_DATABASE_URL",
         Text,
