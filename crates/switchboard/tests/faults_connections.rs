@@ -451,3 +451,87 @@ async fn guessed_pbx_secrets_for_one_org_are_throttled() {
         200
     );
 }
+
+/// The wabridges hook token and the admin token can be given without putting them in a URL
+/// (which proxies write to their access logs): the hook takes `Authorization: Bearer` or Basic,
+/// the admin pages a posted sign-in form. `?token=` keeps working. However they come, neither
+/// token appears in the process log (at debug level) or in the audit log.
+#[tokio::test]
+async fn tokens_can_stay_out_of_urls_and_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_WABRIDGES_TOKEN", WABRIDGES_TOKEN),
+        ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("RUST_LOG", "debug"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let p = spawn(dir.path(), "tokens", &["serve", "--no-workers"], &env);
+    healthy(&p).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let hook = format!("{}/wabridges/hooks/front", p.base);
+    let post = |url: String, i: usize| {
+        http.post(url)
+            .header("content-type", "application/json")
+            .body(wabridges_message(i))
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let bearer = post(hook.clone(), 1).bearer_auth(WABRIDGES_TOKEN);
+    assert_eq!(status(bearer.send().await.unwrap()), 200, "Bearer");
+    let basic = post(hook.clone(), 2).basic_auth("hook", Some(WABRIDGES_TOKEN));
+    assert_eq!(status(basic.send().await.unwrap()), 200, "Basic");
+    let query = post(format!("{hook}?token={WABRIDGES_TOKEN}"), 3);
+    assert_eq!(status(query.send().await.unwrap()), 200, "?token=");
+    let wrong = post(hook.clone(), 4).bearer_auth("not-the-token");
+    assert_eq!(status(wrong.send().await.unwrap()), 401, "wrong Bearer");
+
+    let api = http
+        .get(format!("{}/api/wabridges/bridges", p.base))
+        .bearer_auth(ADMIN_TOKEN);
+    assert_eq!(status(api.send().await.unwrap()), 200, "admin API, Bearer");
+    let sign_in = |token: &str| {
+        http.post(format!("{}/admin/sign-in", p.base))
+            .form(&[("token", token), ("next", "/admin/events")])
+            .send()
+    };
+    assert_eq!(status(sign_in("not-the-token").await.unwrap()), 401);
+    let signed_in = sign_in(ADMIN_TOKEN).await.unwrap();
+    assert_eq!(signed_in.status(), 303, "sign-in form");
+    assert_eq!(signed_in.headers()["location"], "/admin/events");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let old_way = http
+        .get(format!("{}/admin/events?token={ADMIN_TOKEN}", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_way.status(), 303, "?token= on a page");
+
+    let events = http
+        .get(format!("{}/admin/events", p.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let page = events.text().await.unwrap();
+    assert!(page.contains("/wabridges/hooks/front"), "{page}");
+    let log = p.log_text();
+    for token in [WABRIDGES_TOKEN, ADMIN_TOKEN] {
+        assert!(!page.contains(token), "the audit log page shows {token}");
+        assert!(!log.contains(token), "the log has {token}:\n{log}");
+    }
+}

@@ -260,7 +260,7 @@ pub static SETTINGS: &[Setting] = &[
         true,
         Wabridges,
         "Hook token",
-        "Shared secret in each wabridges webhook_url (?token=…)."
+        "Shared secret of the wabridges hooks: `?token=…` in each webhook_url, or `Authorization: Bearer …`."
     ),
     setting!(
         "meta.graph_url",
