@@ -24,18 +24,13 @@ pub fn bridges(core: &Core) -> Vec<BridgeInfo> {
     ]
 }
 
-/// `body_timeout`: how long a request may take to send its body (see `server.rs`).
-pub fn router(core: &Core, body_timeout: Duration) -> Router {
+pub fn router(core: &Core) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(switchboard_core::ops::router(core, bridges(core))) // /health /metrics / /docs /setup /admin/*
         .merge(pbx_bridge::router(core)) // POST /whatsapp-bridge
         .merge(wabridges_hooks::router(core)) // POST /wabridges/hooks/{bridge}, /api/wabridges/*
         .merge(bitrix_connector::router(core)) // /webhook/whatsapp /bitrix/* /media/{id}
-        .layer(axum::middleware::from_fn_with_state(
-            body_timeout,
-            crate::server::body_deadline,
-        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

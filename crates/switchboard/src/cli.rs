@@ -286,7 +286,7 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
         body_timeout_secs = limits.body_timeout.as_secs(),
         "switchboard listening"
     );
-    let app = crate::app::router(&core, limits.body_timeout);
+    let app = crate::app::router(&core);
     let server = crate::server::run(listener, app, limits, stop.clone());
     // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
     tokio::join!(server, async {

@@ -14,6 +14,7 @@
 //! until its timeout, and nothing holds it past the drain limit the workers get too.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     pin::{Pin, pin},
     sync::{
@@ -27,9 +28,8 @@ use std::{
 use axum::{
     BoxError, Router,
     body::{Body, Bytes},
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderValue, StatusCode, header},
-    middleware::Next,
     response::Response,
 };
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -182,7 +182,7 @@ pub async fn run(listener: TcpListener, app: Router, limits: Limits, stop: Stop)
         let (app, http1, stop, open) = (app.clone(), http1.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
             metrics::gauge!("switchboard_http_connections_open").increment(1.0);
-            serve_connection(stream, peer, app, &http1, stop).await;
+            serve_connection(stream, peer, app, &http1, limits.body_timeout, stop).await;
             metrics::gauge!("switchboard_http_connections_open").decrement(1.0);
             drop((slot, open));
         });
@@ -206,12 +206,32 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     http1: &hyper::server::conn::http1::Builder,
+    body_timeout: Duration,
     stop: Stop,
 ) {
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req)
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(ConnectInfo(peer));
+        // The deadline is applied here rather than as a router layer: a middleware cost about
+        // 5 % of the ack throughput, this costs nothing for a request without a body.
+        let expired = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let body = match &expired {
+            Some(flag) => Body::new(Deadline {
+                inner: body,
+                at: tokio::time::Instant::now() + body_timeout,
+                sleep: None,
+                expired: flag.clone(),
+            }),
+            None => Body::new(body),
+        };
+        let served = app.clone().oneshot(Request::from_parts(parts, body));
+        async move {
+            let response = served.await?;
+            Ok::<_, Infallible>(match expired {
+                Some(flag) if flag.load(Ordering::Relaxed) => body_timed_out(body_timeout, peer),
+                _ => response,
+            })
+        }
     });
     let mut conn = pin!(http1.serve_connection(TokioIo::new(stream), service));
     let result = tokio::select! {
@@ -289,26 +309,13 @@ fn warn_again(last: &mut Option<Instant>) -> bool {
     due
 }
 
-/// Middleware: the request's body must arrive whole within `limit` of this point, else 408.
-/// The handler's own read fails (whatever it makes of that is replaced), and the connection is
-/// closed rather than kept for a next request behind an unread body.
-pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    if req.body().is_end_stream() {
-        return next.run(req).await;
-    }
-    let expired = Arc::new(AtomicBool::new(false));
-    let req = req.map(|body| {
-        Body::new(Deadline {
-            inner: body,
-            at: tokio::time::Instant::now() + limit,
-            sleep: None,
-            expired: expired.clone(),
-        })
-    });
-    let response = next.run(req).await;
-    if !expired.load(Ordering::Relaxed) {
-        return response;
-    }
+/// The answer to a request whose body did not arrive whole within `limit` of its headers,
+/// whatever the handler made of its failed read. The connection is closed rather than kept for
+/// a next request behind an unread body. The request's log line, written inside the router,
+/// shows the handler's refusal; this one says why.
+fn body_timed_out(limit: Duration, peer: SocketAddr) -> Response {
+    metrics::counter!("switchboard_http_body_timeouts_total").increment(1);
+    tracing::info!(%peer, "request body not received within {} s; answered 408", limit.as_secs());
     let mut response = error_body(
         StatusCode::REQUEST_TIMEOUT,
         &format!(
@@ -326,7 +333,7 @@ pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Ne
 /// A body that fails once its deadline has passed while it still waits for data. The timer is
 /// only set the first time the body has to wait, so a body that is already in costs none.
 struct Deadline {
-    inner: Body,
+    inner: Incoming,
     at: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     expired: Arc<AtomicBool>,

@@ -497,13 +497,18 @@ async fn tokens_can_stay_out_of_urls_and_never_reach_the_logs() {
         .get(format!("{}/api/wabridges/bridges", p.base))
         .bearer_auth(ADMIN_TOKEN);
     assert_eq!(status(api.send().await.unwrap()), 200, "admin API, Bearer");
-    let sign_in = |token: &str| {
+    let sign_in = |token: &str, next: &str| {
         http.post(format!("{}/admin/sign-in", p.base))
-            .form(&[("token", token), ("next", "/admin/events")])
+            .form(&[("token", token), ("next", next)])
             .send()
     };
-    assert_eq!(status(sign_in("not-the-token").await.unwrap()), 401);
-    let signed_in = sign_in(ADMIN_TOKEN).await.unwrap();
+    assert_eq!(
+        status(sign_in("not-the-token", "/admin/events").await.unwrap()),
+        401
+    );
+    let elsewhere = sign_in(ADMIN_TOKEN, "//evil.example/").await.unwrap();
+    assert_eq!(elsewhere.headers()["location"], "/setup", "never off-site");
+    let signed_in = sign_in(ADMIN_TOKEN, "/admin/events").await.unwrap();
     assert_eq!(signed_in.status(), 303, "sign-in form");
     assert_eq!(signed_in.headers()["location"], "/admin/events");
     let cookie = signed_in.headers()["set-cookie"]
