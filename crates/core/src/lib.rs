@@ -7,6 +7,7 @@
 //! to core through [`ops::BridgeInfo`] and register their work through [`jobs::JobRegistry`]
 //! and [`processing::Processors`]. Start with [`Core`], then `inbox.rs` and `jobs.rs`.
 
+pub mod client_addr;
 pub mod config;
 pub mod credentials;
 pub mod db;

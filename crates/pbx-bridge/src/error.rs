@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use switchboard_core::http::{ErrorCause, error_body};
@@ -28,6 +28,9 @@ pub enum Error {
     LoginBroken { pbx_status: u16 },
     #[error("PBX login answer carried no token (looked for token, access_token, data.token)")]
     NoToken,
+    /// Too many refused logins from this client or for this `api_key` (see `throttle.rs`).
+    #[error("too many failed PBX logins; retry in {} s", retry_after.as_secs().max(1))]
+    Throttled { retry_after: std::time::Duration },
     #[error("PBX unreachable")]
     Unreachable(#[source] reqwest::Error),
     #[error("PBX did not answer within {secs} s")]
@@ -49,6 +52,7 @@ impl Error {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::LoginRefused { .. } => StatusCode::UNAUTHORIZED,
+            Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::LoginBroken { .. } | Error::NoToken | Error::Unreachable(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -72,6 +76,12 @@ impl IntoResponse for Error {
                 Json(serde_json::json!({"error": "PBX login failed", "pbx_status": pbx_status})),
             )
                 .into_response(),
+            Error::Throttled { retry_after } => {
+                let mut r = error_body(status, &self.to_string(), None);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+                r
+            }
             _ => error_body(status, &self.to_string(), None),
         };
         if status.is_server_error() {

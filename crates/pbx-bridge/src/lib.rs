@@ -17,6 +17,7 @@ mod logline;
 mod proxy;
 mod request;
 mod routes;
+mod throttle;
 mod token_cache;
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +25,7 @@ use std::{sync::Arc, time::Duration};
 use axum::Router;
 use switchboard_core::{
     Core,
+    client_addr::TrustedProxies,
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
 };
 
@@ -44,9 +46,16 @@ pub fn router(core: &Core) -> Router {
                 config.integer("pbx.token_ttl_secs").unwrap_or(82_800),
             )),
             allowed_prefixes: config.list("pbx.allowed_prefixes"),
+            throttle: throttle::LoginThrottle::default(),
         })
     });
-    routes::router(routes::BridgeState { proxy })
+    // Checked when the configuration loaded.
+    let trusted_proxies =
+        TrustedProxies::parse(&config.list("trusted_proxies")).unwrap_or_default();
+    routes::router(routes::BridgeState {
+        proxy,
+        trusted_proxies: Arc::new(trusted_proxies),
+    })
 }
 
 pub fn info(core: &Core) -> BridgeInfo {

@@ -2,7 +2,7 @@
 //! and on a PBX 401 one refresh and one retry (seed: "If PBX returns 401, refreshes token and
 //! retries once"). Writes the seed's log lines.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use axum::http::StatusCode;
 use switchboard_core::Secret;
@@ -14,18 +14,21 @@ use crate::{
     jwt,
     logline::{quote, short_org},
     request::ProxyRequest,
+    throttle::LoginThrottle,
     token_cache::{CacheKey, Obtained, Source, TokenCache},
 };
 
 pub struct Proxy {
     pub client: PbxClient,
     pub tokens: TokenCache,
+    pub throttle: LoginThrottle,
     /// Path prefixes callers may reach (`pbx.allowed_prefixes`).
     pub allowed_prefixes: Vec<String>,
 }
 
 impl Proxy {
-    pub async fn call(&self, req: &ProxyRequest) -> Result<Answer, Error> {
+    /// `client`: the caller's address, for the login throttle (`None` when unknown).
+    pub async fn call(&self, req: &ProxyRequest, client: Option<IpAddr>) -> Result<Answer, Error> {
         let org = short_org(&req.api_key);
         let key = CacheKey::new(&req.api_key, &req.api_secret);
         info!(
@@ -34,7 +37,7 @@ impl Proxy {
             req.method, req.endpoint,
             req.body.as_deref().map_or("-".into(), |b| quote(b, &[&req.api_secret])),
         );
-        let result = self.call_with_refresh(req, &key, &org).await;
+        let result = self.call_with_refresh(req, &key, &org, client).await;
         self.log_outcome(req, &org, &result);
         result.map(|(answer, _jwt)| answer)
     }
@@ -44,8 +47,9 @@ impl Proxy {
         req: &ProxyRequest,
         key: &CacheKey,
         org: &str,
+        client: Option<IpAddr>,
     ) -> Result<(Answer, Secret), Error> {
-        let jwt = self.token(req, key, org).await?;
+        let jwt = self.token(req, key, org, client).await?;
         let answer = self.forward(req, &jwt).await?;
         if answer.status != StatusCode::UNAUTHORIZED {
             return Ok((answer, jwt));
@@ -53,16 +57,22 @@ impl Proxy {
         warn!(org = %org, "[BRIDGE] 401 from PBX — refreshing token | org: {org}");
         metrics::counter!("switchboard_pbx_token_refreshes_total").increment(1);
         self.tokens.invalidate(key, &jwt);
-        let jwt = self.token(req, key, org).await?;
+        let jwt = self.token(req, key, org, client).await?;
         // A second 401 goes back to the caller as the PBX sent it (SPEC §2).
         let answer = self.forward(req, &jwt).await?;
         Ok((answer, jwt))
     }
 
-    async fn token(&self, req: &ProxyRequest, key: &CacheKey, org: &str) -> Result<Secret, Error> {
+    async fn token(
+        &self,
+        req: &ProxyRequest,
+        key: &CacheKey,
+        org: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Secret, Error> {
         let Obtained { jwt, source } = self
             .tokens
-            .get(key, || self.client.login(&req.api_key, &req.api_secret))
+            .get(key, || self.throttled_login(req, key, client))
             .await
             .inspect_err(|e| {
                 warn!(org = %org, error = %e, "[BRIDGE] ✗ PBX login failed | org: {org} | {e}");
@@ -83,6 +93,36 @@ impl Proxy {
             }
         }
         Ok(jwt)
+    }
+
+    /// A login, unless the client or the `api_key` has had too many refused (see
+    /// `throttle.rs`). Credentials that have logged in before skip the throttle: others'
+    /// guesses at the same `api_key` must not lock a working flow out.
+    async fn throttled_login(
+        &self,
+        req: &ProxyRequest,
+        key: &CacheKey,
+        client: Option<IpAddr>,
+    ) -> Result<Secret, Error> {
+        let attempt = if self.tokens.proven(key) {
+            None
+        } else {
+            let attempt = self
+                .throttle
+                .attempt(client, &req.api_key)
+                .map_err(|retry_after| {
+                    metrics::counter!("switchboard_pbx_logins_throttled_total").increment(1);
+                    Error::Throttled { retry_after }
+                })?;
+            Some(attempt)
+        };
+        let result = self.client.login(&req.api_key, &req.api_secret).await;
+        if let Some(attempt) = attempt
+            && !matches!(result, Err(Error::LoginRefused { .. }))
+        {
+            self.throttle.refund(attempt);
+        }
+        result
     }
 
     async fn forward(&self, req: &ProxyRequest, jwt: &Secret) -> Result<Answer, Error> {

@@ -1,15 +1,17 @@
 //! `POST /whatsapp-bridge`, the bridge's one route (SPEC §2).
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    Router,
+    Extension, Router,
     body::{Body, Bytes},
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{StatusCode, header},
+    extract::{ConnectInfo, DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
     response::Response,
     routing::post,
 };
+
+use switchboard_core::client_addr::TrustedProxies;
 
 use crate::{client::Answer, error::Error, proxy::Proxy, request};
 
@@ -28,10 +30,14 @@ pub fn router(state: BridgeState) -> Router {
 pub struct BridgeState {
     /// `None` while `pbx.base_url` is unset: the route stays mounted and answers 503.
     pub proxy: Option<Arc<Proxy>>,
+    /// Whose `X-Forwarded-For` names the client the login throttle counts.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 async fn proxy_pbx_call(
     State(s): State<BridgeState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
     let proxy = s.proxy.as_deref().ok_or(Error::NotConfigured)?;
@@ -40,7 +46,9 @@ async fn proxy_pbx_call(
         _ => Error::bad_request(None, e.body_text()),
     })?;
     let req = request::parse(&body, &proxy.allowed_prefixes)?;
-    let answer = proxy.call(&req).await?;
+    let client =
+        peer.map(|Extension(ConnectInfo(addr))| s.trusted_proxies.client(addr.ip(), &headers));
+    let answer = proxy.call(&req, client).await?;
     Ok(pass_back(answer))
 }
 

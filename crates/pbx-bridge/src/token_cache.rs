@@ -14,7 +14,10 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -69,6 +72,8 @@ pub struct TokenCache {
 struct Slot {
     current: Mutex<Option<Cached>>,
     login: tokio::sync::Mutex<()>,
+    /// These credentials have logged in before (the slot goes when a login with them fails).
+    proven: AtomicBool,
 }
 
 struct Cached {
@@ -125,6 +130,7 @@ impl TokenCache {
                     jwt: jwt.clone(),
                     valid_until: Instant::now() + life,
                 });
+                slot.proven.store(true, Ordering::Relaxed);
                 self.forget_other_secrets(key);
                 Ok(Obtained {
                     jwt,
@@ -136,6 +142,15 @@ impl TokenCache {
                 Err(e)
             }
         }
+    }
+
+    /// Whether these credentials have logged in before, in this process.
+    pub fn proven(&self, key: &CacheKey) -> bool {
+        self.slots
+            .lock()
+            .expect("token slots lock")
+            .get(key)
+            .is_some_and(|s| s.proven.load(Ordering::Relaxed))
     }
 
     /// Drops the org's token if it is still `refused`; returns whether it was. A caller whose

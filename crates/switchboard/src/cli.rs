@@ -1,7 +1,7 @@
 //! Command line: what each command does is in its `--help`; the work itself lives in core and
 //! the bridges.
 
-use std::{future::IntoFuture, io::Read, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -242,7 +242,8 @@ async fn shutdown_signal() {
 }
 
 /// SIGTERM or Ctrl-C, once, for every part of the process that has to wind down on it.
-struct Stop(tokio::sync::watch::Receiver<bool>);
+#[derive(Clone)]
+pub(crate) struct Stop(tokio::sync::watch::Receiver<bool>);
 
 impl Stop {
     fn on_signal() -> Self {
@@ -255,7 +256,7 @@ impl Stop {
     }
 
     /// Resolves once the signal has come (at once, if it already has).
-    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.0.clone();
         async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
@@ -275,21 +276,24 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
         // Without workers this process only acks; a worker process dispatches what it stores.
         jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     }
+    let limits = crate::server::Limits::from_config(&core.config);
     tracing::info!(
         %listen,
         database = core.db.backend(),
         workers = with_workers,
+        max_connections = limits.max_connections,
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        body_timeout_secs = limits.body_timeout.as_secs(),
         "switchboard listening"
     );
     let app = crate::app::router(&core);
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.wait());
+    let server = crate::server::run(listener, app, limits, stop.clone());
     // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
-    let (served, ()) = tokio::join!(server.into_future(), async {
+    tokio::join!(server, async {
         if with_workers {
             run_workers(&core, &stop).await;
         }
     });
-    served.context("HTTP server")?;
     close_database(&core).await;
     Ok(())
 }
@@ -308,7 +312,7 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 /// its row and job stay in the database and are taken again once the claim lapses. Without a
 /// bound, a job stuck behind a write lock held past the worker's own shutdown kept the process
 /// alive until SIGKILL (seen under load, with this build and the one before).
-const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Closing the pool waits for every borrowed connection; an abandoned job may hold one.
 const CLOSE_LIMIT: Duration = Duration::from_secs(3);
 

@@ -4,6 +4,7 @@
 
 mod app;
 mod cli;
+mod server;
 
 use clap::Parser;
 

@@ -240,11 +240,19 @@ fn table(world: &World) -> Vec<Case> {
         case("wabridges: 600 KB message, right token", "POST", ok_hook.clone()).body(wabridges_text(600 * 1024)).expect(413),
         case("wabridges: traversal in bridge name", "POST", format!("/wabridges/hooks/..%2f..%2fetc?token={WABRIDGES_TOKEN}")).body("{\"event\":\"connected\",\"phone\":\"1\"}").expect(400),
         case("wabridges: huge query", "POST", format!("/wabridges/hooks/front?{huge_query}")).body("{}").expect(401),
+        case("wabridges: wrong Bearer token", "POST", "/wabridges/hooks/front").header("authorization", "Bearer nope".into()).body("{}").expect(401),
+        case("wabridges: wrong Bearer beats a right query token", "POST", ok_hook.clone()).header("authorization", "Bearer nope".into()).body("{}").expect(401),
+        case("wabridges: Basic auth that is not base64", "POST", "/wabridges/hooks/front").header("authorization", "Basic %%%not-base64".into()).body("{}").expect(401),
+        case("wabridges: Basic auth without a password", "POST", "/wabridges/hooks/front").header("authorization", "Basic aG9vaw==".into()).body("{}").expect(401),
         // wabridges admin API.
         case("api: no token", "GET", "/api/wabridges/bridges").expect(401),
         case("api: wrong token", "GET", "/api/wabridges/bridges").header("authorization", "Bearer nope".into()).expect(401),
         case("api: traversal in bridge name", "GET", "/api/wabridges/bridges/..%2f..%2fetc/messages").header("authorization", bearer.clone()),
         case("api: absurd paging", "GET", "/api/wabridges/bridges/front/messages?limit=-99999999999999999999&before=abc").header("authorization", bearer.clone()),
+        // Admin sign-in form.
+        case("admin sign-in: wrong token, redirect off-site", "POST", "/admin/sign-in").form().body("token=nope&next=//evil.example/").expect(401),
+        case("admin sign-in: no fields", "POST", "/admin/sign-in").form().body("").expect(401),
+        case("admin sign-in: invalid UTF-8", "POST", "/admin/sign-in").form().body(b"token=\xff\xfe&next=/\xff".to_vec()).expect(401),
         // PBX bridge.
         case("pbx: malformed JSON", "POST", "/whatsapp-bridge").body("{\"api_key\":").expect(400),
         case("pbx: wrong content type", "POST", "/whatsapp-bridge").content_type("text/plain").body(msg91("/api/v1/calls/click-to-call")),

@@ -4,9 +4,10 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, State},
-    http::{HeaderMap, Uri},
+    http::{HeaderMap, Uri, header},
     routing::{get, post},
 };
+use base64::Engine as _;
 use switchboard_core::{
     Core, Incoming, Recorded,
     db::now_ms,
@@ -64,7 +65,7 @@ async fn receive_wabridges_hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Ack>, Error> {
-    // Never the query: it holds the token.
+    // Never the query: it may hold the token.
     let route = format!(
         "{ROUTE_PREFIX}{}",
         bridge.chars().take(80).collect::<String>()
@@ -85,11 +86,7 @@ async fn receive_wabridges_hook(
     let Some(expected) = core.settings.secret("wabridges.token").await? else {
         return refuse(Error::NotConfigured).await;
     };
-    let presented = uri
-        .query()
-        .and_then(|q| url_decode_pairs(q).into_iter().find(|(k, _)| k == "token"))
-        .map(|(_, v)| v);
-    if !presented.is_some_and(|t| expected.matches(&t)) {
+    if !presented_token(&headers, &uri).is_some_and(|t| expected.matches(&t)) {
         return refuse(Error::WrongToken).await;
     }
     if !events::valid_bridge_name(&bridge) {
@@ -118,6 +115,32 @@ async fn receive_wabridges_hook(
         status,
         id: recorded.id(),
     }))
+}
+
+/// The hook token: `Authorization: Bearer <token>`, or Basic with the token as the password
+/// (what an HTTP client makes of `https://hook:<token>@host/…`), or `?token=`. The headers keep it
+/// out of URLs, which proxies and load balancers write to their access logs.
+fn presented_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(bearer) = auth.strip_prefix("Bearer ") {
+            return Some(bearer.trim().to_string());
+        }
+        if let Some(basic) = auth.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())?;
+            return decoded
+                .split_once(':')
+                .map(|(_, password)| password.to_string());
+        }
+    }
+    uri.query()
+        .and_then(|q| url_decode_pairs(q).into_iter().find(|(k, _)| k == "token"))
+        .map(|(_, v)| v)
 }
 
 /// The 200 body: `{"status": "received" | "duplicate", "id": <audit row>}`.

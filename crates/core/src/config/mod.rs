@@ -292,6 +292,8 @@ impl Config {
                 "an in-memory SQLite database would lose every acknowledged webhook on restart; give a file path (sqlite://data/switchboard.db)",
             ));
         }
+        crate::client_addr::TrustedProxies::parse(&self.list("trusted_proxies"))
+            .map_err(|p| ConfigError::new("SWITCHBOARD_TRUSTED_PROXIES", p))?;
         for t in &self.wabridges_forward {
             if !is_http_url(&t.url) {
                 return Err(ConfigError::new(

@@ -153,6 +153,46 @@ pub static SETTINGS: &[Setting] = &[
         "`json` or `pretty`; default pretty on a terminal, json otherwise."
     ),
     setting!(
+        "header_timeout_secs",
+        "SWITCHBOARD_HEADER_TIMEOUT_SECS",
+        Integer,
+        Some("20"),
+        false,
+        Server,
+        "Header timeout (s)",
+        "How long a connection may take to send a request's headers, counted from when it opens or its previous answer went out. Idle keep-alive connections close after it too."
+    ),
+    setting!(
+        "body_timeout_secs",
+        "SWITCHBOARD_BODY_TIMEOUT_SECS",
+        Integer,
+        Some("30"),
+        false,
+        Server,
+        "Body timeout (s)",
+        "How long a request may take to send its whole body once its headers are in; a slower one gets 408."
+    ),
+    setting!(
+        "max_connections",
+        "SWITCHBOARD_MAX_CONNECTIONS",
+        Integer,
+        None,
+        false,
+        Server,
+        "Connection limit",
+        "Most connections served at once; more get 503 and are closed. Default: what the open-file limit leaves room for, at most 4096. Can only lower that."
+    ),
+    setting!(
+        "trusted_proxies",
+        "SWITCHBOARD_TRUSTED_PROXIES",
+        List,
+        None,
+        false,
+        Server,
+        "Trusted proxies",
+        "Comma list of your reverse proxies' addresses (IP or CIDR). Only a connection from one of them may name the client in X-Forwarded-For; by default that header is ignored."
+    ),
+    setting!(
         "database.url",
         "SWITCHBOARD_DATABASE_URL",
         Text,
@@ -220,7 +260,7 @@ pub static SETTINGS: &[Setting] = &[
         true,
         Wabridges,
         "Hook token",
-        "Shared secret in each wabridges webhook_url (?token=…)."
+        "Shared secret of the wabridges hooks: `?token=…` in each webhook_url, or `Authorization: Bearer …`."
     ),
     setting!(
         "meta.graph_url",

@@ -63,7 +63,7 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
             li { a href="/admin/jobs" { "Jobs" } " — queue and dead letters, with retry" }
             li { a href="/docs" { "Documentation" } }
         }
-        p.muted { "The admin pages open once with " code { "?token=<SWITCHBOARD_ADMIN_TOKEN>" } "; a session cookie keeps you signed in." }
+        p.muted { "The admin pages ask once for " code { "SWITCHBOARD_ADMIN_TOKEN" } "; a session cookie keeps you signed in." }
     };
     layout::ok("Overview", Nav::Home, body)
 }

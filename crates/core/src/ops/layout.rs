@@ -114,21 +114,22 @@ pub(super) fn admin_unconfigured() -> Response {
         "SWITCHBOARD_ADMIN_TOKEN is not configured, so /setup and /admin/* are closed.",
         html! {
             p { "Set a long random " code { "SWITCHBOARD_ADMIN_TOKEN" } " in the environment (for example "
-                code { "openssl rand -hex 32" } "), restart Switchboard, then open this page once with "
-                code { "?token=<that token>" } "." }
+                code { "openssl rand -hex 32" } "), restart Switchboard, then open this page and sign in with it." }
         },
     )
 }
 
-/// 401 with a way in: a GET form that sends `?token=`, which the gate exchanges for a session
-/// cookie and strips from the address.
+/// 401 with a way in: a form that posts the token to `/admin/sign-in`, which sets the session
+/// cookie and comes back to `path`. Posted, the token stays out of the address and out of the
+/// access logs of any proxy in front.
 pub(super) fn login_required(path: &str, message: &str) -> Response {
     error_page(
         StatusCode::UNAUTHORIZED,
         "Sign in",
         message,
         html! {
-            form.card method="get" action=(path) {
+            form.card method="post" action="/admin/sign-in" {
+                input type="hidden" name="next" value=(path);
                 label for="token" { "Admin token (" code { "SWITCHBOARD_ADMIN_TOKEN" } ")" }
                 input #token type="password" name="token" autocomplete="current-password" required;
                 button type="submit" { "Open" }

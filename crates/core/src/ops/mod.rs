@@ -204,6 +204,7 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route(layout::STYLESHEET_PATH, get(layout::stylesheet))
         .route("/setup", get(setup::show_setup))
         .route("/admin", get(|| async { session::see_other("/setup") }))
+        .route("/admin/sign-in", post(session::sign_in_form))
         .route(
             "/admin/credentials",
             get(credentials_form::show_credentials).post(credentials_form::save_credentials),

@@ -1,4 +1,5 @@
-//! The admin gate of the pages: `?token=` once, then a session cookie; a CSRF token on every POST.
+//! The admin gate of the pages: the token once (posted by the sign-in form, or `?token=` on a
+//! GET), then a session cookie; a CSRF token on every POST.
 //!
 //! The cookie is stateless so any process of a scale-out deployment accepts it:
 //! `<session id>.<issued unix secs>.<HMAC-SHA256(admin token, "session|id|issued")>`. Changing
@@ -8,7 +9,8 @@
 //! The JSON API's bearer / `?token=` gate ([`crate::http::AdminAuth`]) is separate and unchanged.
 
 use axum::{
-    extract::FromRequestParts,
+    body::Bytes,
+    extract::{FromRequestParts, State},
     http::{HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -138,6 +140,29 @@ impl FromRequestParts<OpsState> for AdminSession {
                 "This page needs the admin token. Enter it once; a session cookie keeps you signed in.",
             )),
         }
+    }
+}
+
+/// `POST /admin/sign-in`, the sign-in form: the token comes in the body, so unlike `?token=` it
+/// never appears in a URL (proxy access logs, browser history). `next` is where to go after.
+pub(super) async fn sign_in_form(State(s): State<OpsState>, body: Bytes) -> Response {
+    let Some(key) = s.core.config.admin_token() else {
+        return layout::admin_unconfigured();
+    };
+    let fields = crate::http::url_decode_pairs(&String::from_utf8_lossy(&body));
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // Only a path on this site: never a redirect elsewhere.
+    let next = field("next")
+        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or("/setup");
+    match field("token") {
+        Some(t) if key.matches(t) => sign_in(&s, &key, next),
+        _ => layout::login_required(next, "That admin token is wrong."),
     }
 }
 

@@ -102,6 +102,41 @@ pub fn spawn_on(
     }
 }
 
+/// `spawn`, with the process's open-file limit (soft and hard) lowered to `nofile` first, the
+/// way `ulimit -n` in a service's start script does.
+pub fn spawn_with_fd_limit(
+    dir: &Path,
+    name: &str,
+    nofile: u64,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Proc {
+    let port = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+            BIN,
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn switchboard under sh"),
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
 /// Waits for `/health` 200 (HTTP processes only).
 pub async fn healthy(p: &Proc) {
     let client = reqwest::Client::new();
