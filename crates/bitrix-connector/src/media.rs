@@ -74,15 +74,19 @@ pub async fn prune(db: &Db) -> Result<u64, sqlx::Error> {
     .map(|r| r.rows_affected()))
 }
 
-/// Extension for a mime type. WhatsApp photos, voice notes and stickers come without a file
-/// name, and Bitrix decides inline preview by extension (protocol §2.3, §4.1).
-pub fn extension(mime: &str) -> &'static str {
-    let base = mime
-        .split(';')
+/// `Image/JPEG; q=1` → `image/jpeg`.
+fn base_type(mime: &str) -> String {
+    mime.split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Extension for a mime type. WhatsApp photos, voice notes and stickers come without a file
+/// name, and Bitrix decides inline preview by extension (protocol §2.3, §4.1).
+pub fn extension(mime: &str) -> &'static str {
+    let base = base_type(mime);
     match base.as_str() {
         "image/jpeg" => "jpg",
         "image/png" => "png",
@@ -120,12 +124,7 @@ pub struct Served {
 /// render. Only inert image, audio and video types show inline; the document types WhatsApp
 /// accepts keep their type but download; every other type is served as plain bytes.
 pub fn served_as(mime: &str) -> Served {
-    let base = mime
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let base = base_type(mime);
     let inline = |content_type| Served {
         content_type,
         inline: true,

@@ -257,7 +257,7 @@ async fn an_image_reaches_bitrix_as_a_working_link_with_the_original_bytes() {
     }
 }
 
-/// Issue 17: `/media/{id}` shares its origin with the admin pages, so a customer's document
+/// `/media/{id}` shares its origin with the admin pages, so a customer's document
 /// must never render as active content there: a page or an SVG is a download of inert bytes,
 /// sandboxed, never sniffed; only inert media types (a JPEG here) show inline.
 #[tokio::test]

@@ -240,14 +240,7 @@ async fn with_no_application_token_known_events_are_refused_with_the_fix() {
         let why = rejected[0].error.clone().unwrap_or_default();
         assert!(why.contains("administrator"), "{why}");
         // Configured by hand, it is used.
-        app.core
-            .settings
-            .set(
-                "bitrix.application_token",
-                &app.bitrix.config().application_token,
-            )
-            .await
-            .unwrap();
+        app.configure_application_token().await;
         let reply = app.bitrix.operator_reply(ANNA, "again", vec![]).await;
         assert_eq!(reply.status(), Some(200));
     })
@@ -703,7 +696,7 @@ async fn outbound_state(app: &TestApp, message_id: u64) -> Option<String> {
         .map(|r| r.state)
 }
 
-/// Issue 17: a reply's file link is chosen by whoever can post the event. The bridge fetches
+/// A reply's file link is chosen by whoever can post the event. The bridge fetches
 /// only from the configured portal; a hop off it must be https to a public address (checked
 /// after DNS, on every redirect), and the body is capped. Each refusal is a note for the
 /// operator and a dead letter, and nothing of it reaches Meta or the internal service.
@@ -713,14 +706,7 @@ async fn file_links_off_the_portal_to_internal_addresses_or_too_big_are_refused_
     let internal = InternalService::start().await;
     let p = internal.port;
     // Set as an operator would, so the forged events below authenticate whatever the bootstrap.
-    app.core
-        .settings
-        .set(
-            "bitrix.application_token",
-            &app.bitrix.config().application_token,
-        )
-        .await
-        .unwrap();
+    app.configure_application_token().await;
     with_workers(&app.core, app.registry(), async {
         with_dialog(&app, 60).await;
         eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;
@@ -831,14 +817,7 @@ async fn file_links_off_the_portal_to_internal_addresses_or_too_big_are_refused_
 #[tokio::test]
 async fn a_relative_download_link_is_fetched_from_the_portal() {
     let app = TestApp::start().await;
-    app.core
-        .settings
-        .set(
-            "bitrix.application_token",
-            &app.bitrix.config().application_token,
-        )
-        .await
-        .unwrap();
+    app.configure_application_token().await;
     with_workers(&app.core, app.registry(), async {
         with_dialog(&app, 60).await;
         eventually("dialog", 20, || async { app.bitrix.chat(ANNA).is_some() }).await;

@@ -39,6 +39,19 @@ impl TestApp {
         Self::start_with(BitrixConfig::default(), &[]).await
     }
 
+    /// Sets `bitrix.application_token` to the portal's, as an operator would by hand, so events
+    /// authenticate without an install.
+    pub async fn configure_application_token(&self) {
+        self.core
+            .settings
+            .set(
+                "bitrix.application_token",
+                &self.bitrix.config().application_token,
+            )
+            .await
+            .unwrap();
+    }
+
     /// `omit` lists env names to leave unset (to test "not configured").
     pub async fn start_with(bitrix_cfg: BitrixConfig, omit: &[&str]) -> Self {
         Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None).await

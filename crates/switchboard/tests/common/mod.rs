@@ -82,8 +82,38 @@ pub fn spawn_on(
     args: &[&str],
     env: &[(String, String)],
 ) -> Proc {
+    launch(dir, name, port, Command::new(BIN), args, env)
+}
+
+/// `spawn`, with the process's open-file limit (soft and hard) lowered to `nofile` first, the
+/// way `ulimit -n` in a service's start script does.
+pub fn spawn_with_fd_limit(
+    dir: &Path,
+    name: &str,
+    nofile: u64,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Proc {
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+        BIN,
+    ]);
+    launch(dir, name, free_port(), sh, args, env)
+}
+
+/// Runs `cmd` (the binary, or a shell that execs it) with `args` appended, exactly `env` plus
+/// PATH, listening on `port`; stderr goes to `<name>.log` in `dir`.
+fn launch(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    mut cmd: Command,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Proc {
     let log = dir.join(format!("{name}.log"));
-    let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -97,41 +127,6 @@ pub fn spawn_on(
     }
     Proc {
         child: cmd.spawn().expect("spawn switchboard"),
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    }
-}
-
-/// `spawn`, with the process's open-file limit (soft and hard) lowered to `nofile` first, the
-/// way `ulimit -n` in a service's start script does.
-pub fn spawn_with_fd_limit(
-    dir: &Path,
-    name: &str,
-    nofile: u64,
-    args: &[&str],
-    env: &[(String, String)],
-) -> Proc {
-    let port = free_port();
-    let log = dir.join(format!("{name}.log"));
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .args([
-            "-c",
-            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
-            BIN,
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc {
-        child: cmd.spawn().expect("spawn switchboard under sh"),
         base: format!("http://127.0.0.1:{port}"),
         log,
     }
