@@ -5,6 +5,8 @@
 //! - a connection must send a request's headers within `header_timeout_secs` of opening or of
 //!   its previous answer (so idle keep-alives close too), else it is closed;
 //! - a request must send its whole body within `body_timeout_secs` of its headers, else 408;
+//! - a write of an answer must make progress within `body_timeout_secs`, else the connection is
+//!   closed (a client that pipelines requests and never reads would hold its slot for good);
 //! - at most `max_connections` are served at once, a number derived from the open-file limit
 //!   so descriptors stay free for the database, outgoing calls and files; connections beyond it
 //!   get a 503 and are closed, instead of waiting in a backlog nobody drains.
@@ -37,7 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use switchboard_core::{Config, http::error_body};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
 };
@@ -233,6 +235,11 @@ async fn serve_connection(
             })
         }
     });
+    let stream = WriteDeadline {
+        inner: stream,
+        limit: body_timeout,
+        stalled: None,
+    };
     let mut conn = pin!(http1.serve_connection(TokioIo::new(stream), service));
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -243,6 +250,89 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// A socket whose writes must make progress within `limit`. hyper's timers cover reading a
+/// request, not writing its answer: a client that stops reading would stall the write, and
+/// with it the connection's slot, for as long as it likes.
+struct WriteDeadline {
+    inner: TcpStream,
+    limit: Duration,
+    /// Armed when a write first finds the socket full; dropped on any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    /// Turns a write's `Pending` into an error once the socket has stayed full for `limit`.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its answers",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.deadline(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.deadline(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.deadline(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.deadline(cx, polled)
     }
 }
 

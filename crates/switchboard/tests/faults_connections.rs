@@ -191,6 +191,30 @@ async fn a_trickled_body_gets_408_after_the_body_timeout() {
     assert!(text.starts_with("HTTP/1.1 408"), "answer: {text:?}");
 }
 
+/// A client that pipelines requests and never reads the answers: once the socket buffers are
+/// full the server's write stalls, and the connection is closed within the body timeout instead
+/// of holding its slot for good.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _keep) = server(dir.path(), "unread").await;
+    let mut stream = TcpStream::connect(addr(&p)).await.unwrap();
+    // Each answer is a rendered page of tens of KiB: a few hundred outgrow any socket buffer.
+    let requests = b"GET /docs/bitrix-connector HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+    stream.write_all(&requests).await.unwrap();
+    // Long enough for the server to fill the buffers and for the write timeout to fire.
+    tokio::time::sleep(Duration::from_secs(BODY_TIMEOUT_SECS) + SLACK).await;
+    // Cut off: only what sat in the socket buffers arrives, then the close. Not cut off: reading
+    // now lets the server go on, and every answer arrives.
+    let got = closed_within(&mut stream, SLACK).await.unwrap_or_default();
+    let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    println!("pipelined 2000 requests without reading; {answers} answers arrived before the close");
+    assert!(
+        answers < 2_000,
+        "{answers} of 2000 answers arrived: the stalled connection was not cut off"
+    );
+}
+
 /// With the open-file limit low, more idle sockets than the server may serve: a signed Meta
 /// webhook still gets an answer (503 while the idle sockets hold every slot, never a 500 or a
 /// hang), and once the header timeout has closed them, the next one is acknowledged with 200.
