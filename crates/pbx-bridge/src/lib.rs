@@ -31,6 +31,7 @@ use switchboard_core::{
 
 pub use error::Error;
 pub use routes::MAX_BODY;
+pub use throttle::CLIENT_FAILURES;
 
 /// `POST /whatsapp-bridge`. Each call builds its own token cache, so the binary calls it once.
 pub fn router(core: &Core) -> Router {

@@ -1,8 +1,10 @@
 //! Refused logins, counted per client address and per `api_key`, so `/whatsapp-bridge` can't be
 //! used to try org credentials against the PBX at the speed of the network. After
-//! [`FAILURES`] refused logins within [`WINDOW`] from one client, or for one `api_key` from
-//! anywhere, further logins from there or for that key get 429 with `Retry-After` until the
-//! window has passed.
+//! [`FAILURES`] refused logins within [`WINDOW`] for one `api_key` from anywhere, or
+//! [`CLIENT_FAILURES`] from one client, further logins for that key or from there get 429 with
+//! `Retry-After` until the window has passed. A client gets ten orgs' worth: MSG91 sends every
+//! org's flows from a few shared addresses, and one org with a wrong secret (held back at its
+//! own [`FAILURES`]) must not lock the others out.
 //!
 //! Only logins are counted: a call riding a cached token never reaches this, and an org whose
 //! credentials have logged in before is let through regardless (see `Proxy::token`), so guesses
@@ -17,8 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Refused logins allowed per client, and per `api_key`, in one [`WINDOW`].
+/// Refused logins allowed per `api_key` in one [`WINDOW`].
 pub const FAILURES: u32 = 10;
+/// Refused logins allowed per client address in one [`WINDOW`].
+pub const CLIENT_FAILURES: u32 = 10 * FAILURES;
 pub const WINDOW: Duration = Duration::from_secs(300);
 /// Counters kept at most; past it the oldest window is dropped, so invented keys can't grow
 /// the map without bound.
@@ -29,6 +33,15 @@ enum Source {
     /// An IPv6 client counts by its /64: one host usually has the whole prefix.
     Client(IpAddr),
     Org(String),
+}
+
+impl Source {
+    fn allowed(&self) -> u32 {
+        match self {
+            Source::Client(_) => CLIENT_FAILURES,
+            Source::Org(_) => FAILURES,
+        }
+    }
 }
 
 struct Window {
@@ -61,8 +74,9 @@ impl LoginThrottle {
         let mut windows = self.windows.lock().expect("throttle lock");
         let wait = sources
             .iter()
-            .filter_map(|s| windows.get(s))
-            .filter(|w| now.duration_since(w.started) < WINDOW && w.failures >= FAILURES)
+            .filter_map(|s| windows.get(s).map(|w| (s, w)))
+            .filter(|(s, w)| now.duration_since(w.started) < WINDOW && w.failures >= s.allowed())
+            .map(|(_, w)| w)
             .map(|w| WINDOW - now.duration_since(w.started))
             .max();
         if let Some(wait) = wait {
@@ -132,7 +146,7 @@ mod tests {
     #[test]
     fn a_client_is_held_back_after_its_refusals_and_refunds_do_not_count() {
         let t = LoginThrottle::default();
-        for i in 0..FAILURES {
+        for i in 0..CLIENT_FAILURES {
             let a = t.attempt(ip("203.0.113.1"), &format!("org_{i}")).unwrap();
             drop(a);
         }
@@ -163,13 +177,23 @@ mod tests {
         assert!(t.attempt(ip("198.51.100.200"), "org_b").is_ok());
 
         let t = LoginThrottle::default();
-        for i in 0..FAILURES {
+        for i in 0..CLIENT_FAILURES {
             let _ = t
                 .attempt(ip(&format!("2001:db8::{i:x}")), &format!("org_{i}"))
                 .unwrap();
         }
         assert!(t.attempt(ip("2001:db8::ffff"), "org_z").is_err());
         assert!(t.attempt(ip("2001:db8:0:1::1"), "org_z").is_ok());
+    }
+
+    #[test]
+    fn one_org_with_a_wrong_secret_does_not_hold_back_other_orgs_on_the_same_address() {
+        let t = LoginThrottle::default();
+        for _ in 0..FAILURES {
+            let _ = t.attempt(ip("203.0.113.9"), "org_misconfigured").unwrap();
+        }
+        assert!(t.attempt(ip("203.0.113.9"), "org_misconfigured").is_err());
+        assert!(t.attempt(ip("203.0.113.9"), "org_fine").is_ok());
     }
 
     #[test]
