@@ -122,7 +122,9 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: Limit) -> Result<Ve
     if announced > limit.bytes {
         return Err(FileError::TooLarge(limit));
     }
-    let mut body = Vec::with_capacity(announced as usize);
+    // An announced length is the sender's word: reserve up to 1 MiB on it, grow past it as bytes
+    // actually arrive.
+    let mut body = Vec::with_capacity(announced.min(1024 * 1024) as usize);
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
         FileError::Unavailable(format!("reading the file failed: {}", e.without_url()))
     })? {
