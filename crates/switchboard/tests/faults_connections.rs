@@ -42,7 +42,10 @@ fn addr(p: &Proc) -> String {
 
 /// Reads until the server closes the connection (EOF or reset), for at most `bound`.
 /// `Some(bytes received)` if it closed in time, `None` if it was still open.
-async fn closed_within(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
+async fn closed_within(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    bound: Duration,
+) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let read_all = async {
         let mut buf = [0u8; 4096];
@@ -105,22 +108,7 @@ async fn stalled_connections_are_closed_after_the_header_timeout() {
 
     let started = Instant::now();
     let (slow, idle, kept) = tokio::join!(
-        async {
-            let mut got = Vec::new();
-            let read_all = async {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            };
-            tokio::time::timeout(bound, read_all)
-                .await
-                .ok()
-                .map(|()| got)
-        },
+        closed_within(&mut reader, bound),
         closed_within(&mut idle, bound),
         closed_within(&mut kept_alive, bound),
     );
@@ -171,19 +159,10 @@ async fn a_trickled_body_gets_408_after_the_body_timeout() {
             }
         }
     });
-    let mut got = Vec::new();
-    let read_all = async {
-        let mut buf = [0u8; 1024];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let closed = tokio::time::timeout(bound, read_all).await.is_ok();
+    let got = closed_within(&mut reader, bound).await;
     trickle.abort();
-    let text = String::from_utf8_lossy(&got);
+    let closed = got.is_some();
+    let text = String::from_utf8_lossy(got.as_deref().unwrap_or_default());
     assert!(
         closed,
         "a body trickled a byte at a time kept the connection open past {bound:?} (got {text:?})"
