@@ -9,13 +9,13 @@ test:
     cargo nextest run --workspace --no-fail-fast
 
 test-postgres:
-    SWITCHBOARD_TEST_DATABASE=postgres cargo nextest run --workspace --no-fail-fast
+    SWITCHBOARD_TEST_DATABASE=postgres cargo nextest run --workspace --profile postgres --no-fail-fast
 
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Load harness for SPEC §6; writes bench/results/latest.md.
+# Load harness: every figure against a bare axum baseline measured in the same run; writes bench/results/latest.md.
 bench:
     cargo build --release -p switchboard
     cargo run --release -p sandbox --bin switchboard-bench

@@ -1,5 +1,7 @@
-//! Child processes for the benchmark and the demo: the product binary (run from the same
-//! target folder as the harness) and the bare axum baseline.
+//! What tests, the benchmark and the demo share for driving processes and waiting on them: a
+//! free loopback port, a child process killed when dropped, polling until a condition holds,
+//! the product binary (run from the same target folder as the harness) and the bare axum
+//! baseline. Every test crate uses these instead of its own copies.
 
 use std::{
     net::TcpListener,
@@ -15,9 +17,58 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A child that is killed when dropped, so an aborted run leaves nothing behind.
+/// A child process killed (SIGKILL) and reaped when dropped, so a failed test or an aborted
+/// run leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// `kill -9`: no graceful shutdown, nothing flushed that wasn't already committed.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` every 20 ms until it is true, failing the test after `secs`: a test waits for
+/// what it needs, never for a fixed time.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}
+
+/// The bench's and demo's child process, with its address and start-up time.
 pub struct Proc {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub base: String,
     pub start_to_healthy: Duration,
 }
@@ -43,13 +94,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sibling binary in the same target folder as this one.
 pub fn sibling(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("current exe");
@@ -64,7 +108,7 @@ pub async fn start(mut cmd: Command, port: u16, health_path: &str) -> anyhow::Re
     let url = format!("{base}{health_path}");
     let client = reqwest::Client::builder().no_proxy().build()?;
     let mut proc = Proc {
-        child,
+        child: KillOnDrop(child),
         base,
         start_to_healthy: Duration::ZERO,
     };
@@ -86,7 +130,12 @@ pub async fn start(mut cmd: Command, port: u16, health_path: &str) -> anyhow::Re
 
 /// The product on its own fresh data folder with `env`.
 pub fn switchboard(dir: &Path, port: u16, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(sibling("switchboard"));
+    switchboard_at(&sibling("switchboard"), dir, port, env)
+}
+
+/// [`switchboard`] from another build of the product (an earlier commit's binary, say).
+pub fn switchboard_at(binary: &Path, dir: &Path, port: u16, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

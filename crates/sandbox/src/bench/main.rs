@@ -8,12 +8,15 @@ mod relay;
 
 use std::{
     fmt::Write as _,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use load::{MakeRequest, Stats, closed_loop, describe, open_loop, peak, sweep_turn_about};
-use sandbox::harness::{self as process, Proc, baseline, free_port, start, switchboard};
+use sandbox::harness::{
+    self as process, Proc, baseline, free_port, start, switchboard, switchboard_at,
+};
 
 /// One row of the result table.
 struct Row {
@@ -86,13 +89,15 @@ async fn start_product(
     db_url: Option<&str>,
     extra: &[(String, String)],
 ) -> anyhow::Result<(Proc, tempdir::Dir)> {
-    start_product_with(db_url, extra, true).await
+    start_product_with(db_url, extra, true, None).await
 }
 
+/// The product, from `binary` when given (another build), else from this target folder.
 async fn start_product_with(
     db_url: Option<&str>,
     extra: &[(String, String)],
     workers: bool,
+    binary: Option<&Path>,
 ) -> anyhow::Result<(Proc, tempdir::Dir)> {
     let dir = tempdir::Dir::new()?;
     let port = free_port();
@@ -102,7 +107,10 @@ async fn start_product_with(
         env.push(("DATABASE_URL".into(), url.into()));
     }
     env.extend_from_slice(extra);
-    let mut cmd = switchboard(&dir.0, port, &env);
+    let mut cmd = match binary {
+        Some(binary) => switchboard_at(binary, &dir.0, port, &env),
+        None => switchboard(&dir.0, port, &env),
+    };
     if !workers {
         cmd.arg("--no-workers");
     }
@@ -168,7 +176,7 @@ async fn ack_rows(
     );
     let latency_figure =
         format!("webhook ack latency at 1,000 req/s, {engine}, {mode} (p50 / p99 / max)");
-    let (proc, _dir) = match start_product_with(db.as_deref(), &[], workers).await {
+    let (proc, _dir) = match start_product_with(db.as_deref(), &[], workers, None).await {
         Ok(p) => p,
         Err(e) => {
             rows.push(not_measured(
@@ -276,12 +284,28 @@ fn unique_ids(conns: usize, turn: u32) -> u64 {
     3_000_000_000 + conns as u64 * 10_000_000 + turn as u64 * 1_000_000
 }
 
-/// `switchboard-bench ab [--postgres] KEY=VALUE…`: two `serve --no-workers` on SQLite (or each
-/// on a PostgreSQL database of its own: they get the same ids), the second with these settings,
-/// measured turn about; for trying a setting against the default on a noisy machine.
-async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
+/// `switchboard-bench ab [--postgres] [--against BINARY] KEY=VALUE…`: two `serve --no-workers`
+/// on SQLite (or each on a PostgreSQL database of its own: they get the same ids), measured turn
+/// about on a noisy machine. The second runs with these settings; with `--against`, the first is
+/// another build of the product (the previous commit's, say) and the second this one.
+async fn compare_settings(mut settings: &[String]) -> anyhow::Result<()> {
     let postgres = settings.first().map(String::as_str) == Some("--postgres");
-    let settings = &settings[usize::from(postgres)..];
+    settings = &settings[usize::from(postgres)..];
+    let against = match settings.first().map(String::as_str) {
+        Some("--against") => {
+            let binary = settings
+                .get(1)
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| anyhow::anyhow!("--against needs the other build's binary"))?;
+            settings = &settings[2..];
+            Some(binary)
+        }
+        _ => None,
+    };
+    let (label_a, label_b) = match against {
+        Some(_) => ("other build", "this build"),
+        None => ("default", "with settings"),
+    };
     let database = |name| match postgres {
         true => fresh_postgres_database(name)
             .map(Some)
@@ -296,10 +320,20 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE, got {kv}"))
         })
         .collect::<Result<_, _>>()?;
-    let (a, _a_dir) =
-        start_product_with(database("switchboard_bench_a")?.as_deref(), &[], false).await?;
-    let (b, _b_dir) =
-        start_product_with(database("switchboard_bench_b")?.as_deref(), &extra, false).await?;
+    let (a, _a_dir) = start_product_with(
+        database("switchboard_bench_a")?.as_deref(),
+        &[],
+        false,
+        against.as_deref(),
+    )
+    .await?;
+    let (b, _b_dir) = start_product_with(
+        database("switchboard_bench_b")?.as_deref(),
+        &extra,
+        false,
+        None,
+    )
+    .await?;
     let (sa, sb) = sweep_turn_about(
         |conns, turn| wabridges_request(&a.base, unique_ids(conns, turn)),
         |conns, turn| wabridges_request(&b.base, unique_ids(conns, turn)),
@@ -307,7 +341,7 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
     .await;
     for ((conns, one), (_, two)) in sa.iter().zip(&sb) {
         println!(
-            "{conns} conns: default {:.0} req/s, with settings {:.0} req/s ({:.2}×)",
+            "{conns} conns: {label_a} {:.0} req/s, {label_b} {:.0} req/s ({:.2}×)",
             one.rps(),
             two.rps(),
             two.rps() / one.rps().max(1e-9)
@@ -318,7 +352,7 @@ async fn compare_settings(settings: &[String]) -> anyhow::Result<()> {
     let cb = cpu_per_request(&b, wabridges_request(&b.base, CPU_PROBE_IDS), rate).await;
     if let (Some(ca), Some(cb)) = (ca, cb) {
         println!(
-            "server CPU per ack at {rate} req/s: default {:.1} µs, with settings {:.1} µs",
+            "server CPU per ack at {rate} req/s: {label_a} {:.1} µs, {label_b} {:.1} µs",
             ca.as_secs_f64() * 1e6,
             cb.as_secs_f64() * 1e6
         );
