@@ -16,7 +16,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_core::{
-    Core, JobContext, JobError, JobKind, inbox::StoredEvent, processing::Outcome,
+    Core, JobContext, JobError, JobKind,
+    inbox::{ProcessOutcome, StoredEvent},
 };
 
 use crate::{
@@ -70,7 +71,7 @@ pub async fn process_meta_event(
     relay: &Relay,
     event: StoredEvent,
     _ctx: JobContext,
-) -> Result<Outcome, JobError> {
+) -> Result<ProcessOutcome, JobError> {
     let db = &relay.core.db;
     let envelope = meta_payload::parse(&event.body).map_err(JobError::Permanent)?;
     let units = meta_payload::units(&envelope);
@@ -125,9 +126,11 @@ pub async fn process_meta_event(
             .map_err(|e| JobError::Retry(e.to_string()))?;
     }
     Ok(match (total, fresh) {
-        (0, _) => Outcome::Skipped("no messages or statuses in this notification".into()),
-        (_, 0) => Outcome::Skipped("duplicate: every message and status was seen before".into()),
-        _ => Outcome::Processed,
+        (0, _) => ProcessOutcome::Skipped("no messages or statuses in this notification".into()),
+        (_, 0) => {
+            ProcessOutcome::Skipped("duplicate: every message and status was seen before".into())
+        }
+        _ => ProcessOutcome::Processed,
     })
 }
 

@@ -29,8 +29,8 @@ pub mod store;
 use axum::Router;
 use switchboard_core::{
     Core, JobRegistry,
+    inbox::Processors,
     ops::{BridgeInfo, Readiness},
-    processing::Processors,
     scheduler::{Task, When},
 };
 

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_core::{
-    JobContext, JobError, JobKind, db::now_ms, inbox::StoredEvent, processing::Outcome,
+    JobContext, JobError, JobKind,
+    db::now_ms,
+    inbox::{ProcessOutcome, StoredEvent},
 };
 
 use crate::{
@@ -55,7 +57,7 @@ pub async fn process_bitrix_event(
     relay: &Relay,
     event: StoredEvent,
     _ctx: JobContext,
-) -> Result<Outcome, JobError> {
+) -> Result<ProcessOutcome, JobError> {
     let db = &relay.core.db;
     let form = php_form::parse(&event.body).map_err(JobError::Permanent)?;
     let msgs = events::messages(&form);
@@ -96,9 +98,9 @@ pub async fn process_bitrix_event(
         pushed += 1;
     }
     Ok(match (blocked, pushed) {
-        (Some(why), _) => Outcome::BlockedWindow(why),
-        (None, 0) => Outcome::Skipped("duplicate: every message was handled before".into()),
-        _ => Outcome::Processed,
+        (Some(why), _) => ProcessOutcome::BlockedWindow(why),
+        (None, 0) => ProcessOutcome::Skipped("duplicate: every message was handled before".into()),
+        _ => ProcessOutcome::Processed,
     })
 }
 

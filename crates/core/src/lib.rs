@@ -5,7 +5,7 @@
 //!
 //! Must not name a bridge, a bridge's route or a bridge's payload: bridges describe themselves
 //! to core through [`ops::BridgeInfo`] and register their work through [`jobs::JobRegistry`]
-//! and [`processing::Processors`]. Start with [`Core`], then `inbox.rs` and `jobs.rs`.
+//! and [`inbox::Processors`]. Start with [`Core`], then `inbox.rs` and `jobs.rs`.
 
 pub mod client_addr;
 pub mod config;
@@ -16,7 +16,11 @@ pub mod inbox;
 pub mod jobs;
 pub mod metrics;
 pub mod ops;
-pub mod processing;
+/// The old home of event processing, now [`inbox::Processors`] and [`inbox::ProcessOutcome`];
+/// kept so code written against it still builds.
+pub mod processing {
+    pub use crate::inbox::{ProcessOutcome as Outcome, Processor, Processors};
+}
 pub mod scheduler;
 pub mod secret;
 pub mod telemetry;

@@ -89,7 +89,7 @@ pub async fn with_workers<B: Future<Output = ()>>(
     registry: crate::JobRegistry,
     body: B,
 ) {
-    let dispatcher = crate::jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    let dispatcher = crate::inbox::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let workers = crate::jobs::run_workers(core.jobs.clone(), registry, 4, async {
         let _ = stop_rx.await;

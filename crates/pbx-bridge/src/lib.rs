@@ -125,7 +125,7 @@ async fn reachable(http: reqwest::Client, base: String) -> Check {
 pub fn register(
     _core: &Core,
     _jobs: &mut switchboard_core::JobRegistry,
-    _processors: &mut switchboard_core::processing::Processors,
+    _processors: &mut switchboard_core::inbox::Processors,
 ) {
 }
 

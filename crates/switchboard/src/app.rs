@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderName, Request, Response},
 };
 use switchboard_core::{
-    Core, http::ErrorCause, jobs::JobRegistry, ops::BridgeInfo, processing::Processors, scheduler,
+    Core, http::ErrorCause, inbox::Processors, jobs::JobRegistry, ops::BridgeInfo, scheduler,
 };
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},

@@ -17,8 +17,8 @@ pub mod state;
 use axum::Router;
 use switchboard_core::{
     Core, JobRegistry,
+    inbox::Processors,
     ops::{BridgeInfo, Readiness},
-    processing::Processors,
     scheduler::{Task, When},
 };
 

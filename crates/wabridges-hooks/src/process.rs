@@ -3,7 +3,10 @@
 //! it is retried on failure and replayable; both steps are idempotent (see `state.rs`, and the
 //! forward's idempotency key).
 
-use switchboard_core::{Core, JobContext, JobError, inbox::StoredEvent, processing::Outcome};
+use switchboard_core::{
+    Core, JobContext, JobError,
+    inbox::{ProcessOutcome, StoredEvent},
+};
 
 use crate::{
     ROUTE_PREFIX,
@@ -16,7 +19,7 @@ pub async fn process_wabridges_event(
     core: Core,
     event: StoredEvent,
     ctx: JobContext,
-) -> Result<Outcome, JobError> {
+) -> Result<ProcessOutcome, JobError> {
     // The route is the only record of which bridge sent it (SPEC §3.1); the handler wrote it.
     let bridge = event
         .route
@@ -67,8 +70,8 @@ pub async fn process_wabridges_event(
         "wabridges event processed"
     );
     Ok(match parsed {
-        Parsed::Known(_) => Outcome::Processed,
+        Parsed::Known(_) => ProcessOutcome::Processed,
         // Kept raw and forwarded to subscribers that asked for it; no state to keep.
-        Parsed::Unknown(t) => Outcome::Skipped(format!("unknown event type {t}")),
+        Parsed::Unknown(t) => ProcessOutcome::Skipped(format!("unknown event type {t}")),
     })
 }

@@ -9,7 +9,7 @@
 //! its own with its own connection (`inbox/sqlite_writer.rs`); on PostgreSQL, a few tasks on
 //! the pool (`inbox/postgres_writer.rs`). The ack commits the inbox row
 //! only: the row itself is the unit of work. Handing new rows to the job queue is the
-//! dispatcher's job ([`crate::jobs::dispatch_pending`]), in its own larger transactions in the
+//! dispatcher's job ([`dispatch_pending`], `inbox/dispatch.rs`), in its own larger transactions in the
 //! processes that run workers, so job rows and their indexes stay off the ack path. A row
 //! stays `dispatched_at IS NULL` until its job is committed, so a crash at any point leaves it
 //! to be handed over again.
@@ -24,8 +24,13 @@ use crate::{
     on_pool,
 };
 
+mod dispatch;
 mod postgres_writer;
+mod process;
 mod sqlite_writer;
+
+pub use dispatch::{dispatch_pending, spawn_dispatcher};
+pub use process::{ProcessEvent, ProcessOutcome, Processor, Processors};
 
 /// What became of an inbound call. Stored as lower-case text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -270,10 +275,10 @@ pub enum InboxError {
 /// that allocated them. Freed on the writer's thread instead, each one took the allocating
 /// arena's lock and contended with the HTTP workers (profiled: glibc's `_int_free` was the
 /// writer's biggest cost after SQLite).
-type Reply = oneshot::Sender<(Outcome, Incoming)>;
+type Reply = oneshot::Sender<(RecordResult, Incoming)>;
 
 /// One caller's answer. The error is the batch's: the whole batch failed together.
-type Outcome = Result<Recorded, Arc<str>>;
+type RecordResult = Result<Recorded, Arc<str>>;
 
 /// How many waiting calls one commit takes at most. Large enough to amortise the fsync, small
 /// enough that one transaction never holds the SQLite write lock for long.
@@ -539,7 +544,7 @@ impl Inbox {
 /// answer: the same for both engines' writers.
 fn deliver(
     began: Instant,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<RecordResult>,
     items: Vec<Incoming>,
     replies: Vec<Reply>,
     new_work: &Notify,

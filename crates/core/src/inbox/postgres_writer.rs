@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Incoming, MAX_BATCH, Outcome, Recorded, Reply, Status, deliver};
+use super::{Incoming, MAX_BATCH, RecordResult, Recorded, Reply, Status, deliver};
 use crate::db::now_ms;
 
 /// How many writers share the queue.
@@ -70,7 +70,7 @@ const INSERT_ONE: &str = concat!(
 /// and keyless calls. Each caller's answer reflects its own commit. Work rows go in
 /// undispatched; rows with nothing to do are stored as already dispatched, so the dispatcher's
 /// index never sees them.
-async fn commit_batch(pool: &PgPool, items: &[Incoming]) -> Vec<Outcome> {
+async fn commit_batch(pool: &PgPool, items: &[Incoming]) -> Vec<RecordResult> {
     let now = now_ms();
     let durations: Vec<i64> = items
         .iter()
@@ -98,7 +98,7 @@ async fn commit_batch(pool: &PgPool, items: &[Incoming]) -> Vec<Outcome> {
         (items[a].source.as_str(), items[a].dedupe_key.as_deref())
             .cmp(&(items[b].source.as_str(), items[b].dedupe_key.as_deref()))
     });
-    let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
+    let mut out: Vec<Option<RecordResult>> = vec![None; items.len()];
     if !bulk.is_empty() {
         match insert_new(pool, &row, &bulk).await {
             Ok(inserted) => {

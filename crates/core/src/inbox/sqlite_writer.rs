@@ -17,7 +17,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{Notify, mpsc};
 
-use super::{Incoming, MAX_BATCH, Outcome, Recorded, Reply, Status, deliver};
+use super::{Incoming, MAX_BATCH, RecordResult, Recorded, Reply, Status, deliver};
 use crate::db::now_ms;
 
 /// As long as the sqlx pool waits for the lock, so both sides give up alike.
@@ -62,7 +62,7 @@ fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: &Notify
         }
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
-        let outcomes: Vec<Outcome> = match commit(&mut conn, path, &items) {
+        let outcomes: Vec<RecordResult> = match commit(&mut conn, path, &items) {
             Ok(recorded) => recorded.into_iter().map(Ok).collect(),
             Err(e) => {
                 // Start the next batch on a fresh connection: this one may be in any state.

@@ -243,7 +243,7 @@ pub(super) async fn replay_event(
         Ok(n) => n,
         Err(e) => return layout::internal(e),
     };
-    if let Err(e) = crate::jobs::dispatch_pending(&s.core.inbox, &s.core.jobs).await {
+    if let Err(e) = crate::inbox::dispatch_pending(&s.core.inbox, &s.core.jobs).await {
         // The row is already back to `received`; the dispatcher hands it over within seconds.
         tracing::warn!(event_id = id, error = %e, "replayed event not dispatched at once");
     }

@@ -5,22 +5,34 @@
 use std::{collections::HashMap, sync::Arc};
 
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use crate::{
-    inbox::{Claim, Inbox, Status, StoredEvent},
-    jobs::{JobContext, JobError, JobRegistry, ProcessEvent},
-};
+use super::{Claim, Inbox, Status, StoredEvent};
+use crate::jobs::{JobContext, JobError, JobKind, JobRegistry};
+
+/// Inbox processing job: hands stored row `event_id` to the processor of its source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    pub event_id: i64,
+    pub source: String,
+}
+
+impl JobKind for ProcessEvent {
+    const KIND: &'static str = "core.process-event";
+}
 
 /// What processing made of an event; each maps to the audit status of the same name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ProcessOutcome {
     Processed,
     Skipped(String),
     BlockedWindow(String),
 }
 
 pub type Processor = Arc<
-    dyn Fn(StoredEvent, JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync,
+    dyn Fn(StoredEvent, JobContext) -> BoxFuture<'static, Result<ProcessOutcome, JobError>>
+        + Send
+        + Sync,
 >;
 
 /// Source name → processor.
@@ -33,7 +45,7 @@ impl Processors {
     pub fn register<F, Fut>(&mut self, source: &str, f: F)
     where
         F: Fn(StoredEvent, JobContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
+        Fut: Future<Output = Result<ProcessOutcome, JobError>> + Send + 'static,
     {
         let f = Arc::new(f);
         self.by_source.insert(
@@ -68,7 +80,7 @@ async fn process_event(
     job: ProcessEvent,
     ctx: JobContext,
 ) -> Result<(), JobError> {
-    let retry = |e: crate::inbox::InboxError| JobError::Retry(e.to_string());
+    let retry = |e: super::InboxError| JobError::Retry(e.to_string());
     let event = match inbox
         .claim(job.event_id, CLAIM_LEASE_MS)
         .await
@@ -99,15 +111,15 @@ async fn process_event(
     };
     let id = event.id;
     match processor(event, ctx).await {
-        Ok(Outcome::Processed) => inbox
+        Ok(ProcessOutcome::Processed) => inbox
             .finish(id, Status::Processed, None)
             .await
             .map_err(retry),
-        Ok(Outcome::Skipped(why)) => inbox
+        Ok(ProcessOutcome::Skipped(why)) => inbox
             .finish(id, Status::Skipped, Some(&why))
             .await
             .map_err(retry),
-        Ok(Outcome::BlockedWindow(why)) => inbox
+        Ok(ProcessOutcome::BlockedWindow(why)) => inbox
             .finish(id, Status::BlockedWindow, Some(&why))
             .await
             .map_err(retry),

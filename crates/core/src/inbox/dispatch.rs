@@ -1,0 +1,136 @@
+//! The dispatcher: turns stored inbox rows into `core.process-event` jobs. The ack commits the
+//! row alone; this hands it to the job queue later, in larger transactions of its own, in the
+//! processes that run workers.
+
+use std::time::Duration;
+
+use super::{Inbox, process::ProcessEvent};
+use crate::{
+    db::{Db, now_ms},
+    jobs::{EnqueueInTx, Job, JobKind, Jobs, QueueError},
+    on_pool,
+};
+
+/// Hands stored rows that have no job yet to the queue: every new row (the ack commits the row
+/// alone) and every replayed one. Runs in each process that runs workers; several dispatchers
+/// on one PostgreSQL skip each other's locked rows, and the idempotency key makes a hand-off
+/// done twice a no-op.
+pub fn spawn_dispatcher(inbox: Inbox, jobs: Jobs) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(dispatch_loop(inbox, jobs))
+}
+
+/// How often a dispatcher looks for rows stored by another process (`serve --no-workers`
+/// beside `switchboard worker`). Rows stored by this process wake it at once.
+const DISPATCH_POLL: Duration = Duration::from_millis(100);
+
+/// Rows per dispatch transaction.
+const DISPATCH_BATCH: i64 = 256;
+
+/// Longest pause between dispatch attempts while they fail (the database is down): the
+/// attempts back off from [`DISPATCH_POLL`] so an outage fills neither the log nor the CPU.
+const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
+    let mut pause = DISPATCH_POLL;
+    loop {
+        if inbox.db().is_closed() {
+            // Shutting down: nothing can be dispatched any more, and saying so every poll
+            // would only fill the log.
+            return;
+        }
+        match dispatch_pending(&inbox, &jobs).await {
+            Ok(_) => {
+                if pause != DISPATCH_POLL {
+                    tracing::info!("inbox dispatch works again");
+                }
+                pause = DISPATCH_POLL;
+                jobs.dispatch_succeeded();
+            }
+            Err(e) => {
+                if pause == DISPATCH_POLL {
+                    tracing::warn!(error = %e, "inbox dispatch failed; will retry");
+                }
+                pause = (pause * 2).min(DISPATCH_BACKOFF_MAX);
+                jobs.dispatch_failed(e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = inbox.new_work.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Pushes a `ProcessEvent` job for every undispatched inbox row. Returns how many.
+pub async fn dispatch_pending(inbox: &Inbox, jobs: &Jobs) -> Result<usize, QueueError> {
+    let mut total = 0;
+    loop {
+        let n = dispatch_batch(inbox.db()).await?;
+        if n > 0 {
+            jobs.wake();
+        }
+        total += n;
+        if (n as i64) < DISPATCH_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Marks up to [`DISPATCH_BATCH`] rows dispatched and enqueues their jobs, in one transaction:
+/// a crash before the commit leaves both undone, so the rows are handed over again.
+async fn dispatch_batch(db: &Db) -> Result<usize, sqlx::Error> {
+    // A plain read first: the poll is usually empty, and an UPDATE would take SQLite's write
+    // lock (and make the inbox writer wait) even when it matches nothing.
+    let waiting: bool = on_pool!(db, |p| {
+        sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received')"
+    )
+    .fetch_one(p)
+    .await
+    })?;
+    if !waiting {
+        return Ok(0);
+    }
+    let skip_locked = match db {
+        Db::Sqlite(_) => "",
+        Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+    };
+    let sql = format!(
+        "UPDATE inbox_events SET dispatched_at = $1 WHERE id IN (
+           SELECT id FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'
+           ORDER BY id LIMIT $2{skip_locked})
+         RETURNING id, source, request_id, replays"
+    );
+    on_pool!(db, |p| {
+        let mut tx = p.begin().await?;
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(DISPATCH_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+        let n = rows.len();
+        if n > 0 {
+            let jobs = rows
+                .iter()
+                .map(|(id, source, request_id, replays)| {
+                    process_event_job(*id, source, request_id, *replays)
+                })
+                .collect();
+            tx.enqueue(jobs).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    })
+}
+
+/// The job that processes inbox row `id` on its `replays`-th dispatch, with its idempotency key.
+fn process_event_job(id: i64, source: &str, request_id: &str, replays: i64) -> (Job, String) {
+    (
+        Job {
+            kind: ProcessEvent::KIND.to_string(),
+            payload: serde_json::json!({ "event_id": id, "source": source }),
+            request_id: request_id.to_string(),
+        },
+        format!("inbox:{id}:{replays}"),
+    )
+}
