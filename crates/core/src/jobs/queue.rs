@@ -1,0 +1,279 @@
+//! The push side of the queue and its admin view ([`Jobs`]): enqueue, stats, the job list,
+//! dead-letter retry, and the few moves bridges make on waiting jobs (postpone, make due).
+//! What these read or write in apalis' tables is in `apalis_sql.rs`.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use serde::Serialize;
+
+use super::{
+    Job, JobKind, MAX_ATTEMPTS, QUEUE, apalis_sql,
+    worker::{HEARTBEAT, MISSED_HEARTBEATS, WorkerStatus},
+};
+use crate::{db::Db, on_pool};
+
+#[derive(Clone)]
+pub(super) enum Storage {
+    Sqlite(SqliteStorage<Job>),
+    Postgres(PostgresStorage<Job>),
+}
+
+/// Push side of the queue and its admin view. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(super) db: Db,
+    pub(super) storage: Storage,
+    /// Wakes this process's current SQLite worker; each worker gets a fresh channel.
+    pub(super) wake: Arc<std::sync::Mutex<UnboundedSender<()>>>,
+    pub(super) status: Arc<std::sync::Mutex<WorkerStatus>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job queue: {0}")]
+    Push(String),
+    #[error("job queue database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// One row of `jobs list` and `/admin/jobs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub last_error: Option<String>,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// Waiting (queued, or stored and not yet queued) or due for a retry.
+    pub pending: i64,
+    pub running: i64,
+    pub dead: i64,
+}
+
+impl Jobs {
+    pub fn new(db: Db) -> Self {
+        let config_sqlite = apalis_sqlite::Config::default()
+            .queue(QUEUE)
+            .batch_size(16)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS as usize);
+        let storage = match &db {
+            Db::Sqlite(p) => Storage::Sqlite(SqliteStorage::new(p).with_config(config_sqlite)),
+            Db::Postgres(p) => Storage::Postgres(
+                PostgresStorage::new(p).with_config(
+                    apalis_postgres::Config::default()
+                        .queue(QUEUE)
+                        .batch_size(16)
+                        .heartbeat_interval(HEARTBEAT)
+                        // A killed worker's jobs are taken over after ~15 s, not apalis' default 5 min.
+                        .missed_heartbeats(MISSED_HEARTBEATS as usize),
+                ),
+            ),
+        };
+        let (wake, _) = unbounded();
+        Self {
+            db,
+            storage,
+            wake: Arc::new(std::sync::Mutex::new(wake)),
+            status: Arc::default(),
+        }
+    }
+
+    /// Wakes this process's workers now (SQLite; PostgreSQL workers hear NOTIFY).
+    pub fn wake(&self) {
+        let _ = self.wake.lock().expect("wake lock").unbounded_send(());
+    }
+
+    /// Enqueues a typed job.
+    pub async fn push<J: JobKind>(&self, job: &J, request_id: &str) -> Result<(), QueueError> {
+        self.push_raw(
+            J::KIND,
+            serde_json::to_value(job).map_err(|e| QueueError::Push(e.to_string()))?,
+            request_id,
+            None,
+        )
+        .await
+    }
+
+    /// Enqueues a typed job at most once per `key`: a second push with the same key is a no-op
+    /// (apalis' idempotency key), which makes "push, crash, push again" safe.
+    pub async fn push_once<J: JobKind>(
+        &self,
+        job: &J,
+        request_id: &str,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        self.push_raw(
+            J::KIND,
+            serde_json::to_value(job).map_err(|e| QueueError::Push(e.to_string()))?,
+            request_id,
+            Some(key),
+        )
+        .await
+    }
+
+    pub async fn push_raw(
+        &self,
+        kind: &str,
+        payload: serde_json::Value,
+        request_id: &str,
+        key: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let job = Job {
+            kind: kind.to_string(),
+            payload,
+            request_id: request_id.to_string(),
+        };
+        let mut builder = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS);
+        if let Some(k) = key {
+            builder = builder.idempotency_key(k);
+        }
+        let task = builder.build();
+        match self.storage.clone() {
+            Storage::Sqlite(mut s) => s
+                .push_task(task)
+                .await
+                .map_err(|e| QueueError::Push(e.to_string()))?,
+            Storage::Postgres(mut s) => match s.push_task(task).await {
+                Ok(()) => {}
+                // PostgreSQL reports a repeated idempotency key as a unique violation (SQLite
+                // ignores it): either way the job is already queued.
+                Err(e) if key.is_some() && is_duplicate_key(&e.to_string()) => return Ok(()),
+                Err(e) => return Err(QueueError::Push(e.to_string())),
+            },
+        }
+        metrics::counter!("switchboard_jobs_pushed_total", "kind" => kind.to_string()).increment(1);
+        self.wake();
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let (pending, running, dead) = apalis_sql::count_by_state(&self.db).await?;
+        // Stored events not yet handed to the queue are waiting work too (with `serve
+        // --no-workers` they wait here until a worker process dispatches them).
+        let undispatched: i64 = on_pool!(&self.db, |p| {
+            sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'"
+        )
+        .fetch_one(p)
+        .await
+        })?;
+        Ok(QueueStats {
+            pending: pending + undispatched,
+            running,
+            dead,
+        })
+    }
+
+    /// Jobs, newest first; `dead_only` lists the dead letters.
+    pub async fn list(&self, dead_only: bool, limit: i64) -> Result<Vec<JobRow>, QueueError> {
+        let rows = apalis_sql::list(&self.db, dead_only, limit.clamp(1, 1000)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, job, status, attempts, max_attempts, err)| {
+                let job: Option<Job> = serde_json::from_str(&job).ok();
+                JobRow {
+                    id,
+                    kind: job.as_ref().map(|j| j.kind.clone()).unwrap_or_default(),
+                    request_id: job.map(|j| j.request_id).unwrap_or_default(),
+                    status,
+                    attempts,
+                    max_attempts,
+                    last_error: err.map(|e| clean_error(&e)),
+                }
+            })
+            .collect())
+    }
+
+    /// Puts dead letters (all, or one id) back on the queue with a fresh attempt budget.
+    pub async fn retry(&self, id: Option<&str>) -> Result<u64, QueueError> {
+        let n = apalis_sql::revive_dead(&self.db, id).await?;
+        self.wake();
+        Ok(n)
+    }
+
+    /// Seconds until a job's next attempt (tests and the admin page).
+    pub async fn next_run_in_secs(&self, task_id: &str) -> Result<Option<i64>, QueueError> {
+        Ok(apalis_sql::secs_until_run(&self.db, task_id).await?)
+    }
+
+    /// Makes every waiting retry due now (tests use it instead of sleeping through backoff).
+    pub async fn make_due_now(&self) -> Result<(), QueueError> {
+        apalis_sql::make_waiting_due(&self.db).await?;
+        self.wake();
+        Ok(())
+    }
+}
+
+impl Jobs {
+    /// Puts the running job `task_id` back in the queue, due after `after`, without spending
+    /// one of its attempts: for work that has to wait its turn (say, behind an earlier message
+    /// of the same chat). The handler returns `Ok(())` after it; what runs later is a copy with
+    /// the same payload, attempts and idempotency key, so [`Jobs::make_due_by_key`] finds it.
+    ///
+    /// The running row is replaced, not updated: apalis may still apply this run's late "lock"
+    /// and "done" events to a row of that id, and finds none.
+    pub async fn postpone(&self, task_id: &str, after: Duration) -> Result<(), QueueError> {
+        let copy = ulid::Ulid::generate().to_string();
+        let secs = after.as_secs_f64().max(1.0);
+        apalis_sql::replace_by_waiting_copy(&self.db, task_id, &copy, secs).await?;
+        Ok(())
+    }
+
+    /// Makes the waiting job with idempotency key `key` due now (a postponed job whose turn
+    /// has come), and wakes the workers of every process.
+    pub async fn make_due_by_key(&self, key: &str) -> Result<(), QueueError> {
+        apalis_sql::make_due_by_key(&self.db, key).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Whether any job with one of these idempotency keys is still to run: waiting, running,
+    /// or failed with attempts left. Done jobs and dead letters are not.
+    pub async fn any_live(&self, keys: &[String]) -> Result<bool, QueueError> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        Ok(apalis_sql::any_live(&self.db, keys).await?)
+    }
+
+    /// Whether an inbox row of `source` stored before row `before`, whose raw body contains
+    /// `needle`, still has processing ahead of it: not yet handed to the queue, or its job
+    /// waiting, running or due for a retry. Rows whose job is a dead letter don't count: they
+    /// wait for an operator, and nothing should wait for them.
+    pub async fn inbox_work_before(
+        &self,
+        source: &str,
+        before: i64,
+        needle: &str,
+    ) -> Result<bool, QueueError> {
+        Ok(apalis_sql::inbox_work_before(&self.db, source, before, needle).await?)
+    }
+}
+
+fn is_duplicate_key(msg: &str) -> bool {
+    msg.contains("duplicate key") || msg.contains("idempotency")
+}
+
+/// apalis stores the handler's error as JSON (`{"Err": "..."}` or a quoted string); show the text.
+fn clean_error(raw: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(m)) => m
+            .get("Err")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| raw.to_string()),
+        _ => raw.to_string(),
+    }
+}
