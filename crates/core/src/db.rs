@@ -48,8 +48,6 @@ pub enum DbError {
     Folder(String, std::io::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("job queue migrations: {0}")]
-    QueueMigrate(String),
 }
 
 /// Our migrations. On SQLite the job queue's migrations share the `_sqlx_migrations` table, so
@@ -115,16 +113,15 @@ impl Db {
         }
     }
 
-    /// Applies Switchboard's own migrations and the job queue's.
-    pub async fn migrate(&self) -> Result<(), DbError> {
+    /// Applies Switchboard's own migrations only: the job queue's tables are apalis', migrated
+    /// after these by [`crate::Core::migrate`].
+    pub async fn migrate_own_tables(&self) -> Result<(), DbError> {
         let ours = migrator(self);
         match self {
             Db::Sqlite(p) => ours.run(p).await?,
             Db::Postgres(p) => ours.run(p).await?,
         }
-        crate::jobs::migrate(self)
-            .await
-            .map_err(|e| DbError::QueueMigrate(e.to_string()))
+        Ok(())
     }
 
     /// Cheap liveness probe for `/health`.

@@ -5,7 +5,14 @@
 //!
 //! Must not name a bridge, a bridge's route or a bridge's payload: bridges describe themselves
 //! to core through [`ops::BridgeInfo`] and register their work through [`jobs::JobRegistry`]
-//! and [`inbox::Processors`]. Start with [`Core`], then `inbox.rs` and `jobs.rs`.
+//! and [`inbox::Processors`].
+//!
+//! Start with [`Core`], then follow an event through the pipeline: `inbox/` stores it
+//! ([`Inbox::record`], one group-commit writer per engine), `inbox/dispatch.rs` hands stored
+//! rows to the job queue, `inbox/process.rs` runs them through the bridge's processor. `jobs/`
+//! is the queue: job types and the retry schedule (`mod.rs`), the push side and admin view
+//! (`queue.rs`), the worker runtime with its leases (`worker.rs`), and every statement on
+//! apalis' tables (`apalis_sql.rs`). [`Core::migrate`] runs our migrations, then apalis'.
 
 pub mod client_addr;
 pub mod config;
@@ -64,6 +71,8 @@ pub struct CoreParts {
 pub enum CoreError {
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error("job queue migrations: {0}")]
+    QueueMigrate(String),
 }
 
 impl Core {
@@ -72,8 +81,16 @@ impl Core {
     pub async fn start(config: Config) -> Result<Self, CoreError> {
         crate::metrics::install();
         let db = Db::connect(config.database_url()).await?;
-        db.migrate().await?;
+        Self::migrate(&db).await?;
         Ok(Self::with_db(config, db))
+    }
+
+    /// Brings `db` up to date: Switchboard's tables first, then apalis' job queue tables.
+    pub async fn migrate(db: &Db) -> Result<(), CoreError> {
+        db.migrate_own_tables().await?;
+        jobs::migrate(db)
+            .await
+            .map_err(|e| CoreError::QueueMigrate(e.to_string()))
     }
 
     pub fn with_db(config: Config, db: Db) -> Self {

@@ -58,7 +58,7 @@ impl TestDb {
     pub async fn new() -> Self {
         let (url, dir) = fresh_database_url().await;
         let db = Db::connect(&url).await.expect("connect test database");
-        db.migrate().await.expect("migrate test database");
+        Core::migrate(&db).await.expect("migrate test database");
         Self { url, db, _dir: dir }
     }
 
