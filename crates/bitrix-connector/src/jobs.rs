@@ -23,8 +23,10 @@ use crate::{
     bitrix::{Bitrix, BitrixError, id_text, truthy},
     inbound::{self, split_name},
     media::{self, Media},
-    meta::MetaClient,
-    meta_payload::{self, InboundUnit, StatusUnit},
+    meta::{
+        MetaClient,
+        payload::{self as meta_payload, InboundUnit, StatusUnit},
+    },
     settings::public_link,
     store::{self, LeadClaim},
 };

@@ -11,11 +11,14 @@ use switchboard_core::{
 
 use crate::{
     bbcode,
-    events::{self, OperatorMessage},
+    bitrix::{
+        events::{self, OperatorMessage},
+        notes, php_form,
+    },
     jobs::Relay,
     media::{self, Media},
     meta::{MetaClient, MetaError},
-    notes, outbound, php_form,
+    outbound,
     portal_file::{self, FileError, Limit},
     settings::{public_link, required},
     store,
@@ -442,7 +445,7 @@ async fn portal_url(relay: &Relay) -> Result<reqwest::Url, JobError> {
 /// type and bytes.
 async fn download(
     portal: &reqwest::Url,
-    f: &crate::events::OperatorFile,
+    f: &crate::bitrix::events::OperatorFile,
 ) -> Result<(String, &'static str, Vec<u8>), FileError> {
     let resp = portal_file::open(portal, portal_file::resolve(portal, &f.link)?).await?;
     let mime = resp
@@ -465,7 +468,7 @@ async fn fetch_file(
     row: &store::OutboundRow,
     m: &OperatorMessage,
     n: usize,
-    f: &crate::events::OperatorFile,
+    f: &crate::bitrix::events::OperatorFile,
 ) -> Result<(&'static str, Value, String), JobError> {
     let (mime, kind, bytes) = match download(portal, f).await {
         Ok(downloaded) => downloaded,
@@ -494,7 +497,7 @@ async fn fetch_file(
 async fn file_failed(
     relay: &Relay,
     row: &store::OutboundRow,
-    f: &crate::events::OperatorFile,
+    f: &crate::bitrix::events::OperatorFile,
     e: FileError,
 ) -> JobError {
     if !e.is_final() {

@@ -12,11 +12,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_core::{Incoming, Secret, http::request_id_of};
 
+use super::{id_text, oauth, php_form};
 use crate::{
     Error,
-    bitrix::{id_text, oauth},
     error::fix,
-    php_form,
     routes::{BITRIX_EVENTS, BridgeState},
 };
 
