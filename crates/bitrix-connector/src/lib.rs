@@ -9,17 +9,17 @@ pub mod bbcode;
 pub mod bitrix;
 pub mod commands;
 mod error;
-mod inbound;
-pub mod jobs;
 pub mod media;
 pub mod meta;
 mod outbound;
+pub mod relay;
 mod portal_file;
 mod reply;
 mod routes;
 mod settings;
 pub mod setup;
 pub mod store;
+pub mod to_bitrix;
 
 use axum::Router;
 use switchboard_core::{
@@ -84,22 +84,22 @@ pub fn info(core: &Core) -> BridgeInfo {
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
 pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors) {
-    let relay = jobs::Relay {
+    let relay = relay::Relay {
         core: core.clone(),
         bitrix: bitrix::Bitrix::new(core),
     };
     let r = relay.clone();
-    processors.register("meta", move |event, ctx| {
+    processors.register(relay::META_SOURCE, move |event, ctx| {
         let r = r.clone();
-        async move { jobs::process_meta_event(&r, event, ctx).await }
+        async move { to_bitrix::split::process_meta_event(&r, event, ctx).await }
     });
     let r = relay.clone();
-    jobs.register(move |job: jobs::RelayToBitrix, ctx| {
+    jobs.register(move |job: to_bitrix::message::RelayToBitrix, ctx| {
         let r = r.clone();
-        async move { jobs::relay_to_bitrix(&r, job, ctx).await }
+        async move { to_bitrix::message::relay_to_bitrix(&r, job, ctx).await }
     });
     let r = relay.clone();
-    processors.register("bitrix", move |event, ctx| {
+    processors.register(relay::BITRIX_SOURCE, move |event, ctx| {
         let r = r.clone();
         async move { reply::process_bitrix_event(&r, event, ctx).await }
     });
@@ -109,9 +109,9 @@ pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors
         async move { reply::relay_to_whatsapp(&r, job, ctx).await }
     });
     let r = relay;
-    jobs.register(move |job: jobs::RelayStatusToBitrix, ctx| {
+    jobs.register(move |job: to_bitrix::status::RelayStatusToBitrix, ctx| {
         let r = r.clone();
-        async move { jobs::relay_status_to_bitrix(&r, job, ctx).await }
+        async move { to_bitrix::status::relay_status_to_bitrix(&r, job, ctx).await }
     });
 }
 

@@ -15,7 +15,7 @@ use crate::{
         events::{self, OperatorMessage},
         notes, php_form,
     },
-    jobs::Relay,
+    relay::{Relay, bitrix_file_key, reply_key, retry_db},
     media::{self, Media},
     meta::{MetaClient, MetaError},
     outbound,
@@ -33,10 +33,6 @@ pub struct RelayToWhatsapp {
 
 impl JobKind for RelayToWhatsapp {
     const KIND: &'static str = "bitrix-connector.relay-to-whatsapp";
-}
-
-fn retry_db(e: sqlx::Error) -> JobError {
-    JobError::Retry(format!("database: {e}"))
 }
 
 /// `/template NAME` on the reply's last line asks for a configured approved template, which may
@@ -89,7 +85,7 @@ pub async fn process_bitrix_event(
             blocked = Some(why);
             continue;
         }
-        let key = format!("reply:{}", m.message_id);
+        let key = reply_key(&m.message_id);
         relay
             .core
             .jobs
@@ -481,7 +477,7 @@ async fn fetch_file(
     };
     let id = media::put(
         &relay.core.db,
-        &format!("bitrix:{}:{n}", m.message_id),
+        &bitrix_file_key(&m.message_id, n),
         &copy,
     )
     .await

@@ -16,6 +16,7 @@ use super::{id_text, oauth, php_form};
 use crate::{
     Error,
     error::fix,
+    relay::BITRIX_SOURCE,
     routes::{BITRIX_EVENTS, BridgeState},
 };
 
@@ -100,7 +101,7 @@ pub async fn receive_bitrix_event(
     };
     // Kept without the tokens it carries: the processor reads only `data`.
     let stored = php_form::without_secrets(&body);
-    let incoming = || Incoming::new(&request_id, "bitrix", BITRIX_EVENTS, &stored, &headers);
+    let incoming = || Incoming::new(&request_id, BITRIX_SOURCE, BITRIX_EVENTS, &stored, &headers);
     if let Err(why) = authenticate(&s, presented.as_deref().unwrap_or("")).await {
         s.core
             .inbox
