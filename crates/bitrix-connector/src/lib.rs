@@ -3,23 +3,20 @@
 //! and the Meta and Bitrix clients, and the `bitrix …` / `whatsapp …` CLI commands
 //! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
 //! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
-//! binary does). Read `routes.rs`, then `jobs.rs`.
+//! binary does).
 
-pub mod bbcode;
 pub mod bitrix;
 pub mod commands;
 mod error;
 pub mod media;
 pub mod meta;
-mod outbound;
 pub mod relay;
-mod portal_file;
-mod reply;
 mod routes;
 mod settings;
 pub mod setup;
 pub mod store;
 pub mod to_bitrix;
+pub mod to_whatsapp;
 
 use axum::Router;
 use switchboard_core::{
@@ -101,12 +98,12 @@ pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors
     let r = relay.clone();
     processors.register(relay::BITRIX_SOURCE, move |event, ctx| {
         let r = r.clone();
-        async move { reply::process_bitrix_event(&r, event, ctx).await }
+        async move { to_whatsapp::split::process_bitrix_event(&r, event, ctx).await }
     });
     let r = relay.clone();
-    jobs.register(move |job: reply::RelayToWhatsapp, ctx| {
+    jobs.register(move |job: to_whatsapp::send::RelayToWhatsapp, ctx| {
         let r = r.clone();
-        async move { reply::relay_to_whatsapp(&r, job, ctx).await }
+        async move { to_whatsapp::send::relay_to_whatsapp(&r, job, ctx).await }
     });
     let r = relay;
     jobs.register(move |job: to_bitrix::status::RelayStatusToBitrix, ctx| {

@@ -13,11 +13,11 @@ use crate::{
     Error,
     bitrix::{
         Bitrix,
-        events::receive_bitrix_event,
         install::{install_app, show_install},
     },
     media,
     to_bitrix::receive::{receive_meta_webhook, verify_meta_subscription},
+    to_whatsapp::receive::receive_bitrix_event,
 };
 
 pub const META_WEBHOOK: &str = "/webhook/whatsapp";

@@ -36,7 +36,7 @@ pub async fn relay_status_to_bitrix(
         && let Some((message_id, part)) = unit
             .callback_data
             .as_deref()
-            .and_then(crate::reply::parse_callback_data)
+            .and_then(crate::to_whatsapp::send::parse_callback_data)
     {
         // Meta's status overtook the send job's record of this part: record it from here.
         if store::outbound_by_message(db, message_id)
@@ -109,7 +109,8 @@ pub async fn relay_status_to_bitrix(
                 .first()
                 .and_then(|e| e.get("code"))
                 .and_then(Value::as_i64);
-            crate::outbound::report_failed_status(relay, &row, code, &unit.errors).await?;
+            crate::to_whatsapp::failed::report_failed_status(relay, &row, code, &unit.errors)
+                .await?;
             return Ok(());
         }
         _ => return Ok(()),
