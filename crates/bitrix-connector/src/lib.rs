@@ -4,6 +4,23 @@
 //! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
 //! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
 //! binary does).
+//!
+//! # Layout
+//!
+//! - `routes`: the HTTP route table, its body limits and `/media/{id}`; start here.
+//! - [`relay`]: what both directions share: handler state, inbox sources, idempotency keys.
+//! - [`to_bitrix`]: WhatsApp → Bitrix24: Meta's webhook, the customer-order gate, the relay
+//!   of messages into the Open Channel, CRM leads, Meta's statuses reported to Bitrix.
+//! - [`to_whatsapp`]: Bitrix24 → WhatsApp: operator events, the 24-hour window, sends to
+//!   Meta, BBCode, portal files, templates, failed replies explained to the operator.
+//! - [`meta`]: talking to Meta's Cloud API: Graph client, webhook payload, signature check.
+//! - [`bitrix`]: talking to Bitrix24: REST client, OAuth grant, rate limit, errors, PHP
+//!   forms, events, install, chat notes.
+//! - [`store`]: this bridge's tables: inbound order, outbound map, customers, leads.
+//! - [`media`]: re-hosted copies of media in either direction, served at `/media/{id}`.
+//! - [`commands`]: the `bitrix …` / `whatsapp …` CLI commands.
+//! - [`setup`]: this bridge's rows on `/setup`, with their live probes.
+//! - `settings`, `error`: settings read through core, the HTTP error type and fix texts.
 
 pub mod bitrix;
 pub mod commands;
