@@ -3,28 +3,37 @@
 //! and the Meta and Bitrix clients, and the `bitrix …` / `whatsapp …` CLI commands
 //! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
 //! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
-//! binary does). Read `routes.rs`, then `jobs.rs`.
+//! binary does).
+//!
+//! # Layout
+//!
+//! - `routes`: the HTTP route table, its body limits and `/media/{id}`; start here.
+//! - [`relay`]: what both directions share: handler state, inbox sources, idempotency keys.
+//! - [`to_bitrix`]: WhatsApp → Bitrix24: Meta's webhook, the customer-order gate, the relay
+//!   of messages into the Open Channel, CRM leads, Meta's statuses reported to Bitrix.
+//! - [`to_whatsapp`]: Bitrix24 → WhatsApp: operator events, the 24-hour window, sends to
+//!   Meta, BBCode, portal files, templates, failed replies explained to the operator.
+//! - [`meta`]: talking to Meta's Cloud API: Graph client, webhook payload, signature check.
+//! - [`bitrix`]: talking to Bitrix24: REST client, OAuth grant, rate limit, errors, PHP
+//!   forms, events, install, chat notes.
+//! - [`store`]: this bridge's tables: inbound order, outbound map, customers, leads.
+//! - [`media`]: re-hosted copies of media in either direction, served at `/media/{id}`.
+//! - [`commands`]: the `bitrix …` / `whatsapp …` CLI commands.
+//! - [`setup`]: this bridge's rows on `/setup`, with their live probes.
+//! - `settings`, `error`: settings read through core, the HTTP error type and fix texts.
 
-pub mod bbcode;
 pub mod bitrix;
 pub mod commands;
 mod error;
-pub mod events;
-mod inbound;
-pub mod jobs;
 pub mod media;
 pub mod meta;
-pub mod meta_payload;
-mod notes;
-mod outbound;
-pub mod php_form;
-mod portal_file;
-mod reply;
+pub mod relay;
 mod routes;
 mod settings;
 pub mod setup;
-mod signature;
 pub mod store;
+pub mod to_bitrix;
+pub mod to_whatsapp;
 
 use axum::Router;
 use switchboard_core::{
@@ -89,34 +98,34 @@ pub fn info(core: &Core) -> BridgeInfo {
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
 pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors) {
-    let relay = jobs::Relay {
+    let relay = relay::Relay {
         core: core.clone(),
         bitrix: bitrix::Bitrix::new(core),
     };
     let r = relay.clone();
-    processors.register("meta", move |event, ctx| {
+    processors.register(relay::META_SOURCE, move |event, ctx| {
         let r = r.clone();
-        async move { jobs::process_meta_event(&r, event, ctx).await }
+        async move { to_bitrix::split::process_meta_event(&r, event, ctx).await }
     });
     let r = relay.clone();
-    jobs.register(move |job: jobs::RelayToBitrix, ctx| {
+    jobs.register(move |job: to_bitrix::message::RelayToBitrix, ctx| {
         let r = r.clone();
-        async move { jobs::relay_to_bitrix(&r, job, ctx).await }
+        async move { to_bitrix::message::relay_to_bitrix(&r, job, ctx).await }
     });
     let r = relay.clone();
-    processors.register("bitrix", move |event, ctx| {
+    processors.register(relay::BITRIX_SOURCE, move |event, ctx| {
         let r = r.clone();
-        async move { reply::process_bitrix_event(&r, event, ctx).await }
+        async move { to_whatsapp::split::process_bitrix_event(&r, event, ctx).await }
     });
     let r = relay.clone();
-    jobs.register(move |job: reply::RelayToWhatsapp, ctx| {
+    jobs.register(move |job: to_whatsapp::send::RelayToWhatsapp, ctx| {
         let r = r.clone();
-        async move { reply::relay_to_whatsapp(&r, job, ctx).await }
+        async move { to_whatsapp::send::relay_to_whatsapp(&r, job, ctx).await }
     });
     let r = relay;
-    jobs.register(move |job: jobs::RelayStatusToBitrix, ctx| {
+    jobs.register(move |job: to_bitrix::status::RelayStatusToBitrix, ctx| {
         let r = r.clone();
-        async move { jobs::relay_status_to_bitrix(&r, job, ctx).await }
+        async move { to_bitrix::status::relay_status_to_bitrix(&r, job, ctx).await }
     });
 }
 

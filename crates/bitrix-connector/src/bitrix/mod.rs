@@ -1,10 +1,16 @@
 //! Typed client for Bitrix24 REST (protocol §3): JSON calls on the grant's `client_endpoint`,
 //! the OAuth grant handled in `oauth.rs`, the portal's rate limit in `limit.rs`, and every
-//! failure classified in `error.rs`.
+//! failure classified in `error.rs`. What Bitrix posts to the bridge is read here too: its
+//! PHP-style forms (`php_form.rs`), its events (`events.rs`) and the app install
+//! (`install.rs`); `notes.rs` writes the bridge's own notes into an operator's chat.
 
 mod error;
+pub mod events;
+pub(crate) mod install;
 pub mod limit;
+pub(crate) mod notes;
 pub mod oauth;
+pub mod php_form;
 
 pub use error::BitrixError;
 pub use oauth::{Grant, OAuth};

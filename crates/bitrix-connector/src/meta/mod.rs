@@ -1,5 +1,9 @@
 //! Typed client for the Graph API calls this bridge makes (protocol §3, §4, §7). The base URL
-//! and version come from settings, so tests aim it at the sandbox.
+//! and version come from settings, so tests aim it at the sandbox. What Meta posts to the
+//! webhook is read in `payload.rs` and authenticated in `signature.rs`.
+
+pub mod payload;
+pub(crate) mod signature;
 
 use serde_json::Value;
 use switchboard_core::{Core, JobError, Secret};

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use switchboard_core::JobError;
 
-use crate::{error::fix, jobs::Relay, notes, store};
+use crate::{bitrix::notes, error::fix, relay::Relay, store};
 
 /// The operator-facing explanation of a Meta error code. For the codes with a known fix the
 /// note is the same whether Meta refused the send or reported it `failed` later (their

@@ -7,71 +7,16 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_core::{Incoming, Secret, http::request_id_of};
 
 use crate::{
     Error,
-    bitrix::{id_text, oauth},
+    bitrix::{events, oauth, php_form},
     error::fix,
-    php_form,
+    relay::BITRIX_SOURCE,
     routes::{BITRIX_EVENTS, BridgeState},
 };
-
-pub const MESSAGE_ADD: &str = "ONIMCONNECTORMESSAGEADD";
-
-/// One operator message of an `OnImConnectorMessageAdd`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OperatorMessage {
-    pub chat_id: String,
-    pub message_id: String,
-    /// Our `chat.id`: the customer's wa_id.
-    pub customer: String,
-    pub text: String,
-    pub files: Vec<OperatorFile>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OperatorFile {
-    pub name: String,
-    /// `image`, `file`, `audio`, `video`.
-    pub kind: String,
-    /// As the event gave it: only ever fetched through `portal_file`.
-    pub link: String,
-}
-
-/// Every message in the event, in index order; incomplete ones are left out.
-pub fn messages(form: &Value) -> Vec<OperatorMessage> {
-    php_form::items(form.pointer("/data/MESSAGES"))
-        .into_iter()
-        .filter_map(|m| {
-            let files = php_form::items(m.pointer("/message/files"))
-                .into_iter()
-                .filter_map(|f| {
-                    Some(OperatorFile {
-                        name: php_form::text(f, &["name"]).unwrap_or("file").to_string(),
-                        kind: php_form::text(f, &["type"]).unwrap_or("file").to_string(),
-                        // Newer portals may send only a (relative) `downloadLink`.
-                        link: php_form::text(f, &["link"])
-                            .or_else(|| php_form::text(f, &["downloadLink"]))?
-                            .to_string(),
-                    })
-                })
-                .collect();
-            Some(OperatorMessage {
-                chat_id: id_text(m.pointer("/im/chat_id"))?,
-                message_id: id_text(m.pointer("/im/message_id"))?,
-                customer: id_text(m.pointer("/chat/id"))?,
-                text: php_form::text(m, &["message", "text"])
-                    .unwrap_or("")
-                    .to_string(),
-                files,
-            })
-        })
-        .collect()
-}
 
 pub async fn receive_bitrix_event(
     State(s): State<BridgeState>,
@@ -101,7 +46,7 @@ pub async fn receive_bitrix_event(
     };
     // Kept without the tokens it carries: the processor reads only `data`.
     let stored = php_form::without_secrets(&body);
-    let incoming = || Incoming::new(&request_id, "bitrix", BITRIX_EVENTS, &stored, &headers);
+    let incoming = || Incoming::new(&request_id, BITRIX_SOURCE, BITRIX_EVENTS, &stored, &headers);
     if let Err(why) = authenticate(&s, presented.as_deref().unwrap_or("")).await {
         s.core
             .inbox
@@ -109,7 +54,7 @@ pub async fn receive_bitrix_event(
             .await?;
         return Err(Error::Forbidden(why));
     }
-    if event != MESSAGE_ADD {
+    if event != events::MESSAGE_ADD {
         s.core
             .inbox
             .record(incoming().skipped(format!("event {event} is not relayed")))
@@ -126,7 +71,7 @@ pub async fn receive_bitrix_event(
             return Err(Error::BadRequest(why));
         }
     };
-    let msgs = messages(&form);
+    let msgs = events::messages(&form);
     // One message (the norm): its id, so a second delivery shows as `duplicate`. Several: the
     // body's hash; the processor dedupes each message on its id anyway.
     let key = match msgs.as_slice() {

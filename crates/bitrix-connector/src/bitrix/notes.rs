@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::bitrix::{Bitrix, BitrixError};
+use super::{Bitrix, BitrixError};
 
 pub async fn post(bitrix: &Bitrix, bitrix_chat_id: &str, text: &str) -> Result<(), BitrixError> {
     bitrix

@@ -1,0 +1,60 @@
+//! The operator messages of the events Bitrix posts to `/bitrix/events` (protocol §5), read
+//! from its PHP-style form.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{id_text, php_form};
+
+pub const MESSAGE_ADD: &str = "ONIMCONNECTORMESSAGEADD";
+
+/// One operator message of an `OnImConnectorMessageAdd`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OperatorMessage {
+    pub chat_id: String,
+    pub message_id: String,
+    /// Our `chat.id`: the customer's wa_id.
+    pub customer: String,
+    pub text: String,
+    pub files: Vec<OperatorFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OperatorFile {
+    pub name: String,
+    /// `image`, `file`, `audio`, `video`.
+    pub kind: String,
+    /// As the event gave it: only ever fetched through `portal_file`.
+    pub link: String,
+}
+
+/// Every message in the event, in index order; incomplete ones are left out.
+pub fn messages(form: &Value) -> Vec<OperatorMessage> {
+    php_form::items(form.pointer("/data/MESSAGES"))
+        .into_iter()
+        .filter_map(|m| {
+            let files = php_form::items(m.pointer("/message/files"))
+                .into_iter()
+                .filter_map(|f| {
+                    Some(OperatorFile {
+                        name: php_form::text(f, &["name"]).unwrap_or("file").to_string(),
+                        kind: php_form::text(f, &["type"]).unwrap_or("file").to_string(),
+                        // Newer portals may send only a (relative) `downloadLink`.
+                        link: php_form::text(f, &["link"])
+                            .or_else(|| php_form::text(f, &["downloadLink"]))?
+                            .to_string(),
+                    })
+                })
+                .collect();
+            Some(OperatorMessage {
+                chat_id: id_text(m.pointer("/im/chat_id"))?,
+                message_id: id_text(m.pointer("/im/message_id"))?,
+                customer: id_text(m.pointer("/chat/id"))?,
+                text: php_form::text(m, &["message", "text"])
+                    .unwrap_or("")
+                    .to_string(),
+                files,
+            })
+        })
+        .collect()
+}

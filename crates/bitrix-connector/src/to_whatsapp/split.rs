@@ -1,0 +1,67 @@
+//! The `bitrix` processor: a stored event becomes one send job per operator message, each
+//! deduped on its Bitrix id, except replies the 24-hour window guard stops (the audit status
+//! `blocked_window` plus a note in the chat).
+
+use switchboard_core::{JobContext, JobError, db::now_ms, inbox::{ProcessOutcome, StoredEvent}};
+
+use super::{send::RelayToWhatsapp, template::template_command};
+use crate::{
+    bitrix::{events, notes, php_form},
+    relay::{Relay, reply_key, retry_db},
+    store,
+};
+
+/// WhatsApp lets a business answer freely for 24 hours after the customer's last message;
+/// after that only an approved template goes out.
+const WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+pub async fn process_bitrix_event(
+    relay: &Relay,
+    event: StoredEvent,
+    _ctx: JobContext,
+) -> Result<ProcessOutcome, JobError> {
+    let db = &relay.core.db;
+    let form = php_form::parse(&event.body).map_err(JobError::Permanent)?;
+    let msgs = events::messages(&form);
+    let mut pushed = 0;
+    let mut blocked = None;
+    for m in msgs {
+        store::record_outbound(db, &m.message_id, &m.chat_id, &m.customer)
+            .await
+            .map_err(retry_db)?;
+        let row = store::outbound_by_message(db, &m.message_id)
+            .await
+            .map_err(retry_db)?;
+        if row.is_some_and(|r| r.state != "received") {
+            continue;
+        }
+        let last = store::last_inbound_at(db, &m.customer)
+            .await
+            .map_err(retry_db)?;
+        let open = last.is_some_and(|t| now_ms() - t < WINDOW_MS);
+        if !open && template_command(&m.text).is_none() {
+            let why = "reply outside WhatsApp's 24-hour window: not sent".to_string();
+            notes::post(&relay.bitrix, &m.chat_id, &format!("⚠ This reply was not sent: the customer's last WhatsApp message is more than 24 hours old. {}", crate::error::fix::META_131047))
+                .await
+                .map_err(|e| e.into_job_error())?;
+            store::set_outbound(db, &m.message_id, "blocked_window", None, Some(&why))
+                .await
+                .map_err(retry_db)?;
+            blocked = Some(why);
+            continue;
+        }
+        let key = reply_key(&m.message_id);
+        relay
+            .core
+            .jobs
+            .push_once(&RelayToWhatsapp { message: m }, &event.request_id, &key)
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+        pushed += 1;
+    }
+    Ok(match (blocked, pushed) {
+        (Some(why), _) => ProcessOutcome::BlockedWindow(why),
+        (None, 0) => ProcessOutcome::Skipped("duplicate: every message was handled before".into()),
+        _ => ProcessOutcome::Processed,
+    })
+}
