@@ -1,9 +1,7 @@
 //! Scale-out on PostgreSQL: several `switchboard` processes on one database behave like one.
 //! (SQLite is single-process by design; on SQLite these tests say so and return.)
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use switchboard_core::testing::{fresh_database_url, wants_postgres};
 
 fn forward_config(dir: &std::path::Path, subscriber: &str) -> String {
@@ -18,7 +16,7 @@ fn forward_config(dir: &std::path::Path, subscriber: &str) -> String {
     path.display().to_string()
 }
 
-/// Issue 2: two `switchboard worker` processes on one PostgreSQL database run 1,000 webhooks'
+/// Two `switchboard worker` processes on one PostgreSQL database run 1,000 webhooks'
 /// jobs (processing + forwarding) with no job run twice and none lost. The subscriber counts
 /// every delivery by its `webhook-id`.
 #[tokio::test]
@@ -131,7 +129,7 @@ struct Lane {
     pbx_ok: usize,
 }
 
-/// Issue 9: three `switchboard serve` processes (each with workers) on one PostgreSQL
+/// Three `switchboard serve` processes (each with workers) on one PostgreSQL
 /// database, requests spread round-robin by a front, and duplicates deliberately sent to
 /// different processes at the same moment: the same wamid to two, the same wabridges
 /// `message_id` to all three, the same Bitrix operator event to all three (the fake portal
@@ -142,7 +140,7 @@ struct Lane {
 /// 2 REST calls/s per process (documented), so more of it would only lengthen the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_serve_processes_behave_like_one() {
-    use common::world::*;
+    use crate::support::world::*;
     use sandbox::meta::Customer;
     use std::time::{Duration, Instant};
 
