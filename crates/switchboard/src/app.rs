@@ -91,6 +91,9 @@ pub fn job_registry(core: &Core) -> JobRegistry {
     registry
 }
 
+/// How long the daily prune keeps finished audit rows (`events prune --older-than 30d` by hand).
+const DEFAULT_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
 /// Periodic work: core's retention prune, then each bridge's.
 pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
     let inbox = core.inbox.clone();
@@ -101,7 +104,7 @@ pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
             let inbox = inbox.clone();
             async move {
                 inbox
-                    .prune(crate::cli::DEFAULT_RETENTION_MS)
+                    .prune(DEFAULT_RETENTION_MS)
                     .await
                     .map(|n| format!("pruned {n} audit rows"))
                     .map_err(|e| e.to_string())

@@ -1,13 +1,11 @@
-//! Command line: what each command does is in its `--help`; the work itself lives in core and
-//! the bridges.
+//! Command line: what each command does is in its `--help`; the work itself lives in core, the
+//! bridges and, for `serve` and `worker`, the library's lifecycle.
 
-use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard_core::{Config, Core, config::Source, jobs, telemetry};
-
-pub const DEFAULT_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Parser)]
 #[command(
@@ -172,8 +170,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", switchboard_core::credentials::generate_master_key());
             Ok(())
         }
-        Command::Serve { no_workers } => serve(config, !no_workers).await,
-        Command::Worker => worker(config).await,
+        Command::Serve { no_workers } => {
+            let workers = if no_workers {
+                switchboard::Workers::Elsewhere
+            } else {
+                switchboard::Workers::InProcess
+            };
+            serve(config, workers).await
+        }
+        Command::Worker => switchboard::work(config, shutdown_signal()).await,
         Command::Migrate => {
             let core = start(config).await?;
             println!("migrations applied ({})", core.db.backend());
@@ -241,123 +246,14 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests and jobs");
 }
 
-/// SIGTERM or Ctrl-C, once, for every part of the process that has to wind down on it.
-#[derive(Clone)]
-pub(crate) struct Stop(tokio::sync::watch::Receiver<bool>);
-
-impl Stop {
-    fn on_signal() -> Self {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        Stop(rx)
-    }
-
-    /// Resolves once the signal has come (at once, if it already has).
-    pub(crate) fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    }
-}
-
-async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
+/// `serve` on the configured address. Bound here, after parsing and before the core starts:
+/// the library serves whatever listener it is given.
+async fn serve(config: Config, workers: switchboard::Workers) -> anyhow::Result<()> {
     let listen = config.listen();
-    let core = start(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let stop = Stop::on_signal();
-
-    if with_workers {
-        // Without workers this process only acks; a worker process dispatches what it stores.
-        jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
-    }
-    let limits = crate::server::Limits::from_config(&core.config);
-    tracing::info!(
-        %listen,
-        database = core.db.backend(),
-        workers = with_workers,
-        max_connections = limits.max_connections,
-        header_timeout_secs = limits.header_timeout.as_secs(),
-        body_timeout_secs = limits.body_timeout.as_secs(),
-        "switchboard listening"
-    );
-    let app = crate::app::router(&core);
-    let server = crate::server::run(listener, app, limits, stop.clone());
-    // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
-    tokio::join!(server, async {
-        if with_workers {
-            run_workers(&core, &stop).await;
-        }
-    });
-    close_database(&core).await;
-    Ok(())
-}
-
-async fn worker(config: Config) -> anyhow::Result<()> {
-    let core = start(config).await?;
-    let stop = Stop::on_signal();
-    jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
-    tracing::info!(database = core.db.backend(), "switchboard worker running");
-    run_workers(&core, &stop).await;
-    close_database(&core).await;
-    Ok(())
-}
-
-/// How long a stop waits for in-flight jobs. A job still running then is abandoned, not lost:
-/// its row and job stay in the database and are taken again once the claim lapses. Without a
-/// bound, a job stuck behind a write lock held past the worker's own shutdown kept the process
-/// alive until SIGKILL (seen under load, with this build and the one before).
-pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-/// Closing the pool waits for every borrowed connection; an abandoned job may hold one.
-const CLOSE_LIMIT: Duration = Duration::from_secs(3);
-
-async fn close_database(core: &Core) {
-    if tokio::time::timeout(CLOSE_LIMIT, core.db.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "database connections still in use {} s after the stop; exiting without them",
-            CLOSE_LIMIT.as_secs()
-        );
-    }
-}
-
-/// Workers and the scheduler, until a stop and the in-flight jobs have drained (or
-/// [`DRAIN_LIMIT`] has passed since the stop).
-async fn run_workers(core: &Core, stop: &Stop) {
-    let registry = crate::app::job_registry(core);
-    let scheduler = tokio::spawn(switchboard_core::scheduler::run(
-        core.db.clone(),
-        crate::app::scheduled(core),
-        Duration::from_secs(30),
-    ));
-    let jobs = core.jobs.clone();
-    let concurrency = core.config.jobs_concurrency();
-    let drain_deadline = {
-        let stopped = stop.wait();
-        async move {
-            stopped.await;
-            tokio::time::sleep(DRAIN_LIMIT).await;
-        }
-    };
-    tokio::select! {
-        result = jobs::run_workers(jobs, registry, concurrency, stop.wait()) => {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "workers stopped with an error");
-            }
-        }
-        () = drain_deadline => tracing::warn!(
-            "jobs still running {} s after the stop; leaving them to be taken again after restart",
-            DRAIN_LIMIT.as_secs()
-        ),
-    }
-    scheduler.abort();
+    switchboard::run(config, listener, workers, shutdown_signal()).await
 }
 
 async fn credentials(config: Config, command: CredentialsCommand) -> anyhow::Result<()> {

@@ -1,10 +1,7 @@
-//! `switchboard`: one binary, three WhatsApp bridges on one durable core. This crate only
-//! wires: it parses the command line, loads configuration, builds the core, merges the
-//! bridges' routers (`app.rs`) and runs the server, the workers and the scheduler.
+//! `switchboard`: one binary, three WhatsApp bridges on one durable core. `main` only parses the
+//! command line (`cli.rs`) and runs it; the wiring is the library (`lib.rs`).
 
-mod app;
 mod cli;
-mod server;
 
 use clap::Parser;
 

@@ -45,7 +45,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::cli::{DRAIN_LIMIT, Stop};
+use crate::lifecycle::{DRAIN_LIMIT, Stop};
 
 /// The default cap when the open-file limit allows more: about 10 KiB of buffers per idle
 /// connection keeps even a full house in tens of MiB.

@@ -1,12 +1,5 @@
 //! The Bitrix24 connector through the real binary: install, the `bitrix` / `whatsapp` CLI
-//! commands, and persist-before-ack across a `kill -9` (issue 6).
-
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+//! commands, and persist-before-ack across a `kill -9`.
 
 use sandbox::{
     bitrix::{BitrixConfig, ChatMessage, FakeBitrix},
@@ -14,104 +7,10 @@ use sandbox::{
 };
 use switchboard_core::{credentials::generate_master_key, testing::fresh_database_url};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `switchboard` process, killed with SIGKILL when dropped.
-struct Proc {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn command(dir: &Path, env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn spawn(dir: &Path, name: &str, env: &[(String, String)], args: &[&str]) -> Proc {
-    let log = dir.join(format!("{name}.log"));
-    let child = command(dir, env, args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn switchboard");
-    Proc { child, log }
-}
-
-/// Runs a CLI command without blocking the runtime that serves the fakes it talks to.
-async fn run(dir: &Path, env: &[(String, String)], args: &[&str]) -> Output {
-    tokio::process::Command::from(command(dir, env, args))
-        .output()
-        .await
-        .expect("run switchboard")
-}
+use crate::support::{cli, eventually, free_port, healthy, spawn_on};
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
-}
-
-async fn healthy(base: &str, p: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{base}/health")).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not healthy; log:\n{}",
-            p.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
 }
 
 fn customer_messages(bitrix: &FakeBitrix, wa_id: &str) -> usize {
@@ -143,22 +42,22 @@ async fn an_acknowledged_message_survives_kill_9_and_is_delivered_after_restart(
     .collect();
 
     // HTTP only: whatever it acknowledges is not processed by this process.
-    let mut first = spawn(dir.path(), "first", &env, &["serve", "--no-workers"]);
-    healthy(&base, &first).await;
+    let mut first = spawn_on(dir.path(), "first", port, &["serve", "--no-workers"], &env);
+    healthy(&first).await;
     let installed = bitrix.install_into(&format!("{base}/bitrix/install")).await;
     assert_eq!(installed.status, Some(200), "{}", installed.body);
     assert!(installed.body.contains("WhatsApp bridge installed"));
 
-    let out = run(dir.path(), &env, &["bitrix", "register-connector"]).await;
+    let out = cli(dir.path(), &env, &["bitrix", "register-connector"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("bound OnImConnectorMessageAdd"));
     let bound = bitrix.bound_events();
     assert_eq!(bound[0].handler, format!("{base}/bitrix/events"));
-    let out = run(dir.path(), &env, &["bitrix", "activate-connector"]).await;
+    let out = cli(dir.path(), &env, &["bitrix", "activate-connector"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("STATUS:true, CONFIGURED:true"));
 
-    let out = run(dir.path(), &env, &["whatsapp", "check-token"]).await;
+    let out = cli(dir.path(), &env, &["whatsapp", "check-token"]).await;
     assert!(
         text(&out.stdout).starts_with("OK — token is valid."),
         "{}",
@@ -167,7 +66,7 @@ async fn an_acknowledged_message_survives_kill_9_and_is_delivered_after_restart(
     let mut bad = env.clone();
     bad.retain(|(k, _)| k != "SWITCHBOARD_META_ACCESS_TOKEN");
     bad.push(("SWITCHBOARD_META_ACCESS_TOKEN".into(), "EAAexpired".into()));
-    let out = run(dir.path(), &bad, &["whatsapp", "check-token"]).await;
+    let out = cli(dir.path(), &bad, &["whatsapp", "check-token"]).await;
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("190") && text(&out.stderr).contains("System User token"),
@@ -186,8 +85,8 @@ async fn an_acknowledged_message_survives_kill_9_and_is_delivered_after_restart(
     first.kill9();
     assert_eq!(customer_messages(&bitrix, &anna.wa_id), 0);
 
-    let second = spawn(dir.path(), "second", &env, &["serve"]);
-    healthy(&base, &second).await;
+    let second = spawn_on(dir.path(), "second", port, &["serve"], &env);
+    healthy(&second).await;
     eventually("delivered after restart", 30, || async {
         customer_messages(&bitrix, &anna.wa_id) == 1 && bitrix.leads().len() == 1
     })

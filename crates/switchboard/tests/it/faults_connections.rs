@@ -3,14 +3,12 @@
 //! limit the server answers 503 instead of running out of file descriptors; a stop still ends
 //! the process with such connections open. Every wait is bounded. Runs on SQLite and PostgreSQL.
 
-mod common;
-
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{world::*, *};
+use crate::support::{world::*, *};
 use sandbox::meta::Customer;
 use switchboard_core::testing::fresh_database_url;
 use tokio::{
@@ -36,8 +34,8 @@ fn short_timeouts() -> Vec<(String, String)> {
     ]
 }
 
-fn addr(p: &Proc) -> String {
-    p.base.trim_start_matches("http://").to_string()
+fn addr(p: &impl Server) -> String {
+    p.base().trim_start_matches("http://").to_string()
 }
 
 /// Reads until the server closes the connection (EOF or reset), for at most `bound`.
@@ -70,6 +68,17 @@ async fn server(dir: &std::path::Path, name: &str) -> (Proc, Box<dyn std::any::A
     let p = spawn(dir, name, &["serve"], &env);
     healthy(&p).await;
     (p, Box::new(keep))
+}
+
+/// [`server`] in this process: for what needs no signal and no look at the log.
+async fn server_in_process() -> (InProcess, Box<dyn std::any::Any + Send>) {
+    let (url, keep) = fresh_database_url().await;
+    let mut env = short_timeouts();
+    env.push(("DATABASE_URL".into(), url));
+    (
+        serve_in_process(&env, Workers::InProcess).await,
+        Box::new(keep),
+    )
 }
 
 /// Slowloris (headers sent a byte at a time), a socket that never sends anything, and a
@@ -138,8 +147,7 @@ async fn stalled_connections_are_closed_after_the_header_timeout() {
 /// connection is closed.
 #[tokio::test]
 async fn a_trickled_body_gets_408_after_the_body_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let (p, _keep) = server(dir.path(), "trickle").await;
+    let (p, _keep) = server_in_process().await;
     let bound = Duration::from_secs(BODY_TIMEOUT_SECS) + SLACK;
 
     let stream = TcpStream::connect(addr(&p)).await.unwrap();
@@ -175,8 +183,7 @@ async fn a_trickled_body_gets_408_after_the_body_timeout() {
 /// of holding its slot for good.
 #[tokio::test]
 async fn a_client_that_never_reads_its_answers_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let (p, _keep) = server(dir.path(), "unread").await;
+    let (p, _keep) = server_in_process().await;
     let mut stream = TcpStream::connect(addr(&p)).await.unwrap();
     // Each answer is a rendered page of tens of KiB: a few hundred outgrow any socket buffer.
     let requests = b"GET /docs/bitrix-connector HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
@@ -324,9 +331,12 @@ fn tail(log: &str) -> String {
 
 /// The PBX bridge behind `serve`, with `env` added; the fake PBX knows the one org.
 async fn pbx_bridge(
-    dir: &std::path::Path,
     env: &[(&str, &str)],
-) -> (sandbox::pbx::FakePbx, Proc, Box<dyn std::any::Any + Send>) {
+) -> (
+    sandbox::pbx::FakePbx,
+    InProcess,
+    Box<dyn std::any::Any + Send>,
+) {
     let pbx = sandbox::pbx::FakePbx::start().await;
     pbx.add_org(PBX_KEY, PBX_SECRET, "ThrottleTests");
     let (url, keep) = fresh_database_url().await;
@@ -335,13 +345,17 @@ async fn pbx_bridge(
         ("SWITCHBOARD_PBX_BASE_URL".to_string(), pbx.url()),
     ];
     all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let p = spawn(dir, "pbx", &["serve", "--no-workers"], &all);
-    healthy(&p).await;
+    let p = serve_in_process(&all, Workers::Elsewhere).await;
     (pbx, p, Box::new(keep))
 }
 
 /// One MSG91-style bridge call: (status, Retry-After in seconds).
-async fn bridge_call(p: &Proc, key: &str, secret: &str, forwarded_for: &str) -> (u16, Option<u64>) {
+async fn bridge_call(
+    p: &InProcess,
+    key: &str,
+    secret: &str,
+    forwarded_for: &str,
+) -> (u16, Option<u64>) {
     let body = serde_json::json!({
         "api_key": key,
         "api_secret": secret,
@@ -369,15 +383,14 @@ async fn bridge_call(p: &Proc, key: &str, secret: &str, forwarded_for: &str) -> 
 /// default, doesn't let it pass for other clients. An org that already works is unaffected.
 #[tokio::test]
 async fn guessed_pbx_credentials_from_one_client_are_throttled() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pbx, p, _keep) = pbx_bridge(dir.path(), &[]).await;
+    let (pbx, p, _keep) = pbx_bridge(&[]).await;
     assert_eq!(
         bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
         200
     );
 
     let mut answers = Vec::new();
-    for i in 0..pbx_bridge::CLIENT_FAILURES + 4 {
+    for i in 0..::pbx_bridge::CLIENT_FAILURES + 4 {
         let key = format!("org_guess_{i}");
         answers.push(bridge_call(&p, &key, "wrong", &format!("203.0.113.{i}")).await);
     }
@@ -389,7 +402,7 @@ async fn guessed_pbx_credentials_from_one_client_are_throttled() {
         &answers[refused..]
     );
     assert!(
-        (3..=pbx_bridge::CLIENT_FAILURES as usize).contains(&refused),
+        (3..=::pbx_bridge::CLIENT_FAILURES as usize).contains(&refused),
         "refused logins before the throttle: {answers:?}"
     );
     for (status, retry_after) in &answers[refused..] {
@@ -413,9 +426,7 @@ async fn guessed_pbx_credentials_from_one_client_are_throttled() {
 /// their token has to be renewed.
 #[tokio::test]
 async fn guessed_pbx_secrets_for_one_org_are_throttled() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pbx, p, _keep) =
-        pbx_bridge(dir.path(), &[("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let (pbx, p, _keep) = pbx_bridge(&[("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1")]).await;
     assert_eq!(
         bridge_call(&p, PBX_KEY, PBX_SECRET, "192.0.2.1").await.0,
         200

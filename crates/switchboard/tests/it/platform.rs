@@ -3,23 +3,14 @@
 //! key-rotation round trip. Runs on SQLite, or PostgreSQL with SWITCHBOARD_TEST_DATABASE=postgres.
 
 use std::{
-    net::TcpListener,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use switchboard_core::{credentials::generate_master_key, testing::fresh_database_url};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{BIN, KillOnDrop, Workers, free_port, serve_in_process};
 
 /// A command with a clean environment: only what the test sets reaches the binary.
 fn switchboard(dir: &Path, env: &[(&str, &str)]) -> Command {
@@ -41,15 +32,8 @@ fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
 }
 
 struct Server {
-    child: Child,
+    child: KillOnDrop,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn serve(dir: &Path, env: &[(&str, &str)]) -> (Server, Duration) {
@@ -72,7 +56,7 @@ async fn serve_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Server,
         .spawn()
         .expect("spawn switchboard serve");
     let server = Server {
-        child,
+        child: KillOnDrop(child),
         base: format!("http://{listen}"),
     };
     let client = reqwest::Client::new();
@@ -93,9 +77,9 @@ async fn serve_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Server,
 
 #[tokio::test]
 async fn serves_health_on_the_configured_database() {
-    let dir = tempfile::tempdir().unwrap();
     let (url, _keep) = fresh_database_url().await;
-    let (server, _) = serve(dir.path(), &[("DATABASE_URL", &url)]).await;
+    let server =
+        serve_in_process(&[("DATABASE_URL".into(), url.clone())], Workers::InProcess).await;
     let health: serde_json::Value = reqwest::get(format!("{}/health", server.base))
         .await
         .unwrap()
@@ -275,7 +259,11 @@ async fn passwords_in_url_settings_are_masked_in_credentials_list_and_page() {
     assert!(text.contains(masked_pbx), "{text}");
     assert!(text.contains(&masked_db), "{text}");
 
-    let (server, _) = serve(dir.path(), &env).await;
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let server = serve_in_process(&env, Workers::InProcess).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -1,94 +1,31 @@
-//! The PBX bridge through the real `switchboard serve` (issue 3): the seed's click-to-call from an
-//! MSG91 flow reaches the fake AstraPBX, the answer comes back unchanged, `/health` and
-//! `/metrics` show the bridge, and the JSON log has the seed's lines but neither the secret nor
-//! the JWT. Runs on SQLite, or PostgreSQL with SWITCHBOARD_TEST_DATABASE=postgres.
-
-use std::{
-    fs::File,
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+//! The PBX bridge through the real `switchboard serve`: the MSG91 click-to-call from a flow
+//! reaches the fake AstraPBX, the answer comes back unchanged, `/health` and `/metrics` show the
+//! bridge, and the JSON log has the bridge's lines but neither the secret nor the JWT. A process
+//! of its own, because its log is under test. Runs on SQLite, or PostgreSQL with
+//! SWITCHBOARD_TEST_DATABASE=postgres.
 
 use sandbox::pbx::FakePbx;
 use serde_json::{Value, json};
 use switchboard_core::testing::fresh_database_url;
 
+use crate::support::{healthy, spawn};
+
 const KEY: &str = "org_1938b5c0e7a4";
 const SECRET: &str = "secret_e2e_Vb41x";
-
-/// Kills the server when the test ends, however it ends.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `switchboard serve` with only `env` set, its log going to `log`, once `/health` answers.
-async fn serve(dir: &Path, env: &[(&str, &str)], log: &Path) -> Server {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SWITCHBOARD_LISTEN", &listen)
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .expect("spawn switchboard serve");
-    let server = Server {
-        child,
-        base: format!("http://{listen}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "switchboard did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn msg91_click_to_call_through_the_binary() {
     let pbx = FakePbx::start().await;
     pbx.add_org(KEY, SECRET, "GrandEstancia");
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("switchboard.log");
     let (database_url, _keep) = fresh_database_url().await;
-    let server = serve(
-        dir.path(),
-        &[
-            ("DATABASE_URL", &database_url),
-            ("SWITCHBOARD_PBX_BASE_URL", &pbx.url()),
-        ],
-        &log,
-    )
-    .await;
+    let env = [
+        ("DATABASE_URL".to_string(), database_url),
+        ("SWITCHBOARD_PBX_BASE_URL".to_string(), pbx.url()),
+    ];
+    let server = spawn(dir.path(), "switchboard", &["serve"], &env);
+    healthy(&server).await;
+    let log = server.log.clone();
     let http = reqwest::Client::new();
 
     let health: Value = http
@@ -101,7 +38,7 @@ async fn msg91_click_to_call_through_the_binary() {
         .unwrap();
     assert_eq!(health["bridges"]["pbx"]["configured"], true, "{health}");
 
-    // The seed's Connection_Api_1 body, as MSG91 posts it for the "Front Office" button.
+    // The Connection_Api_1 body, as MSG91 posts it for the "Front Office" button.
     let msg91 = json!({
         "api_key": KEY,
         "api_secret": SECRET,

@@ -21,7 +21,7 @@ use sandbox::{
 };
 use switchboard_core::{Db, Jobs, credentials::generate_master_key};
 
-use super::{BIN, Subscriber};
+use super::Subscriber;
 
 pub const WABRIDGES_TOKEN: &str = "fault-hook-token";
 pub const ADMIN_TOKEN: &str = "fault-admin-token";
@@ -109,14 +109,7 @@ impl World {
 
     /// Runs a CLI command without blocking the runtime that serves the fakes it talks to.
     pub async fn cli(&self, dir: &Path, args: &[&str]) -> std::process::Output {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SWITCHBOARD_LOG_FORMAT", "json")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(args);
-        cmd.output().await.expect("run switchboard")
+        super::cli(dir, &self.env, args).await
     }
 
     /// A signed Meta notification carrying one text message: (wamid, body, signature).

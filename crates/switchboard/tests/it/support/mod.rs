@@ -1,33 +1,36 @@
-//! Shared by the multi-process tests (`faults_*.rs`): start and kill real `switchboard`
-//! processes, and a subscriber that records what the product forwards to it.
+//! What the modules of this test binary share: the product run in-process through
+//! `switchboard::run` on a listener of its own, real `switchboard` processes for what needs one
+//! (a crash, a signal, an open-file limit, several processes on one database, the CLI), and a
+//! subscriber that records what the product forwards to it. Ports, killing and polling come
+//! from `sandbox::harness`, as in every other test crate.
 #![allow(dead_code)]
 
 pub mod world;
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+pub use sandbox::harness::{KillOnDrop, eventually, free_port};
+pub use switchboard::Workers;
+use switchboard_core::Config;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A running product, in this process or in its own: where it answers, and what it logged.
+pub trait Server {
+    fn base(&self) -> &str;
+    fn log_text(&self) -> String;
 }
 
 /// A running `switchboard` process, killed (SIGKILL) when dropped.
 pub struct Proc {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub base: String,
     pub log: PathBuf,
 }
@@ -35,8 +38,7 @@ pub struct Proc {
 impl Proc {
     /// `kill -9`: no graceful shutdown, nothing flushed that wasn't already committed.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill9();
     }
 
     pub fn log_text(&self) -> String {
@@ -61,9 +63,13 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
+impl Server for Proc {
+    fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn log_text(&self) -> String {
+        Proc::log_text(self)
     }
 }
 
@@ -126,18 +132,127 @@ fn launch(
         cmd.env(k, v);
     }
     Proc {
-        child: cmd.spawn().expect("spawn switchboard"),
+        child: KillOnDrop(cmd.spawn().expect("spawn switchboard")),
         base: format!("http://127.0.0.1:{port}"),
         log,
     }
 }
 
-/// Waits for `/health` 200 (HTTP processes only).
-pub async fn healthy(p: &Proc) {
+/// Runs a CLI command with exactly `env` (plus PATH), without blocking the runtime that serves
+/// the fakes it talks to.
+pub async fn cli(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args);
+    cmd.output().await.expect("run switchboard")
+}
+
+/// A loopback listener taken before the product starts, so that its address can go into the
+/// product's settings (the public URL Bitrix and Meta call back on).
+pub struct Bound {
+    listener: std::net::TcpListener,
+    pub base: String,
+}
+
+pub fn bind() -> Bound {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    Bound { listener, base }
+}
+
+impl Bound {
+    /// `switchboard::run` on this listener with the settings in `env` (and nothing from this
+    /// process's environment), once `/health` answers.
+    pub async fn serve(self, env: &[(String, String)], workers: Workers) -> InProcess {
+        let env = env.iter().cloned().collect();
+        let config = Config::from_sources(None, &env).expect("the test's settings are valid");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.listener.set_nonblocking(true).unwrap();
+        let listener = self.listener;
+        // Its own runtime on its own thread, as the binary has: the wiring's futures need not
+        // be Send, and a test runtime busy with the fakes does not slow the product down.
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    switchboard::run(config, listener, workers, shutdown).await
+                })
+        });
+        let server = InProcess {
+            base: self.base,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            if server.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let ended = server.stop().await;
+                panic!("switchboard::run ended before it was healthy: {ended:?}");
+            }
+            assert!(Instant::now() < deadline, "not healthy after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `switchboard::run` on a fresh loopback listener.
+pub async fn serve_in_process(env: &[(String, String)], workers: Workers) -> InProcess {
+    bind().serve(env, workers).await
+}
+
+/// The product wired in this process. Dropping it starts the shutdown without waiting for it.
+pub struct InProcess {
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    /// The shutdown a signal starts in the binary, waited for to its end: what `run` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stop.take());
+        let thread = self.thread.take().expect("not stopped yet");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Server for InProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// In-process the product logs nowhere; the tests that read a log run the binary.
+    fn log_text(&self) -> String {
+        "(in-process: no log)".to_string()
+    }
+}
+
+/// Waits for `/health` 200.
+pub async fn healthy(p: &impl Server) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(format!("{}/health", p.base)).send().await
+        if let Ok(r) = client.get(format!("{}/health", p.base())).send().await
             && r.status() == 200
         {
             return;
@@ -151,28 +266,13 @@ pub async fn healthy(p: &Proc) {
     }
 }
 
-pub async fn health(p: &Proc) -> serde_json::Value {
-    reqwest::get(format!("{}/health", p.base))
+pub async fn health(p: &impl Server) -> serde_json::Value {
+    reqwest::get(format!("{}/health", p.base()))
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
-}
-
-pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
 }
 
 /// A forwarding subscriber: counts deliveries per `webhook-id`, can be switched down (503).

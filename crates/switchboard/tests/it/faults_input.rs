@@ -1,13 +1,11 @@
-//! Bad input never crashes or hangs the process (SPEC §7): a table of malformed, oversized,
+//! Bad input never crashes or hangs the process: a table of malformed, oversized,
 //! wrongly signed, wrongly encoded and hostile requests for every route, each answered with a
 //! clear 4xx within a per-request timeout; afterwards `/health` still answers and resident
 //! memory stays bounded. Runs on SQLite and PostgreSQL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{world::*, *};
+use crate::support::{world::*, *};
 use switchboard_core::{Db, testing::fresh_database_url};
 
 /// One hostile request and what it must get: `Some(code)` exactly, `None` any 4xx.
@@ -384,11 +382,10 @@ async fn refused_calls_cost_the_database_a_bounded_head_and_are_pruned() {
     const HEAD: i64 = switchboard_core::inbox::REFUSED_HEAD_BYTES as i64;
     let dir = tempfile::tempdir().unwrap();
     let (url, _keep) = fresh_database_url().await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let bound = bind();
+    let base = bound.base.clone();
     let world = World::start(dir.path(), &url, &base).await;
-    let proc = spawn_on(dir.path(), "refused", port, &["serve"], &world.env);
-    healthy(&proc).await;
+    let _server = bound.serve(&world.env, Workers::InProcess).await;
     let db = Db::connect(&url).await.unwrap();
     let (rows_before, bytes_before) = refused_rows(&db).await;
     let file_before = sqlite_file_bytes(&url);

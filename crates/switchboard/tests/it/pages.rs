@@ -1,5 +1,5 @@
 //! The operator pages in a real browser (headless Chromium through chromedriver) against the
-//! real `switchboard serve`, on SQLite or PostgreSQL (`SWITCHBOARD_TEST_DATABASE=postgres`):
+//! product wired in-process as `switchboard serve` wires it, on SQLite or PostgreSQL (`SWITCHBOARD_TEST_DATABASE=postgres`):
 //! sign in with the token, save a secret and see it masked, watch a `/setup` row turn green,
 //! replay an event, retry a dead letter, and be refused without a session or a CSRF token.
 //!
@@ -7,12 +7,11 @@
 //! `chromedriver` the tests fail under `CI=true` and are skipped loudly elsewhere.
 //!
 //! `screenshots` (ignored) refreshes `docs/images/*.png` for the README:
-//! `cargo nextest run -p switchboard --test pages --run-ignored only`.
+//! `cargo nextest run -p switchboard --test it --run-ignored only pages::screenshots`.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -20,29 +19,12 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use switchboard_core::{
     Core, Db, Incoming,
     credentials::generate_master_key,
-    testing::{config, eventually, fresh_database_url},
+    testing::{config, fresh_database_url},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+use crate::support::{InProcess, KillOnDrop, Workers, eventually, free_port, serve_in_process};
+
 const ADMIN: &str = "browser-test-admin-token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child process when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn wait_until_up(url: &str, what: &str) {
     let http = reqwest::Client::new();
@@ -58,45 +40,33 @@ async fn wait_until_up(url: &str, what: &str) {
     panic!("{what} did not come up at {url} within 30 s");
 }
 
-/// The real binary on a fresh database, plus a `Core` of the test's own on that database to
-/// put events and jobs in place the way a bridge would.
+/// The product on a fresh database, plus a `Core` of the test's own on that database to put
+/// events and jobs in place the way a bridge would.
 struct Server {
     base: String,
     core: Core,
-    _process: Killed,
-    _dir: tempfile::TempDir,
+    _running: InProcess,
     _db_dir: Box<dyn std::any::Any>,
 }
 
 async fn serve() -> Server {
     let (url, db_dir) = fresh_database_url().await;
-    let dir = tempfile::tempdir().unwrap();
     let key = generate_master_key();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &url)
-        .env("SWITCHBOARD_LISTEN", &listen)
-        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
-        .env("SWITCHBOARD_MASTER_KEY", &key)
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn switchboard serve");
-    let process = Killed(child);
-    let base = format!("http://{listen}");
-    wait_until_up(&format!("{base}/health"), "switchboard").await;
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_ADMIN_TOKEN", ADMIN),
+        ("SWITCHBOARD_MASTER_KEY", &key),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let running = serve_in_process(&env, Workers::InProcess).await;
     let db = Db::connect(&url).await.unwrap();
     let core = Core::with_db(config(&[("SWITCHBOARD_MASTER_KEY", &key)]), db);
     Server {
-        base,
+        base: running.base.clone(),
         core,
-        _process: process,
-        _dir: dir,
+        _running: running,
         _db_dir: Box::new(db_dir),
     }
 }
@@ -111,7 +81,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 /// outside CI.
 struct Browser {
     client: Client,
-    _driver: Killed,
+    _driver: KillOnDrop,
     _profile: tempfile::TempDir,
 }
 
@@ -132,7 +102,7 @@ async fn browser() -> Option<Browser> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn chromedriver");
-    let driver = Killed(child);
+    let driver = KillOnDrop(child);
     let webdriver = format!("http://127.0.0.1:{port}");
     wait_until_up(&format!("{webdriver}/status"), "chromedriver").await;
     let profile = tempfile::tempdir().unwrap();

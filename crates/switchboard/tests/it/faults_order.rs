@@ -3,11 +3,9 @@
 //! processes) and the portal answers each call after a random delay. Runs on SQLite and
 //! PostgreSQL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{world::*, *};
+use crate::support::{world::*, *};
 use sandbox::{
     bitrix::ChatMessage,
     meta::{Customer, InboundMessage},

@@ -1,7 +1,5 @@
-//! `kill -9` loses nothing that was acknowledged (SPEC §7): every webhook answered 2xx is
+//! `kill -9` loses nothing that was acknowledged: every webhook answered 2xx is
 //! processed after a restart, once. Runs on SQLite and PostgreSQL.
-
-mod common;
 
 use std::{
     sync::{
@@ -11,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::support::*;
 use switchboard_core::testing::fresh_database_url;
 
 fn env_for(url: &str, config: &str) -> Vec<(String, String)> {
@@ -180,7 +178,7 @@ struct Acked {
     refused: usize,
 }
 
-/// Issue 9: `kill -9` while 2,000 mixed webhooks hit all three bridges, restart on the same
+/// `kill -9` while 2,000 mixed webhooks hit all three bridges, restart on the same
 /// port (Bitrix knows the handler URL), and count downstream.
 ///
 /// The mix (per 40: 35 wabridges, 1 Meta inbound, 1 Bitrix reply, 3 PBX calls) is shaped by
@@ -200,7 +198,7 @@ struct Acked {
 ///   in flight at the kill may have been placed without its 200 arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
-    use common::world::*;
+    use crate::support::world::*;
     use sandbox::meta::Customer;
 
     const N: usize = 2000;

@@ -1,0 +1,32 @@
+//! The `switchboard` crate's integration tests, one test binary. Each module proves one thing
+//! about the wired product; the shared helpers are in `support`.
+
+mod support;
+
+/// The Bitrix24 connector through the real binary: install, the `bitrix` and `whatsapp`
+/// commands, and an acknowledged message delivered after a `kill -9` and a restart.
+mod bitrix;
+/// Stalled, trickled, unread and surplus connections are cut off or shed after their timeouts;
+/// a stop still ends the process; guessed PBX credentials are throttled; tokens stay out of logs.
+mod faults_connections;
+/// `kill -9` loses nothing that was acknowledged: every 2xx is processed after a restart, once.
+mod faults_crash;
+/// Hostile input gets a clear 4xx on every route, the process stays up with bounded memory, and
+/// refused calls cost the database only a bounded head.
+mod faults_input;
+/// A burst from many customers reaches Bitrix in each customer's order.
+mod faults_order;
+/// Bitrix, the subscriber or the database down and back: everything acknowledged is delivered
+/// once, the workers come back, and a worker cut off gives up its job before another takes it.
+mod faults_outage;
+/// Several processes on one PostgreSQL database behave like one.
+mod faults_scale;
+/// The operator pages in a real browser: sign-in, secrets, set-up, replay, retry, CSRF.
+mod pages;
+/// The PBX bridge: an MSG91 click-to-call reaches the PBX and the log keeps its secrets.
+mod pbx_bridge;
+/// The binary as an operator runs it: start-up, configuration errors, the credential and key
+/// commands, masked passwords, SIGTERM.
+mod platform;
+/// wabridges hooks end to end: events posted end up in the state API.
+mod wabridges;
