@@ -25,7 +25,7 @@ use crate::{
     media::{self, Media},
     meta::MetaClient,
     meta_payload::{self, InboundUnit, StatusUnit},
-    settings::public_link,
+    setting_values::public_link,
     store::{self, LeadClaim},
 };
 

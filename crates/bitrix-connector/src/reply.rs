@@ -17,7 +17,7 @@ use crate::{
     meta::{MetaClient, MetaError},
     notes, outbound, php_form,
     portal_file::{self, FileError, Limit},
-    settings::{public_link, required},
+    setting_values::{public_link, required},
     store,
 };
 
@@ -431,7 +431,7 @@ async fn send_content(
 
 /// `bitrix.portal_url`: the one origin operators' file links may point to.
 async fn portal_url(relay: &Relay) -> Result<reqwest::Url, JobError> {
-    let configured = required(&relay.core, "bitrix.portal_url")
+    let configured = required(&relay.core, crate::catalogue::BITRIX_PORTAL_URL)
         .await
         .map_err(|e| JobError::Permanent(e.to_string()))?;
     reqwest::Url::parse(configured.trim())

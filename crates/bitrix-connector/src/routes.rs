@@ -15,7 +15,7 @@ use crate::{
     Error,
     bitrix::{Bitrix, Grant, oauth},
     media, meta_payload, php_form,
-    settings::{required, required_secret},
+    setting_values::{required, required_secret},
     signature,
 };
 
@@ -73,7 +73,7 @@ async fn verify_meta_subscription(
     State(s): State<BridgeState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
-    let expected = required_secret(&s.core, "meta.verify_token").await?;
+    let expected = required_secret(&s.core, crate::catalogue::META_VERIFY_TOKEN).await?;
     let params = url_decode_pairs(query.as_deref().unwrap_or(""));
     let get = |k: &str| {
         params
@@ -102,7 +102,7 @@ async fn receive_meta_webhook(
 ) -> Result<StatusCode, Error> {
     let request_id = request_id_of(&headers);
     let incoming = || Incoming::new(&request_id, "meta", META_WEBHOOK, &body, &headers);
-    let secret = match required_secret(&s.core, "meta.app_secret").await {
+    let secret = match required_secret(&s.core, crate::catalogue::META_APP_SECRET).await {
         Ok(secret) => secret,
         Err(e) => {
             s.core
@@ -220,7 +220,7 @@ fn grant_from_event(form: &Value) -> Result<Grant, Error> {
 /// rotate), the OAuth server names the configured portal and the same `member_id` as the grant
 /// already stored for it, and the installing user is a portal administrator.
 async fn accept_grant(s: &BridgeState, posted: &Grant) -> Result<Grant, Error> {
-    let portal = required(&s.core, "bitrix.portal_url").await?;
+    let portal = required(&s.core, crate::catalogue::BITRIX_PORTAL_URL).await?;
     let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
     let other_portal =
         || Error::Forbidden("this install is for a different portal than bitrix.portal_url".into());

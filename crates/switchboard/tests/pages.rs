@@ -19,11 +19,21 @@ use std::{
 use fantoccini::{Client, ClientBuilder, Locator};
 use switchboard_core::{
     Core, Db, Incoming,
+    config::Catalogue,
     credentials::generate_master_key,
-    testing::{config, eventually, fresh_database_url},
+    testing::{config_with, eventually, fresh_database_url},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Every setting the binary knows, as it wires them, so this test can store any of them.
+fn every_setting() -> Catalogue {
+    Catalogue::new(&[
+        pbx_bridge::catalogue::SETTINGS,
+        wabridges_hooks::catalogue::SETTINGS,
+        bitrix_connector::catalogue::SETTINGS,
+    ])
+}
 const ADMIN: &str = "browser-test-admin-token";
 
 fn free_port() -> u16 {
@@ -91,7 +101,10 @@ async fn serve() -> Server {
     let base = format!("http://{listen}");
     wait_until_up(&format!("{base}/health"), "switchboard").await;
     let db = Db::connect(&url).await.unwrap();
-    let core = Core::with_db(config(&[("SWITCHBOARD_MASTER_KEY", &key)]), db);
+    let core = Core::with_db(
+        config_with(every_setting(), &[("SWITCHBOARD_MASTER_KEY", &key)]),
+        db,
+    );
     Server {
         base,
         core,
@@ -428,7 +441,7 @@ async fn screenshots() {
         ("bitrix.portal_url", "https://acme.bitrix24.com"),
         ("wabridges.token", "hook-demo"),
     ] {
-        server.core.settings.set(key, value).await.unwrap();
+        server.core.settings.set_by_key(key, value).await.unwrap();
     }
     // The server caches stored settings for a few seconds: wait until it sees them.
     let health = format!("{}/health", server.base);
