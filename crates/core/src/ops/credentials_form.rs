@@ -1,5 +1,6 @@
 //! `/admin/credentials`: every setting the credential store holds, grouped in the catalogue's
-//! form order (the binary sets it), each with where its value comes from now; settings only the environment or config file can set are listed read-only.
+//! form order (the binary sets it), each with where its value comes from now; settings only
+//! the environment or config file can set are listed read-only.
 //!
 //! Secrets are never sent to the browser: a set secret shows the mask, and a blank field keeps
 //! the value. Non-secret fields show their value, and an unchanged value is not copied into the
