@@ -7,7 +7,7 @@ use switchboard_core::Core;
 use crate::{
     bitrix::{Bitrix, BitrixError, truthy},
     meta::MetaClient,
-    settings::{public_link, required},
+    setting_values::{public_link, required},
 };
 
 /// A failed command: what went wrong and how to fix it, ready to print.
@@ -55,7 +55,7 @@ fn icon(color: &str) -> Value {
 /// `switchboard bitrix register-connector [--fresh]`.
 pub async fn register_connector(core: &Core, fresh: bool) -> Result<String, CommandFailed> {
     let b = Bitrix::new(core);
-    let connector = required(core, "bitrix.connector_id").await?;
+    let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
     let mut report = Vec::new();
     if fresh {
         let r = b
@@ -124,8 +124,9 @@ pub async fn activate_connector(
     line: Option<String>,
 ) -> Result<String, CommandFailed> {
     let b = Bitrix::new(core);
-    let connector = required(core, "bitrix.connector_id").await?;
-    let configured = crate::settings::optional(core, "bitrix.line_id").await?;
+    let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
+    let configured =
+        crate::setting_values::optional(core, crate::catalogue::BITRIX_LINE_ID).await?;
     let line = match line.or(configured.clone()) {
         Some(l) => l,
         None => {

@@ -20,16 +20,18 @@
 //! - [`media`]: re-hosted copies of media in either direction, served at `/media/{id}`.
 //! - [`commands`]: the `bitrix …` / `whatsapp …` CLI commands.
 //! - [`setup`]: this bridge's rows on `/setup`, with their live probes.
-//! - `settings`, `error`: settings read through core, the HTTP error type and fix texts.
+//! - [`catalogue`]: this bridge's settings: keys, defaults, help texts.
+//! - `setting_values`, `error`: settings read through core, the HTTP error type and fix texts.
 
 pub mod bitrix;
+pub mod catalogue;
 pub mod commands;
 mod error;
 pub mod media;
 pub mod meta;
 pub mod relay;
 mod routes;
-mod settings;
+mod setting_values;
 pub mod setup;
 pub mod store;
 pub mod to_bitrix;
@@ -38,6 +40,7 @@ pub mod to_whatsapp;
 use axum::Router;
 use switchboard_core::{
     Core, JobRegistry,
+    config::Setting,
     inbox::Processors,
     ops::{BridgeInfo, Readiness},
     scheduler::{Task, When},
@@ -45,16 +48,16 @@ use switchboard_core::{
 
 pub use error::{Error, fix};
 
-/// Settings without which nothing can be relayed, as (setting key, env name).
-const REQUIRED: &[(&str, &str)] = &[
-    ("meta.app_secret", "SWITCHBOARD_META_APP_SECRET"),
-    ("meta.access_token", "SWITCHBOARD_META_ACCESS_TOKEN"),
-    ("meta.phone_number_id", "SWITCHBOARD_META_PHONE_NUMBER_ID"),
-    ("meta.verify_token", "SWITCHBOARD_META_VERIFY_TOKEN"),
-    ("bitrix.portal_url", "SWITCHBOARD_BITRIX_PORTAL_URL"),
-    ("bitrix.client_id", "SWITCHBOARD_BITRIX_CLIENT_ID"),
-    ("bitrix.client_secret", "SWITCHBOARD_BITRIX_CLIENT_SECRET"),
-    ("bitrix.line_id", "SWITCHBOARD_BITRIX_LINE_ID"),
+/// Settings without which nothing can be relayed.
+const REQUIRED: &[&Setting] = &[
+    catalogue::META_APP_SECRET,
+    catalogue::META_ACCESS_TOKEN,
+    catalogue::META_PHONE_NUMBER_ID,
+    catalogue::META_VERIFY_TOKEN,
+    catalogue::BITRIX_PORTAL_URL,
+    catalogue::BITRIX_CLIENT_ID,
+    catalogue::BITRIX_CLIENT_SECRET,
+    catalogue::BITRIX_LINE_ID,
 ];
 
 /// `/webhook/whatsapp`, `/bitrix/install`, `/bitrix/events`, `/media/{id}`.
@@ -78,9 +81,9 @@ pub fn info(core: &Core) -> BridgeInfo {
             let settings = settings.clone();
             async move {
                 let mut missing = Vec::new();
-                for (key, env) in REQUIRED {
-                    if !matches!(settings.get(key).await, Ok(Some(_))) {
-                        missing.push(*env);
+                for setting in REQUIRED {
+                    if !matches!(settings.get(setting).await, Ok(Some(_))) {
+                        missing.push(setting.env);
                     }
                 }
                 Readiness {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_core::{
     Core,
+    config::Setting,
     ops::{Check, ProbeCache},
 };
 
@@ -44,15 +45,15 @@ impl Default for SetupProbes {
     }
 }
 
-async fn setting(core: &Core, key: &str) -> Option<String> {
-    core.settings.get(key).await.ok().flatten()
+async fn setting(core: &Core, setting: &Setting) -> Option<String> {
+    core.settings.get(setting).await.ok().flatten()
 }
 
 pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
     let mut rows = Vec::new();
 
-    let token = setting(core, "meta.access_token").await;
-    let phone = setting(core, "meta.phone_number_id").await;
+    let token = setting(core, crate::catalogue::META_ACCESS_TOKEN).await;
+    let phone = setting(core, crate::catalogue::META_PHONE_NUMBER_ID).await;
     if let (Some(token), Some(phone)) = (&token, &phone) {
         let fingerprint = format!("{token}\n{phone}");
         rows.push(
@@ -69,7 +70,7 @@ pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
     }
     rows.push(Check::new(
         "Webhook verify token set",
-        setting(core, "meta.verify_token").await.is_some(),
+        setting(core, crate::catalogue::META_VERIFY_TOKEN).await.is_some(),
         "Choose any string, save it as Webhook Verify Token here, and type the same in Meta's webhook settings (callback URL {public}/webhook/whatsapp).",
     ));
 
@@ -90,15 +91,15 @@ pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
     ));
     rows.push(Check::new(
         "Application token known",
-        setting(core, "bitrix.application_token").await.is_some() || grant.application_token.is_some(),
+        setting(core, crate::catalogue::BITRIX_APPLICATION_TOKEN).await.is_some() || grant.application_token.is_some(),
         "Install the local app from inside Bitrix24 as a portal administrator (the verified install stores the token), or paste the app's application token into the credentials form.",
     ));
 
     let bitrix = Bitrix::new(core);
-    let connector = setting(core, "bitrix.connector_id")
+    let connector = setting(core, crate::catalogue::BITRIX_CONNECTOR_ID)
         .await
         .unwrap_or_default();
-    let line = setting(core, "bitrix.line_id").await;
+    let line = setting(core, crate::catalogue::BITRIX_LINE_ID).await;
     let fingerprint = format!(
         "{}\n{connector}\n{}",
         grant.access_token,

@@ -741,7 +741,10 @@ async fn meta_delivered_and_read_statuses_reach_the_operator_message() {
         // event itself is refused here (wrong token) so only the status path is exercised.
         app.core
             .settings
-            .set("bitrix.application_token", "not-the-portals")
+            .set(
+                bitrix_connector::catalogue::BITRIX_APPLICATION_TOKEN,
+                "not-the-portals",
+            )
             .await
             .unwrap();
         let reply = app

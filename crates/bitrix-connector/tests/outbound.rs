@@ -154,7 +154,7 @@ async fn post_event(app: &TestApp, body: String) -> reqwest::Response {
 async fn application_token_setting(app: &TestApp) -> Option<String> {
     app.core
         .settings
-        .get("bitrix.application_token")
+        .get(bitrix_connector::catalogue::BITRIX_APPLICATION_TOKEN)
         .await
         .unwrap()
 }
@@ -350,7 +350,7 @@ async fn an_event_from_another_portal_is_refused_while_no_token_is_stored() {
     assert_eq!(
         app.core
             .settings
-            .get("bitrix.application_token")
+            .get(bitrix_connector::catalogue::BITRIX_APPLICATION_TOKEN)
             .await
             .unwrap(),
         None

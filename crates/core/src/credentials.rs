@@ -1,4 +1,4 @@
-//! Encrypted credential store and the run-time settings handle.
+//! Encrypted credential store and the run-time settings resolver.
 //!
 //! Every stored value is AES-256-GCM encrypted under the master key and tagged with that key's
 //! id (`v1:<key id>:<base64 nonce‖ciphertext>`), so `keys rotate` can re-encrypt under a new key
@@ -19,7 +19,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    config::{Config, Source, settings},
+    config::{Config, Kind, Setting, Source},
     db::{Db, now_ms},
     on_pool,
     secret::Secret,
@@ -157,13 +157,14 @@ pub struct SettingView {
     pub source: Source,
 }
 
-/// Run-time settings: the credential store first, then [`Config`]'s env → file → default.
+/// Resolves a setting's value at run time: the credential store first, then [`Config`]'s
+/// env → file → default.
 ///
 /// Store values are cached in-process and re-read after a short time, so a value saved by
 /// another process (scale-out) takes effect within seconds, and a save through this process at
 /// once.
 #[derive(Clone)]
-pub struct Settings {
+pub struct SettingsResolver {
     db: Db,
     config: Arc<Config>,
     keyring: Keyring,
@@ -175,7 +176,7 @@ type StoreSnapshot = (Instant, Arc<HashMap<String, String>>);
 
 const STORE_CACHE_TTL: Duration = Duration::from_secs(5);
 
-impl Settings {
+impl SettingsResolver {
     pub fn new(db: Db, config: Arc<Config>) -> Self {
         let keyring = Keyring::from_config(&config);
         Self {
@@ -194,37 +195,50 @@ impl Settings {
         &self.keyring
     }
 
-    /// The value in force for `key` (`meta.app_secret`), with where it came from.
-    pub async fn resolve(&self, key: &str) -> Result<Option<(String, Source)>, CredentialError> {
-        if settings::find(key).is_some_and(|s| s.storable)
-            && let Some(v) = self.stored().await?.get(key)
+    /// The value in force for `setting`, with where it came from.
+    pub async fn resolve(
+        &self,
+        setting: &Setting,
+    ) -> Result<Option<(String, Source)>, CredentialError> {
+        if setting.storable
+            && let Some(v) = self.stored().await?.get(setting.key)
         {
             return Ok(Some((v.clone(), Source::Store)));
         }
         Ok(self
             .config
-            .get(key)
-            .map(|v| (v.to_string(), self.config.source(key))))
+            .get(setting)
+            .map(|v| (v.to_string(), self.config.source(setting))))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<String>, CredentialError> {
-        Ok(self.resolve(key).await?.map(|(v, _)| v))
+    pub async fn get(&self, setting: &Setting) -> Result<Option<String>, CredentialError> {
+        Ok(self.resolve(setting).await?.map(|(v, _)| v))
     }
 
-    pub async fn secret(&self, key: &str) -> Result<Option<Secret>, CredentialError> {
-        Ok(self.get(key).await?.map(Secret::new))
+    pub async fn secret(&self, setting: &Setting) -> Result<Option<Secret>, CredentialError> {
+        Ok(self.get(setting).await?.map(Secret::new))
+    }
+
+    /// [`SettingsResolver::set`] for a key an operator typed (`credentials set meta.app_secret`).
+    pub async fn set_by_key(&self, key: &str, value: &str) -> Result<(), CredentialError> {
+        let setting = self
+            .config
+            .catalogue()
+            .find(key)
+            .ok_or_else(|| CredentialError::NotStorable(key.to_string()))?;
+        self.set(setting, value).await
     }
 
     /// Stores `value` encrypted; an empty value removes the stored one (falls back to env/file).
-    pub async fn set(&self, key: &str, value: &str) -> Result<(), CredentialError> {
-        let s = settings::find(key)
-            .filter(|s| s.storable)
-            .ok_or_else(|| CredentialError::NotStorable(key.to_string()))?;
+    pub async fn set(&self, setting: &Setting, value: &str) -> Result<(), CredentialError> {
+        if !setting.storable {
+            return Err(CredentialError::NotStorable(setting.key.to_string()));
+        }
         if value.is_empty() {
             on_pool!(&self.db, |p| sqlx::query(
                 "DELETE FROM credentials WHERE name = $1"
             )
-            .bind(s.key)
+            .bind(setting.key)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))?;
@@ -235,7 +249,7 @@ impl Settings {
                 "INSERT INTO credentials (name, value, key_id, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value, key_id = excluded.key_id, updated_at = excluded.updated_at"
             )
-            .bind(s.key)
+            .bind(setting.key)
             .bind(&sealed)
             .bind(self.keyring.current_id().unwrap_or_default())
             .bind(now_ms())
@@ -270,9 +284,9 @@ impl Settings {
     /// Every setting with its shown value and source (secrets masked).
     pub async fn list(&self) -> Result<Vec<SettingView>, CredentialError> {
         let mut out = Vec::new();
-        for s in settings::SETTINGS {
-            let resolved = self.resolve(s.key).await?;
-            let secret = s.kind == settings::Kind::Secret;
+        for s in self.config.catalogue().iter() {
+            let resolved = self.resolve(s).await?;
+            let secret = s.kind == Kind::Secret;
             let (shown, source) = match resolved {
                 Some((_, src)) if secret => (crate::secret::MASK.to_string(), src),
                 // A URL's password (DATABASE_URL's, typically) is as secret as a secret.
@@ -283,7 +297,7 @@ impl Settings {
                 key: s.key,
                 env: s.env,
                 label: s.label,
-                group: s.group.title(),
+                group: s.group,
                 secret,
                 storable: s.storable,
                 shown,

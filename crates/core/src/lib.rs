@@ -37,7 +37,7 @@ pub mod testing;
 use std::sync::Arc;
 
 pub use config::Config;
-pub use credentials::Settings;
+pub use credentials::SettingsResolver;
 pub use db::Db;
 pub use inbox::{Inbox, Incoming, Recorded, Status};
 pub use jobs::{JobContext, JobError, JobKind, JobRegistry, Jobs};
@@ -61,7 +61,7 @@ pub struct CoreParts {
     pub db: Db,
     pub inbox: Inbox,
     pub jobs: Jobs,
-    pub settings: Settings,
+    pub settings: SettingsResolver,
     /// One HTTP client for all outbound calls (connection reuse across bridges).
     pub http: reqwest::Client,
     pub started_at: std::time::Instant,
@@ -99,7 +99,7 @@ impl Core {
         Self(Arc::new(CoreParts {
             inbox: Inbox::start(db.clone()),
             jobs,
-            settings: Settings::new(db.clone(), config.clone()),
+            settings: SettingsResolver::new(db.clone(), config.clone()),
             http: http_client(),
             config,
             db,

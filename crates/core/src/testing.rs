@@ -4,7 +4,10 @@
 //! PostgreSQL database on `SWITCHBOARD_TEST_POSTGRES_URL` (default the machine's local server);
 //! anything else gives a temporary SQLite file.
 
-use crate::{Config, Core, Db};
+use crate::{
+    Config, Core, Db,
+    config::{Catalogue, catalogue::DATABASE_URL},
+};
 
 pub struct TestDb {
     pub url: String,
@@ -65,20 +68,26 @@ impl TestDb {
     /// A `Core` over this database with `config` (its database URL is replaced).
     pub fn core(&self, mut config: Config) -> Core {
         config
-            .set("database.url", &self.url)
+            .set(DATABASE_URL, &self.url)
             .expect("test database url is valid");
         crate::metrics::install();
         Core::with_db(config, self.db.clone())
     }
 }
 
-/// A configuration built only from `pairs` (no process environment, no file).
+/// A configuration of core's own settings built only from `pairs` (no process environment,
+/// no file).
 pub fn config(pairs: &[(&str, &str)]) -> Config {
+    config_with(Catalogue::core_only(), pairs)
+}
+
+/// [`config`] against `catalogue`, for tests that set a bridge's settings.
+pub fn config_with(catalogue: Catalogue, pairs: &[(&str, &str)]) -> Config {
     let env = pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Config::from_sources(None, &env).expect("test configuration is valid")
+    Config::from_sources(catalogue, None, &env).expect("test configuration is valid")
 }
 
 /// Runs `body` while this process's job workers and inbox dispatcher run, then stops them and

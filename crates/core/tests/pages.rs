@@ -4,6 +4,8 @@
 //! dead-letter retry. The same flows in a real browser against the real binary are in
 //! `crates/switchboard/tests/pages.rs`.
 
+mod bridge_settings;
+
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -12,7 +14,7 @@ use switchboard_core::{
     Core, Incoming, JobRegistry,
     credentials::generate_master_key,
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
-    testing::{TestDb, config, eventually, with_workers},
+    testing::{TestDb, config_with, eventually, with_workers},
 };
 
 const ADMIN: &str = "admin-token-for-tests";
@@ -35,7 +37,10 @@ fn test_bridge(core: &Core) -> BridgeInfo {
     .with_checks(move || {
         let settings = settings.clone();
         async move {
-            let has = matches!(settings.get("wabridges.token").await, Ok(Some(_)));
+            let has = matches!(
+                settings.get(bridge_settings::WABRIDGES_TOKEN).await,
+                Ok(Some(_))
+            );
             vec![Check::new(
                 "Demo token set",
                 has,
@@ -47,7 +52,7 @@ fn test_bridge(core: &Core) -> BridgeInfo {
 
 async fn app(env: &[(&str, &str)]) -> App {
     let db = TestDb::new().await;
-    let core = db.core(config(env));
+    let core = db.core(config_with(bridge_settings::catalogue(), env));
     let router = switchboard_core::ops::router(&core, vec![test_bridge(&core)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -304,7 +309,11 @@ async fn credentials_form_masks_secrets_keeps_blanks_and_reports_errors_by_field
         "the typo is shown to fix"
     );
     assert_eq!(
-        app.core.settings.get("meta.app_secret").await.unwrap(),
+        app.core
+            .settings
+            .get(bridge_settings::META_APP_SECRET)
+            .await
+            .unwrap(),
         None
     );
 
@@ -327,7 +336,11 @@ async fn credentials_form_masks_secrets_keeps_blanks_and_reports_errors_by_field
     assert!(!html.contains("app-secret-1"));
     assert!(html.contains("•••••••• (set — leave blank to keep)"));
     assert_eq!(
-        app.core.settings.get("meta.app_secret").await.unwrap(),
+        app.core
+            .settings
+            .get(bridge_settings::META_APP_SECRET)
+            .await
+            .unwrap(),
         Some("app-secret-1".into())
     );
 
@@ -350,7 +363,7 @@ async fn credentials_form_masks_secrets_keeps_blanks_and_reports_errors_by_field
     assert_eq!(
         app.core
             .settings
-            .resolve("bitrix.connector_id")
+            .resolve(bridge_settings::BITRIX_CONNECTOR_ID)
             .await
             .unwrap(),
         Some((
@@ -369,7 +382,11 @@ async fn credentials_form_masks_secrets_keeps_blanks_and_reports_errors_by_field
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(
-        app.core.settings.get("meta.app_secret").await.unwrap(),
+        app.core
+            .settings
+            .get(bridge_settings::META_APP_SECRET)
+            .await
+            .unwrap(),
         None
     );
 }
@@ -417,7 +434,7 @@ async fn setup_shows_core_rows_and_bridge_checks_with_their_fixes() {
 
     app.core
         .settings
-        .set("wabridges.token", "hook-secret")
+        .set(bridge_settings::WABRIDGES_TOKEN, "hook-secret")
         .await
         .unwrap();
     let (_, html) = app.get("/setup", &cookie).await;

@@ -2,6 +2,8 @@
 //! `SWITCHBOARD_TEST_DATABASE=postgres`): inbox durability and dedupe, the job queue's retry
 //! schedule and dead letters, and the credential store's key rotation.
 
+mod bridge_settings;
+
 use std::sync::{
     Arc,
     atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -12,7 +14,7 @@ use switchboard_core::{
     Core, Incoming, JobContext, JobError, JobKind, JobRegistry, Recorded, Status,
     credentials::{CredentialError, generate_master_key},
     processing::{Outcome, Processors},
-    testing::{TestDb, config, eventually, with_workers},
+    testing::{TestDb, config, config_with, eventually, with_workers},
 };
 
 fn incoming(source: &str, key: &str, body: &str) -> Incoming {
@@ -369,12 +371,12 @@ async fn key_rotation_round_trip_and_wrong_key_error() {
     let before = db.core(config(&[("SWITCHBOARD_MASTER_KEY", &old)]));
     before
         .settings
-        .set("meta.app_secret", "app-secret-1")
+        .set(bridge_settings::META_APP_SECRET, "app-secret-1")
         .await
         .unwrap();
     before
         .settings
-        .set("bitrix.client_secret", "client-secret-2")
+        .set(bridge_settings::BITRIX_CLIENT_SECRET, "client-secret-2")
         .await
         .unwrap();
     before
@@ -385,7 +387,11 @@ async fn key_rotation_round_trip_and_wrong_key_error() {
 
     // A process with only the new key can't read the old values, and says which setting.
     let wrong = db.core(config(&[("SWITCHBOARD_MASTER_KEY", &new)]));
-    let err = wrong.settings.get("meta.app_secret").await.unwrap_err();
+    let err = wrong
+        .settings
+        .get(bridge_settings::META_APP_SECRET)
+        .await
+        .unwrap_err();
     assert!(matches!(err, CredentialError::UnknownKey { .. }), "{err}");
     assert!(err.to_string().contains("SWITCHBOARD_OLD_MASTER_KEYS"));
 
@@ -406,7 +412,7 @@ async fn key_rotation_round_trip_and_wrong_key_error() {
     assert_eq!(
         after
             .settings
-            .get("meta.app_secret")
+            .get(bridge_settings::META_APP_SECRET)
             .await
             .unwrap()
             .as_deref(),
@@ -427,26 +433,47 @@ async fn key_rotation_round_trip_and_wrong_key_error() {
 async fn store_outranks_env_and_blank_falls_back() {
     let db = TestDb::new().await;
     let key = generate_master_key();
-    let core = db.core(config(&[
-        ("SWITCHBOARD_MASTER_KEY", &key),
-        ("SWITCHBOARD_META_PHONE_NUMBER_ID", "from-env"),
-    ]));
+    let core = db.core(config_with(
+        bridge_settings::catalogue(),
+        &[
+            ("SWITCHBOARD_MASTER_KEY", &key),
+            ("SWITCHBOARD_META_PHONE_NUMBER_ID", "from-env"),
+        ],
+    ));
     let s = &core.settings;
-    let (v, src) = s.resolve("meta.phone_number_id").await.unwrap().unwrap();
+    let (v, src) = s
+        .resolve(bridge_settings::META_PHONE_NUMBER_ID)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((v.as_str(), src.as_str()), ("from-env", "env"));
-    s.set("meta.phone_number_id", "from-store").await.unwrap();
-    let (v, src) = s.resolve("meta.phone_number_id").await.unwrap().unwrap();
+    s.set(bridge_settings::META_PHONE_NUMBER_ID, "from-store")
+        .await
+        .unwrap();
+    let (v, src) = s
+        .resolve(bridge_settings::META_PHONE_NUMBER_ID)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((v.as_str(), src.as_str()), ("from-store", "store"));
-    s.set("meta.phone_number_id", "").await.unwrap();
+    s.set(bridge_settings::META_PHONE_NUMBER_ID, "")
+        .await
+        .unwrap();
     assert_eq!(
-        s.get("meta.phone_number_id").await.unwrap().as_deref(),
+        s.get(bridge_settings::META_PHONE_NUMBER_ID)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("from-env")
     );
     // Server settings are not storable: the form can't redirect the database.
     assert!(
-        s.set("database.url", "sqlite://elsewhere.db")
-            .await
-            .is_err()
+        s.set(
+            switchboard_core::config::catalogue::DATABASE_URL,
+            "sqlite://elsewhere.db"
+        )
+        .await
+        .is_err()
     );
 }
 

@@ -8,6 +8,7 @@
 //! Read `routes.rs`, then `proxy.rs`; the open-proxy defence is `endpoint.rs`, the single-flight
 //! token cache `token_cache.rs`.
 
+pub mod catalogue;
 mod client;
 /// Public so a fuzz target can drive the allow-list directly (SPEC §7).
 pub mod endpoint;
@@ -23,9 +24,11 @@ mod token_cache;
 use std::{sync::Arc, time::Duration};
 
 use axum::Router;
+use catalogue::{PBX_ALLOWED_PREFIXES, PBX_BASE_URL, PBX_TIMEOUT_SECS, PBX_TOKEN_TTL_SECS};
 use switchboard_core::{
     Core,
     client_addr::TrustedProxies,
+    config::catalogue::TRUSTED_PROXIES,
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
 };
 
@@ -36,23 +39,22 @@ pub use throttle::CLIENT_FAILURES;
 /// `POST /whatsapp-bridge`. Each call builds its own token cache, so the binary calls it once.
 pub fn router(core: &Core) -> Router {
     let config = &core.config;
-    let proxy = config.get("pbx.base_url").map(|base_url| {
+    let proxy = config.get(PBX_BASE_URL).map(|base_url| {
         Arc::new(proxy::Proxy {
             client: client::PbxClient::new(
                 core.http.clone(),
                 base_url,
-                Duration::from_secs(config.integer("pbx.timeout_secs").unwrap_or(15)),
+                Duration::from_secs(config.integer_or_default(PBX_TIMEOUT_SECS)),
             ),
             tokens: token_cache::TokenCache::new(Duration::from_secs(
-                config.integer("pbx.token_ttl_secs").unwrap_or(82_800),
+                config.integer_or_default(PBX_TOKEN_TTL_SECS),
             )),
-            allowed_prefixes: config.list("pbx.allowed_prefixes"),
+            allowed_prefixes: config.list(PBX_ALLOWED_PREFIXES),
             throttle: throttle::LoginThrottle::default(),
         })
     });
     // Checked when the configuration loaded.
-    let trusted_proxies =
-        TrustedProxies::parse(&config.list("trusted_proxies")).unwrap_or_default();
+    let trusted_proxies = TrustedProxies::parse(&config.list(TRUSTED_PROXIES)).unwrap_or_default();
     routes::router(routes::BridgeState {
         proxy,
         trusted_proxies: Arc::new(trusted_proxies),
@@ -68,14 +70,14 @@ pub fn info(core: &Core) -> BridgeInfo {
         "PBX bridge (MSG91 → AstraPBX)",
         &["POST /whatsapp-bridge"],
         move || {
-            let configured = core.config.get("pbx.base_url").is_some();
+            let configured = core.config.get(PBX_BASE_URL).is_some();
             async move {
                 Readiness {
                     configured,
                     missing: if configured {
                         vec![]
                     } else {
-                        vec!["SWITCHBOARD_PBX_BASE_URL"]
+                        vec![PBX_BASE_URL.env]
                     },
                 }
             }
@@ -84,7 +86,7 @@ pub fn info(core: &Core) -> BridgeInfo {
     .with_checks(move || {
         let (core, probes) = (probe_core.clone(), probes.clone());
         async move {
-            let Some(base) = core.config.get("pbx.base_url").map(str::to_string) else {
+            let Some(base) = core.config.get(PBX_BASE_URL).map(str::to_string) else {
                 return Vec::new();
             };
             let probe = reachable(core.http.clone(), base.clone());

@@ -13,7 +13,16 @@ use std::{
 use reqwest::StatusCode;
 use sandbox::pbx::{FakePbx, TokenField};
 use serde_json::{Value, json};
-use switchboard_core::testing::{TestDb, config};
+use switchboard_core::{
+    Config,
+    config::Catalogue,
+    testing::{TestDb, config_with},
+};
+
+/// Core's settings and this bridge's, from `pairs` alone.
+fn config(pairs: &[(&str, &str)]) -> Config {
+    config_with(Catalogue::new(&[pbx_bridge::catalogue::SETTINGS]), pairs)
+}
 use tokio::task::JoinHandle;
 
 const KEY: &str = "org_1938b5c0e7a4";

@@ -8,13 +8,35 @@ use axum::{
     http::{HeaderName, Request, Response},
 };
 use switchboard_core::{
-    Core, http::ErrorCause, inbox::Processors, jobs::JobRegistry, ops::BridgeInfo, scheduler,
+    Core, config::Catalogue, http::ErrorCause, inbox::Processors, jobs::JobRegistry,
+    ops::BridgeInfo, scheduler,
 };
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 use tracing::Span;
+
+/// Every setting this binary knows: core's, then each bridge's, in the order `credentials
+/// list` shows them. The admin form puts the groups the credential store holds first, in the
+/// order an operator fills them in.
+pub fn catalogue() -> Catalogue {
+    use bitrix_connector::catalogue::{BITRIX_GROUP, META_GROUP};
+    use switchboard_core::config::catalogue::{DATABASE_GROUP, SERVER_GROUP};
+    Catalogue::new(&[
+        pbx_bridge::catalogue::SETTINGS,
+        wabridges_hooks::catalogue::SETTINGS,
+        bitrix_connector::catalogue::SETTINGS,
+    ])
+    .with_form_order(&[
+        META_GROUP,
+        BITRIX_GROUP,
+        wabridges_hooks::catalogue::WABRIDGES_GROUP,
+        pbx_bridge::catalogue::PBX_GROUP,
+        SERVER_GROUP,
+        DATABASE_GROUP,
+    ])
+}
 
 pub fn bridges(core: &Core) -> Vec<BridgeInfo> {
     vec![
@@ -115,4 +137,59 @@ pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
     tasks.extend(wabridges_hooks::scheduled(core));
     tasks.extend(bitrix_connector::scheduled(core));
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_core::config::check_kind;
+
+    use super::catalogue;
+
+    /// The annotated example must list every setting with its real default, or operators are
+    /// told something the binary doesn't do.
+    #[test]
+    fn example_file_lists_every_setting() {
+        let text = include_str!("../../../config/switchboard.example.toml");
+        for s in catalogue().iter() {
+            let line = format!("{} = ", s.name());
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches('#').trim_start().starts_with(&line)),
+                "{} missing from config/switchboard.example.toml",
+                s.key
+            );
+            assert!(text.contains(s.env), "{} not named in the example", s.env);
+        }
+    }
+
+    /// Keys and environment names are how operators and the store name a setting: two entries
+    /// sharing one would shadow each other. A default that fails its own check would stop
+    /// every start-up that leaves it alone.
+    #[test]
+    fn entries_are_unique_and_defaults_valid() {
+        let all: Vec<_> = catalogue().iter().collect();
+        for (i, s) in all.iter().enumerate() {
+            assert!(all[..i].iter().all(|o| o.key != s.key), "{} twice", s.key);
+            assert!(all[..i].iter().all(|o| o.env != s.env), "{} twice", s.env);
+            if let Some(d) = s.default {
+                assert_eq!(check_kind(s, d), Ok(()), "{}", s.key);
+            }
+        }
+    }
+
+    /// Same fieldsets in the same order as before the catalogue was split across crates.
+    #[test]
+    fn admin_form_groups_keep_their_order() {
+        assert_eq!(
+            catalogue().form_groups(),
+            [
+                "Meta WhatsApp",
+                "Bitrix24",
+                "wabridges hooks",
+                "PBX bridge",
+                "Server",
+                "Database"
+            ]
+        );
+    }
 }

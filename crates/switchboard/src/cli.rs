@@ -147,7 +147,7 @@ enum JobsCommand {
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
-    let config = match Config::load(cli.config.clone()) {
+    let config = match Config::load(switchboard::catalogue(), cli.config.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard: configuration error: {e}");
@@ -271,7 +271,7 @@ async fn credentials(config: Config, command: CredentialsCommand) -> anyhow::Res
                 }
                 _ => anyhow::bail!("give the value as an argument or with --stdin (not both)"),
             };
-            core.settings.set(&key, &value).await?;
+            core.settings.set_by_key(&key, &value).await?;
             println!(
                 "{key} {}",
                 if value.is_empty() {

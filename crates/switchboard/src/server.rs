@@ -37,7 +37,14 @@ use axum::{
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-use switchboard_core::{Config, http::error_body};
+use switchboard_core::{
+    Config,
+    config::{
+        Setting,
+        catalogue::{BODY_TIMEOUT_SECS, HEADER_TIMEOUT_SECS, MAX_CONNECTIONS},
+    },
+    http::error_body,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -70,15 +77,14 @@ impl Limits {
     /// The configured timeouts, and the connection cap that the open-file limit (raised towards
     /// its hard maximum when that helps) leaves room for, lowered to `max_connections` if set.
     pub fn from_config(config: &Config) -> Limits {
-        let secs = |key: &str, default: u64| {
-            Duration::from_secs(config.integer(key).unwrap_or(default).max(1))
-        };
+        let secs =
+            |setting: &Setting| Duration::from_secs(config.integer_or_default(setting).max(1));
         let jobs = config.jobs_concurrency();
         let room = open_file_limit(reserved_descriptors(jobs) + 2 * DEFAULT_MAX_CONNECTIONS as u64)
             .map_or(DEFAULT_MAX_CONNECTIONS, |nofile| {
                 room_for_connections(nofile, jobs)
             });
-        let max_connections = match config.integer("max_connections") {
+        let max_connections = match config.integer(MAX_CONNECTIONS) {
             Some(n) if n as usize > room => {
                 tracing::warn!(
                     max_connections = n,
@@ -91,8 +97,8 @@ impl Limits {
             None => room.min(DEFAULT_MAX_CONNECTIONS),
         };
         Limits {
-            header_timeout: secs("header_timeout_secs", 20),
-            body_timeout: secs("body_timeout_secs", 30),
+            header_timeout: secs(HEADER_TIMEOUT_SECS),
+            body_timeout: secs(BODY_TIMEOUT_SECS),
             max_connections,
         }
     }

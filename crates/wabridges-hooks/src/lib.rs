@@ -7,6 +7,7 @@
 //! `state.rs` and `forward.rs`; the payload types are in `events.rs`.
 
 pub mod api;
+pub mod catalogue;
 pub mod error;
 pub mod events;
 pub mod forward;
@@ -15,6 +16,7 @@ pub mod routes;
 pub mod state;
 
 use axum::Router;
+use catalogue::WABRIDGES_TOKEN;
 use switchboard_core::{
     Core, JobRegistry,
     inbox::Processors,
@@ -47,13 +49,13 @@ pub fn info(core: &Core) -> BridgeInfo {
         move || {
             let settings = settings.clone();
             async move {
-                let configured = matches!(settings.get("wabridges.token").await, Ok(Some(_)));
+                let configured = matches!(settings.get(WABRIDGES_TOKEN).await, Ok(Some(_)));
                 Readiness {
                     configured,
                     missing: if configured {
                         vec![]
                     } else {
-                        vec!["SWITCHBOARD_WABRIDGES_TOKEN"]
+                        vec![WABRIDGES_TOKEN.env]
                     },
                 }
             }

@@ -83,7 +83,11 @@ async fn receive_wabridges_hook(
         Err(why)
     };
 
-    let Some(expected) = core.settings.secret("wabridges.token").await? else {
+    let Some(expected) = core
+        .settings
+        .secret(crate::catalogue::WABRIDGES_TOKEN)
+        .await?
+    else {
         return refuse(Error::NotConfigured).await;
     };
     if !presented_token(&headers, &uri).is_some_and(|t| expected.matches(&t)) {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use switchboard_core::{
     Config, Core, JobRegistry,
+    config::Catalogue,
     processing::Processors,
     testing::{TestDb, eventually, with_workers},
 };
@@ -48,7 +49,8 @@ impl TestApp {
         if let Some(t) = token {
             env.insert("SWITCHBOARD_WABRIDGES_TOKEN".into(), t.into());
         }
-        let config = Config::from_sources(Some(file.path().into()), &env).unwrap();
+        let catalogue = Catalogue::new(&[wabridges_hooks::catalogue::SETTINGS]);
+        let config = Config::from_sources(catalogue, Some(file.path().into()), &env).unwrap();
         let db = TestDb::new().await;
         let core = db.core(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -14,7 +14,7 @@ use crate::{
     Error,
     bitrix::{Grant, oauth, php_form},
     routes::BridgeState,
-    settings::required,
+    setting_values::required,
 };
 
 pub async fn show_install() -> Html<&'static str> {
@@ -99,7 +99,7 @@ fn grant_from_event(form: &Value) -> Result<Grant, Error> {
 /// rotate), the OAuth server names the configured portal and the same `member_id` as the grant
 /// already stored for it, and the installing user is a portal administrator.
 async fn accept_grant(s: &BridgeState, posted: &Grant) -> Result<Grant, Error> {
-    let portal = required(&s.core, "bitrix.portal_url").await?;
+    let portal = required(&s.core, crate::catalogue::BITRIX_PORTAL_URL).await?;
     let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
     let other_portal =
         || Error::Forbidden("this install is for a different portal than bitrix.portal_url".into());

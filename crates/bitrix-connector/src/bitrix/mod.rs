@@ -101,8 +101,11 @@ impl Bitrix {
 
     /// `(connector id, line id)` from settings.
     pub async fn connector_and_line(&self) -> Result<(String, String), BitrixError> {
-        let connector = crate::settings::required(&self.core, "bitrix.connector_id").await?;
-        let line = crate::settings::required(&self.core, "bitrix.line_id").await?;
+        let connector =
+            crate::setting_values::required(&self.core, crate::catalogue::BITRIX_CONNECTOR_ID)
+                .await?;
+        let line =
+            crate::setting_values::required(&self.core, crate::catalogue::BITRIX_LINE_ID).await?;
         Ok((connector, line))
     }
 }

@@ -12,7 +12,7 @@ use switchboard_core::Core;
 use tokio::sync::Mutex;
 
 use super::BitrixError;
-use crate::settings::{required, required_secret};
+use crate::setting_values::{required, required_secret};
 
 /// Name of the encrypted blob holding the grant.
 pub const GRANT_BLOB: &str = "bitrix.grant";
@@ -114,9 +114,9 @@ impl OAuth {
 /// client id and secret: the answer's body, or the server's refusal as [`BitrixError::OAuth`].
 /// The refresh token is used up either way.
 pub async fn redeem(core: &Core, refresh_token: &str) -> Result<Value, BitrixError> {
-    let oauth_url = required(core, "bitrix.oauth_url").await?;
-    let client_id = required(core, "bitrix.client_id").await?;
-    let secret = required_secret(core, "bitrix.client_secret").await?;
+    let oauth_url = required(core, crate::catalogue::BITRIX_OAUTH_URL).await?;
+    let client_id = required(core, crate::catalogue::BITRIX_CLIENT_ID).await?;
+    let secret = required_secret(core, crate::catalogue::BITRIX_CLIENT_SECRET).await?;
     let resp = core
         .http
         .get(format!("{}/oauth/token/", oauth_url.trim_end_matches('/')))

@@ -11,7 +11,7 @@ use switchboard_core::{Core, JobError, Secret};
 use crate::{
     error::fix,
     media::Media,
-    settings::{optional, required, required_secret},
+    setting_values::{optional, required, required_secret},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +89,8 @@ pub struct MetaClient {
 
 impl MetaClient {
     pub async fn from_settings(core: &Core) -> Result<Self, crate::Error> {
-        let url = required(core, "meta.graph_url").await?;
-        let version = required(core, "meta.graph_version").await?;
+        let url = required(core, crate::catalogue::META_GRAPH_URL).await?;
+        let version = required(core, crate::catalogue::META_GRAPH_VERSION).await?;
         Ok(Self {
             http: core.http.clone(),
             base: format!(
@@ -98,8 +98,8 @@ impl MetaClient {
                 url.trim_end_matches('/'),
                 version.trim_matches('/')
             ),
-            token: required_secret(core, "meta.access_token").await?,
-            phone_number_id: optional(core, "meta.phone_number_id").await?,
+            token: required_secret(core, crate::catalogue::META_ACCESS_TOKEN).await?,
+            phone_number_id: optional(core, crate::catalogue::META_PHONE_NUMBER_ID).await?,
         })
     }
 

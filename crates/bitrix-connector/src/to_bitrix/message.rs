@@ -14,7 +14,7 @@ use crate::{
     media::{self, Media},
     meta::{MetaClient, payload::InboundUnit},
     relay::{Relay, meta_media_key, relay_key, retry_db},
-    settings::public_link,
+    setting_values::public_link,
     store,
 };
 

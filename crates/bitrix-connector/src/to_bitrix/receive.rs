@@ -14,7 +14,7 @@ use crate::{
     meta::{payload as meta_payload, signature},
     relay::META_SOURCE,
     routes::{BridgeState, META_WEBHOOK},
-    settings::required_secret,
+    setting_values::required_secret,
 };
 
 /// Meta's one-time handshake (protocol §1): echo `hub.challenge` as plain text.
@@ -22,7 +22,7 @@ pub async fn verify_meta_subscription(
     State(s): State<BridgeState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
-    let expected = required_secret(&s.core, "meta.verify_token").await?;
+    let expected = required_secret(&s.core, crate::catalogue::META_VERIFY_TOKEN).await?;
     let params = url_decode_pairs(query.as_deref().unwrap_or(""));
     let get = |k: &str| {
         params
@@ -52,7 +52,7 @@ pub async fn receive_meta_webhook(
 ) -> Result<StatusCode, Error> {
     let request_id = request_id_of(&headers);
     let incoming = || Incoming::new(&request_id, META_SOURCE, META_WEBHOOK, &body, &headers);
-    let secret = match required_secret(&s.core, "meta.app_secret").await {
+    let secret = match required_secret(&s.core, crate::catalogue::META_APP_SECRET).await {
         Ok(secret) => secret,
         Err(e) => {
             s.core

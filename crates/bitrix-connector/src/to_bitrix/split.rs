@@ -1,16 +1,20 @@
 //! The `meta` processor: one stored notification becomes one job per message and per status,
 //! each recorded first (the customer's order, the status seen) and pushed once under its key.
 
-use switchboard_core::{JobContext, JobError, inbox::{ProcessOutcome, StoredEvent}};
+use switchboard_core::{
+    JobContext, JobError,
+    inbox::{ProcessOutcome, StoredEvent},
+};
 
 use super::{message::RelayToBitrix, status::RelayStatusToBitrix};
 use crate::{
     meta::payload as meta_payload,
-    relay::{META_SOURCE, Relay, relay_key, retry_db, status_key},
+    relay::{Relay, relay_key, retry_db, status_key},
     store,
 };
 
-/// Processor of source [`META_SOURCE`]: records each unit and pushes its job.
+/// Processor of source [`META_SOURCE`](crate::relay::META_SOURCE): records each unit and pushes
+/// its job.
 pub async fn process_meta_event(
     relay: &Relay,
     event: StoredEvent,
@@ -71,7 +75,9 @@ pub async fn process_meta_event(
     }
     Ok(match (total, fresh) {
         (0, _) => ProcessOutcome::Skipped("no messages or statuses in this notification".into()),
-        (_, 0) => ProcessOutcome::Skipped("duplicate: every message and status was seen before".into()),
+        (_, 0) => {
+            ProcessOutcome::Skipped("duplicate: every message and status was seen before".into())
+        }
         _ => ProcessOutcome::Processed,
     })
 }

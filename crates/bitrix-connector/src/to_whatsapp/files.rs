@@ -13,7 +13,7 @@ use crate::{
     },
     media::{self, Media},
     relay::{Relay, bitrix_file_key, retry_db},
-    settings::{public_link, required},
+    setting_values::{public_link, required},
     store,
 };
 
@@ -75,7 +75,7 @@ fn mime_from_name(name: &str) -> &'static str {
 
 /// `bitrix.portal_url`: the one origin operators' file links may point to.
 pub(super) async fn portal_url(relay: &Relay) -> Result<reqwest::Url, JobError> {
-    let configured = required(&relay.core, "bitrix.portal_url")
+    let configured = required(&relay.core, crate::catalogue::BITRIX_PORTAL_URL)
         .await
         .map_err(|e| JobError::Permanent(e.to_string()))?;
     reqwest::Url::parse(configured.trim())

@@ -89,7 +89,7 @@ async fn authenticate(s: &BridgeState, presented: &str) -> Result<(), String> {
     let configured = s
         .core
         .settings
-        .secret("bitrix.application_token")
+        .secret(crate::catalogue::BITRIX_APPLICATION_TOKEN)
         .await
         .map_err(|e| e.to_string())?
         .filter(|t| !t.expose().is_empty());

@@ -273,6 +273,7 @@ async fn confirm_delivery(
 mod tests {
     use super::{callback_data, parse_callback_data};
 
+    #[test]
     fn callback_data_round_trips() {
         let data = callback_data("98711", 2);
         assert_eq!(parse_callback_data(&data), Some(("98711", 2)));

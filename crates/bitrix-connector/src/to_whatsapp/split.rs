@@ -2,7 +2,11 @@
 //! deduped on its Bitrix id, except replies the 24-hour window guard stops (the audit status
 //! `blocked_window` plus a note in the chat).
 
-use switchboard_core::{JobContext, JobError, db::now_ms, inbox::{ProcessOutcome, StoredEvent}};
+use switchboard_core::{
+    JobContext, JobError,
+    db::now_ms,
+    inbox::{ProcessOutcome, StoredEvent},
+};
 
 use super::{send::RelayToWhatsapp, template::template_command};
 use crate::{

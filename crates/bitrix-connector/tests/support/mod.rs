@@ -10,10 +10,21 @@ use sandbox::{
 };
 use switchboard_core::{
     Config, Core, JobRegistry,
+    config::Catalogue,
     credentials::generate_master_key,
     processing::Processors,
-    testing::{TestDb, config},
+    testing::{TestDb, config_with},
 };
+
+/// Core's settings and this bridge's.
+pub fn catalogue() -> Catalogue {
+    Catalogue::new(&[bitrix_connector::catalogue::SETTINGS])
+}
+
+/// Core's settings and this bridge's, from `pairs` alone.
+fn config(pairs: &[(&str, &str)]) -> Config {
+    config_with(catalogue(), pairs)
+}
 
 pub const VERIFY_TOKEN: &str = "verify-me-please";
 pub const ANNA: &str = "4917612345678";
@@ -45,7 +56,7 @@ impl TestApp {
         self.core
             .settings
             .set(
-                "bitrix.application_token",
+                bitrix_connector::catalogue::BITRIX_APPLICATION_TOKEN,
                 &self.bitrix.config().application_token,
             )
             .await
@@ -227,7 +238,7 @@ fn config_with_file(pairs: &[(&str, &str)], toml: &str) -> Config {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let loaded = Config::from_sources(Some(path.clone()), &env);
+    let loaded = Config::from_sources(catalogue(), Some(path.clone()), &env);
     let _ = std::fs::remove_file(&path);
     loaded.expect("test config file is valid")
 }

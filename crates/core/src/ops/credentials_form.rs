@@ -1,6 +1,6 @@
-//! `/admin/credentials`: every setting the credential store holds, grouped as in the seed's
-//! credentials reference (Meta WhatsApp, Bitrix24, then wabridges), each with where its value
-//! comes from now; settings only the environment or config file can set are listed read-only.
+//! `/admin/credentials`: every setting the credential store holds, grouped in the catalogue's
+//! form order (the binary sets it), each with where its value comes from now; settings only
+//! the environment or config file can set are listed read-only.
 //!
 //! Secrets are never sent to the browser: a set secret shows the mask, and a blank field keeps
 //! the value. Non-secret fields show their value, and an unchanged value is not copied into the
@@ -23,21 +23,10 @@ use super::{
     session::{self, AdminSession, CSRF_FIELD},
 };
 use crate::{
-    config::{Group, Kind, SETTINGS, Setting, Source, check_kind},
+    config::{Kind, Setting, Source, check_kind},
     credentials::{CredentialError, SettingView},
     secret::MASK,
 };
-
-/// Groups in the order of the seed's credentials reference, then the ones only the
-/// environment sets.
-const GROUPS: &[Group] = &[
-    Group::Meta,
-    Group::Bitrix,
-    Group::Wabridges,
-    Group::Pbx,
-    Group::Server,
-    Group::Database,
-];
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct Notice {
@@ -86,7 +75,7 @@ pub(super) async fn save_credentials(
 
     let mut feedback = Feedback::default();
     let mut changes: Vec<(&'static Setting, Change)> = Vec::new();
-    for setting in SETTINGS.iter().filter(|s| s.storable) {
+    for setting in s.core.config.catalogue().iter().filter(|s| s.storable) {
         if clear(setting.key) {
             changes.push((setting, Change::Clear));
             continue;
@@ -103,7 +92,7 @@ pub(super) async fn save_credentials(
             continue;
         }
         if !secret {
-            match s.core.settings.get(setting.key).await {
+            match s.core.settings.get(setting).await {
                 // The field shows a URL's password masked: sent back as shown, it is unchanged.
                 Ok(Some(current))
                     if current == value || crate::db::redact_url(&current) == value =>
@@ -133,7 +122,7 @@ pub(super) async fn save_credentials(
             Change::Set(v) => v.as_str(),
             Change::Clear => "",
         };
-        if let Err(e) = s.core.settings.set(setting.key, value).await {
+        if let Err(e) = s.core.settings.set(setting, value).await {
             feedback.form_error = Some(e.to_string());
             return render(&s, &admin, feedback, StatusCode::UNPROCESSABLE_ENTITY).await;
         }
@@ -158,6 +147,12 @@ async fn render(s: &OpsState, admin: &AdminSession, fb: Feedback, status: Status
     };
     let has_key = s.core.settings.keyring().current_id().is_some();
     let by_key: HashMap<&str, &SettingView> = views.iter().map(|v| (v.key, v)).collect();
+    let catalogue = s.core.config.catalogue();
+    let has_storable = |group: &str| catalogue.iter().any(|s| s.group == group && s.storable);
+    let (form_groups, env_only_groups): (Vec<&str>, Vec<&str>) = catalogue
+        .form_groups()
+        .into_iter()
+        .partition(|g| has_storable(g));
     let body = html! {
         h1 { "Credentials" }
         p.muted { "Resolution order: stored here (encrypted) → environment → config file → default. "
@@ -178,10 +173,10 @@ async fn render(s: &OpsState, admin: &AdminSession, fb: Feedback, status: Status
                 @if let Some(e) = &fb.form_error {
                     p.notice.bad #form-error role="alert" { (e) }
                 }
-                @for group in GROUPS.iter().filter(|g| SETTINGS.iter().any(|s| s.group == **g && s.storable)) {
+                @for group in &form_groups {
                     fieldset {
-                        legend { (group.title()) }
-                        @for setting in SETTINGS.iter().filter(|s| s.group == *group) {
+                        legend { (group) }
+                        @for setting in catalogue.iter().filter(|s| s.group == *group) {
                             @if let Some(v) = by_key.get(setting.key) { (field(setting, v, &fb)) }
                         }
                     }
@@ -189,10 +184,10 @@ async fn render(s: &OpsState, admin: &AdminSession, fb: Feedback, status: Status
                 p { button type="submit" { "Save" } }
             }
             h2 { "Set in the environment or config file" }
-            @for group in GROUPS.iter().filter(|g| !SETTINGS.iter().any(|s| s.group == **g && s.storable)) {
+            @for group in &env_only_groups {
                 fieldset {
-                    legend { (group.title()) }
-                    @for setting in SETTINGS.iter().filter(|s| s.group == *group) {
+                    legend { (group) }
+                    @for setting in catalogue.iter().filter(|s| s.group == *group) {
                         @if let Some(v) = by_key.get(setting.key) { (field(setting, v, &fb)) }
                     }
                 }

@@ -110,7 +110,7 @@ impl BridgeInfo {
     /// BridgeInfo::new("bitrix", "Bitrix24 connector", ROUTES, readiness).with_checks(move || {
     ///     let (settings, probe) = (settings.clone(), probe.clone());
     ///     async move {
-    ///         let token = settings.get("meta.access_token").await.ok().flatten();
+    ///         let token = settings.get(catalogue::META_ACCESS_TOKEN).await.ok().flatten();
     ///         vec![
     ///             Check::new("Webhook verify token set", has_verify_token,
     ///                 "Set Webhook Verify Token in /admin/credentials and type the same string in Meta's webhook settings."),

@@ -10,7 +10,7 @@ use super::{
     layout::{self, Nav},
     session::AdminSession,
 };
-use crate::{Core, db::Db, on_pool};
+use crate::{Core, config::Catalogue, db::Db, on_pool};
 
 /// A worker whose heartbeat (every 5 s, apalis' `last_seen`) is older than this is gone.
 const WORKER_SILENCE_SECS: i64 = 30;
@@ -22,7 +22,7 @@ pub(super) async fn show_setup(State(s): State<OpsState>, _admin: AdminSession) 
         let mut rows = vec![Check::new(
             format!("{}: configured", b.title),
             r.configured,
-            missing_fix(&r.missing),
+            missing_fix(s.core.config.catalogue(), &r.missing),
         )];
         rows.extend(b.checks().await);
         sections.push((b.title.to_string(), rows));
@@ -61,10 +61,10 @@ pub(super) async fn show_setup(State(s): State<OpsState>, _admin: AdminSession) 
 
 /// Where each missing setting can be set: the form takes storable ones; the others need the
 /// environment or the config file, and a restart.
-fn missing_fix(missing: &[&str]) -> String {
+fn missing_fix(catalogue: &Catalogue, missing: &[&str]) -> String {
     let (form, env): (Vec<&str>, Vec<&str>) = missing
         .iter()
-        .partition(|name| crate::config::settings::find_by_env(name).is_some_and(|s| s.storable));
+        .partition(|name| catalogue.find_by_env(name).is_some_and(|s| s.storable));
     let mut parts = Vec::new();
     if !form.is_empty() {
         parts.push(format!("Set {} in /admin/credentials.", form.join(", ")));

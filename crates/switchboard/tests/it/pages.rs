@@ -19,7 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use switchboard_core::{
     Core, Db, Incoming,
     credentials::generate_master_key,
-    testing::{config, fresh_database_url},
+    testing::{config_with, fresh_database_url},
 };
 
 use crate::support::{InProcess, KillOnDrop, Workers, eventually, free_port, serve_in_process};
@@ -62,7 +62,13 @@ async fn serve() -> Server {
     .collect();
     let running = serve_in_process(&env, Workers::InProcess).await;
     let db = Db::connect(&url).await.unwrap();
-    let core = Core::with_db(config(&[("SWITCHBOARD_MASTER_KEY", &key)]), db);
+    let core = Core::with_db(
+        config_with(
+            switchboard::catalogue(),
+            &[("SWITCHBOARD_MASTER_KEY", &key)],
+        ),
+        db,
+    );
     Server {
         base: running.base.clone(),
         core,
@@ -398,7 +404,7 @@ async fn screenshots() {
         ("bitrix.portal_url", "https://acme.bitrix24.com"),
         ("wabridges.token", "hook-demo"),
     ] {
-        server.core.settings.set(key, value).await.unwrap();
+        server.core.settings.set_by_key(key, value).await.unwrap();
     }
     // The server caches stored settings for a few seconds: wait until it sees them.
     let health = format!("{}/health", server.base);

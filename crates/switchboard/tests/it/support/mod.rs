@@ -169,7 +169,8 @@ impl Bound {
     /// process's environment), once `/health` answers.
     pub async fn serve(self, env: &[(String, String)], workers: Workers) -> InProcess {
         let env = env.iter().cloned().collect();
-        let config = Config::from_sources(None, &env).expect("the test's settings are valid");
+        let config = Config::from_sources(switchboard::catalogue(), None, &env)
+            .expect("the test's settings are valid");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.listener.set_nonblocking(true).unwrap();
         let listener = self.listener;
