@@ -1,15 +1,14 @@
 //! Issue 6: WhatsApp → Bitrix24 over real HTTP against the sandbox fakes — signature, dedupe,
 //! one lead per number, media re-hosting, OAuth refresh, outages and dead letters.
 
-mod support;
-
+use crate::support::{ANNA, TestApp, VERIFY_TOKEN};
 use sandbox::{
     bitrix::{BitrixConfig, OperatorFile},
+    harness::eventually,
     meta::{Customer, InboundMessage, Signature, Status},
 };
 use serde_json::Value;
-use support::{ANNA, TestApp, VERIFY_TOKEN};
-use switchboard_core::testing::{eventually, with_workers};
+use switchboard_core::testing::with_workers;
 
 fn anna() -> Customer {
     Customer::new(ANNA, "Anna Schmidt")
