@@ -17,10 +17,11 @@ use std::{
 };
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use sandbox::harness::eventually;
 use switchboard_core::{
     Core, Db, Incoming,
     credentials::generate_master_key,
-    testing::{config, eventually, fresh_database_url},
+    testing::{config, fresh_database_url},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");

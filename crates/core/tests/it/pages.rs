@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use reqwest::{StatusCode, redirect::Policy};
+use sandbox::harness::eventually;
 use switchboard_core::{
     Core, Incoming, JobRegistry,
     credentials::generate_master_key,
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
-    testing::{TestDb, config, eventually, with_workers},
+    testing::{TestDb, config, with_workers},
 };
 
 const ADMIN: &str = "admin-token-for-tests";

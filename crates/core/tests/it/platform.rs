@@ -8,11 +8,12 @@ use std::sync::{
 };
 
 use axum::http::HeaderMap;
+use sandbox::harness::eventually;
 use switchboard_core::{
     Core, Incoming, JobContext, JobError, JobKind, JobRegistry, Recorded, Status,
     credentials::{CredentialError, generate_master_key},
     processing::{Outcome, Processors},
-    testing::{TestDb, config, eventually, with_workers},
+    testing::{TestDb, config, with_workers},
 };
 
 fn incoming(source: &str, key: &str, body: &str) -> Incoming {
