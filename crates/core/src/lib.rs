@@ -23,11 +23,6 @@ pub mod inbox;
 pub mod jobs;
 pub mod metrics;
 pub mod ops;
-/// The old home of event processing, now [`inbox::Processors`] and [`inbox::ProcessOutcome`];
-/// kept so code written against it still builds.
-pub mod processing {
-    pub use crate::inbox::{ProcessOutcome as Outcome, Processor, Processors};
-}
 pub mod scheduler;
 pub mod secret;
 pub mod telemetry;

@@ -112,19 +112,3 @@ pub async fn with_workers<B: Future<Output = ()>>(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), workers).await;
     dispatcher.abort();
 }
-
-/// Polls `check` until it is true, failing the test after `secs` (never a fixed sleep).
-pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
-}

@@ -56,14 +56,34 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    let reached = poll(secs, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await;
+    if reached.is_none() {
+        panic!("timed out after {secs}s waiting for: {what}");
+    }
+}
+
+/// [`eventually`] for a wait that yields something: polls `check` every 20 ms until it gives a
+/// value, or `None` once `secs` have passed, so the caller decides how to fail (a test panics,
+/// the demo returns an error).
+pub async fn poll<T, F, Fut>(secs: u64, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out after {secs}s waiting for: {what}");
 }
 
 /// The bench's and demo's child process, with its address and start-up time.

@@ -5,12 +5,12 @@
 //!   click-to-call through the bridge, and prints where to look. No account anywhere.
 //! - `serve`: runs the fakes on fixed loopback ports until Ctrl-C, for trying the product by hand.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use anyhow::Context;
 use sandbox::{
     bitrix::{BitrixConfig, ChatMessage, FakeBitrix},
-    harness::{fakes_env, free_port, sibling, start, switchboard},
+    harness::{fakes_env, free_port, poll, sibling, start, switchboard},
     meta::{Customer, FakeMeta, InboundMessage, MetaConfig},
     pbx::FakePbx,
 };
@@ -36,18 +36,11 @@ fn step(n: u32, text: &str) {
     }
 }
 
+/// Waits up to 20 s for `f` to give a value; the demo reports a timeout instead of panicking.
 async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(20, || std::future::ready(f()))
+        .await
+        .with_context(|| format!("timed out waiting for {what}"))
 }
 
 async fn demo() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchboard_core::{Config, Core, config::Source, jobs, telemetry};
+use switchboard_core::{Config, Core, config::Source, inbox, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -314,7 +314,7 @@ async fn events(config: Config, command: EventsCommand) -> anyhow::Result<()> {
                 }
             };
             let n = core.inbox.replay(&ids).await?;
-            let dispatched = jobs::dispatch_pending(&core.inbox, &core.jobs).await?;
+            let dispatched = inbox::dispatch_pending(&core.inbox, &core.jobs).await?;
             println!("{n} event(s) queued for reprocessing ({dispatched} handed to workers)");
             Ok(())
         }

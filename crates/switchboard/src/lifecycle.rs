@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use switchboard_core::{Config, Core, jobs};
+use switchboard_core::{Config, Core, inbox, jobs};
 use tokio::net::TcpListener;
 
 /// Where the job workers and the scheduler run.
@@ -56,7 +56,7 @@ pub async fn run(
 
     if with_workers {
         // Without workers this process only acks; a worker process dispatches what it stores.
-        jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+        inbox::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     }
     let limits = crate::server::Limits::from_config(&core.config);
     let listen = listener.local_addr().context("the listener's address")?;
@@ -89,7 +89,7 @@ pub async fn work(
 ) -> anyhow::Result<()> {
     let core = start(config).await?;
     let stop = Stop::on(shutdown);
-    jobs::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    inbox::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     tracing::info!(database = core.db.backend(), "switchboard worker running");
     run_workers(&core, &stop).await;
     close_database(&core).await;

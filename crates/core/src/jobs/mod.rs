@@ -27,9 +27,6 @@ pub(crate) use apalis_sql::{EnqueueInTx, migrate};
 pub use queue::{JobRow, Jobs, QueueError, QueueStats};
 pub use worker::{LEASE, LEASE_MARGIN, WorkersHealth, run_workers};
 
-// The dispatcher and the processing job live with the inbox; these are their old paths.
-pub use crate::inbox::{ProcessEvent, dispatch_pending, spawn_dispatcher};
-
 /// Queue name in apalis' table, shared by every process of one deployment.
 pub const QUEUE: &str = "switchboard";
 

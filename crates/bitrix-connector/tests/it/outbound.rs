@@ -3,14 +3,13 @@
 //! BBCode, files (each part of a reply sent once across retries), dedupe, the 24-hour window
 //! and the `/template` command, and Meta's refusals.
 
-mod support;
-
+use crate::support::{ANNA, TestApp};
 use sandbox::{
     bitrix::{ChatMessage, OperatorFile},
+    harness::eventually,
     meta::{Customer, InboundMessage, MetaConfig, Template},
 };
-use support::{ANNA, TestApp};
-use switchboard_core::testing::{eventually, with_workers};
+use switchboard_core::testing::with_workers;
 
 fn anna() -> Customer {
     Customer::new(ANNA, "Anna Schmidt")

@@ -12,7 +12,7 @@ use switchboard_core::{
     Config, Core, JobRegistry,
     config::Catalogue,
     credentials::generate_master_key,
-    processing::Processors,
+    inbox::Processors,
     testing::{TestDb, config_with},
 };
 

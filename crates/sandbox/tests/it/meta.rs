@@ -4,7 +4,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -15,7 +15,10 @@ use axum::{
     routing::{get, post},
 };
 use hmac::{Hmac, Mac};
-use sandbox::meta::{Customer, FakeMeta, InboundMessage, MetaConfig, Signature, Status, Template};
+use sandbox::{
+    harness::poll,
+    meta::{Customer, FakeMeta, InboundMessage, MetaConfig, Signature, Status, Template},
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -84,19 +87,12 @@ impl Receiver {
 
     /// Polls until `n` POSTs arrived (no fixed sleeps: the fake posts from a background task).
     async fn wait_for(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let arrived = poll(5, || async {
             let bodies = self.bodies();
-            if bodies.len() >= n {
-                return bodies;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} webhooks arrived",
-                bodies.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (bodies.len() >= n).then_some(bodies)
+        })
+        .await;
+        arrived.unwrap_or_else(|| panic!("only {} of {n} webhooks arrived", self.bodies().len()))
     }
 }
 

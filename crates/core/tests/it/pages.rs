@@ -4,17 +4,18 @@
 //! dead-letter retry. The same flows in a real browser against the real binary are in
 //! `crates/switchboard/tests/pages.rs`.
 
-mod bridge_settings;
+use crate::bridge_settings;
 
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use reqwest::{StatusCode, redirect::Policy};
+use sandbox::harness::eventually;
 use switchboard_core::{
     Core, Incoming, JobRegistry,
     credentials::generate_master_key,
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
-    testing::{TestDb, config_with, eventually, with_workers},
+    testing::{TestDb, config_with, with_workers},
 };
 
 const ADMIN: &str = "admin-token-for-tests";

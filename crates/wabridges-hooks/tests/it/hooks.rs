@@ -10,14 +10,17 @@ use std::{
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use hmac::{Hmac, Mac};
-use sandbox::wabridges::{EventType, Sender, Traffic, example};
+use sandbox::{
+    harness::eventually,
+    wabridges::{EventType, Sender, Traffic, example},
+};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use switchboard_core::{
     Config, Core, JobRegistry,
     config::Catalogue,
-    processing::Processors,
-    testing::{TestDb, eventually, with_workers},
+    inbox::Processors,
+    testing::{TestDb, with_workers},
 };
 use wabridges_hooks::events::{self, Parsed};
 

@@ -1,9 +1,7 @@
 //! The connector's `/setup` rows follow the seed's setup steps: each turns green only when the
 //! step is really done on the (fake) portal and Meta, and says what to do while it isn't.
 
-mod support;
-
-use support::TestApp;
+use crate::support::TestApp;
 
 fn row<'a>(
     checks: &'a [switchboard_core::ops::Check],

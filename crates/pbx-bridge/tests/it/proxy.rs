@@ -6,12 +6,18 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use reqwest::StatusCode;
-use sandbox::pbx::{FakePbx, TokenField};
+use sandbox::{
+    harness::eventually,
+    pbx::{FakePbx, TokenField},
+};
 use serde_json::{Value, json};
 use switchboard_core::{
     Config,
@@ -269,14 +275,10 @@ async fn a_pbx_restart_under_load_costs_one_relogin_not_one_per_caller() {
     // Stragglers: these hold the dead token and will get their 401 late, after the re-login...
     app.pbx.set_delay(Duration::from_millis(400));
     let stragglers = spawn_batch(25);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.pbx.recorder().matching(CLICK_TO_CALL).len() < 26 {
-        assert!(
-            Instant::now() < deadline,
-            "stragglers never reached the PBX"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the stragglers reach the PBX", 10, || async {
+        app.pbx.recorder().matching(CLICK_TO_CALL).len() >= 26
+    })
+    .await;
     // ...which this batch, answered at once, triggers while the stragglers are still in flight.
     app.pbx.set_delay(Duration::ZERO);
     let prompt = spawn_batch(25);
@@ -355,17 +357,17 @@ async fn every_login_answer_shape_is_understood() {
 #[tokio::test]
 async fn the_configured_ttl_bounds_a_tokens_cache_life() {
     let app = TestApp::with(&[("SWITCHBOARD_PBX_TOKEN_TTL_SECS", "1")]).await;
-    let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.pbx.login_count(KEY) < 2 {
-        assert!(Instant::now() < deadline, "token never re-fetched");
+    let sent = AtomicUsize::new(0);
+    eventually("the token re-fetched", 10, || async {
         assert_eq!(
             app.bridge(call("/api/v1/users", "GET")).await.status,
             StatusCode::OK
         );
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        sent.fetch_add(1, Ordering::SeqCst);
+        app.pbx.login_count(KEY) >= 2
+    })
+    .await;
+    let sent = sent.into_inner();
     assert!(sent > 1, "the first token was not reused while fresh");
     assert_eq!(app.api_calls(), sent);
 }
@@ -374,17 +376,17 @@ async fn the_configured_ttl_bounds_a_tokens_cache_life() {
 async fn a_short_jwt_exp_is_refreshed_before_the_pbx_refuses_it() {
     let app = TestApp::start().await;
     app.pbx.set_token_ttl(3);
-    let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.pbx.login_count(KEY) < 2 {
-        assert!(Instant::now() < deadline, "token never re-fetched");
+    let sent = AtomicUsize::new(0);
+    eventually("the token re-fetched", 15, || async {
         assert_eq!(
             app.bridge(call("/api/v1/users", "GET")).await.status,
             StatusCode::OK
         );
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        sent.fetch_add(1, Ordering::SeqCst);
+        app.pbx.login_count(KEY) >= 2
+    })
+    .await;
+    let sent = sent.into_inner();
     // One API call per bridge call: no call was made with an expired token and retried.
     assert_eq!(app.api_calls(), sent);
 }

@@ -2,7 +2,7 @@
 //! `SWITCHBOARD_TEST_DATABASE=postgres`): inbox durability and dedupe, the job queue's retry
 //! schedule and dead letters, and the credential store's key rotation.
 
-mod bridge_settings;
+use crate::bridge_settings;
 
 use std::sync::{
     Arc,
@@ -10,11 +10,12 @@ use std::sync::{
 };
 
 use axum::http::HeaderMap;
+use sandbox::harness::eventually;
 use switchboard_core::{
     Core, Incoming, JobContext, JobError, JobKind, JobRegistry, Recorded, Status,
     credentials::{CredentialError, generate_master_key},
-    processing::{Outcome, Processors},
-    testing::{TestDb, config, config_with, eventually, with_workers},
+    inbox::{ProcessOutcome, Processors},
+    testing::{TestDb, config, config_with, with_workers},
 };
 
 fn incoming(source: &str, key: &str, body: &str) -> Incoming {
@@ -84,7 +85,7 @@ async fn a_mixed_batch_answers_each_caller_and_dispatches_only_new_rows_once() {
         panic!("first sight of a key is new")
     };
     assert_eq!(
-        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+        switchboard_core::inbox::dispatch_pending(&core.inbox, &core.jobs)
             .await
             .unwrap(),
         1
@@ -129,12 +130,12 @@ async fn a_mixed_batch_answers_each_caller_and_dispatches_only_new_rows_once() {
     // 21 new rows wait for the dispatcher; they count as pending work before and after.
     assert_eq!(core.jobs.stats().await.unwrap().pending, 22);
     let (a, b) = tokio::join!(
-        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs),
-        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+        switchboard_core::inbox::dispatch_pending(&core.inbox, &core.jobs),
+        switchboard_core::inbox::dispatch_pending(&core.inbox, &core.jobs)
     );
     assert_eq!(a.unwrap() + b.unwrap(), 21, "each new row handed over once");
     assert_eq!(
-        switchboard_core::jobs::dispatch_pending(&core.inbox, &core.jobs)
+        switchboard_core::inbox::dispatch_pending(&core.inbox, &core.jobs)
             .await
             .unwrap(),
         0
@@ -226,7 +227,7 @@ async fn rows_left_by_a_dead_process_are_processed_after_restart() {
         let counter = counter.clone();
         async move {
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok(Outcome::Processed)
+            Ok(ProcessOutcome::Processed)
         }
     });
     processors.install(second.inbox.clone(), &mut registry);

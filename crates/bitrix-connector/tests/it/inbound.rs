@@ -1,15 +1,14 @@
 //! Issue 6: WhatsApp → Bitrix24 over real HTTP against the sandbox fakes — signature, dedupe,
 //! one lead per number, media re-hosting, OAuth refresh, outages and dead letters.
 
-mod support;
-
+use crate::support::{ANNA, TestApp, VERIFY_TOKEN};
 use sandbox::{
     bitrix::{BitrixConfig, OperatorFile},
+    harness::eventually,
     meta::{Customer, InboundMessage, Signature, Status},
 };
 use serde_json::Value;
-use support::{ANNA, TestApp, VERIFY_TOKEN};
-use switchboard_core::testing::{eventually, with_workers};
+use switchboard_core::testing::with_workers;
 
 fn anna() -> Customer {
     Customer::new(ANNA, "Anna Schmidt")
@@ -121,7 +120,7 @@ async fn the_same_wamid_three_times_is_relayed_once() {
             .await
             .unwrap();
         app.core.inbox.replay(&ids).await.unwrap();
-        switchboard_core::jobs::dispatch_pending(&app.core.inbox, &app.core.jobs)
+        switchboard_core::inbox::dispatch_pending(&app.core.inbox, &app.core.jobs)
             .await
             .unwrap();
         eventually("replay finished", 10, || app.idle()).await;

@@ -1,0 +1,19 @@
+//! The Bitrix24 connector's router over real HTTP against the sandbox's fake Meta and fake
+//! Bitrix24 portal, on a fresh database (SQLite, or PostgreSQL with
+//! `SWITCHBOARD_TEST_DATABASE=postgres`), in one test executable (one link instead of one per
+//! file):
+//!
+//! - `inbound`: WhatsApp to Bitrix24 — signatures, dedupe, one lead per number, media
+//!   re-hosting, OAuth refresh and installs, outages and dead letters.
+//! - `outbound`: operator replies to WhatsApp — the event gate, BBCode, files sent once across
+//!   retries, the 24-hour window, `/template`, Meta's refusals, and no fetches of internal
+//!   addresses.
+//! - `setup`: each `/setup` row turns green only when its step is really done on the portal
+//!   and Meta, and says what to do while it isn't.
+//! - `support`: `TestApp`, the connector served over the fakes, and the scenario helpers the
+//!   other modules share.
+
+mod inbound;
+mod outbound;
+mod setup;
+mod support;
