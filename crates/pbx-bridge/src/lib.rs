@@ -2,7 +2,7 @@
 //! api_secret, while the bridge handles the JWT (login, cache, refresh on 401). Owns
 //! `POST /whatsapp-bridge`. A synchronous proxy: MSG91 waits for the PBX's answer, so nothing
 //! goes through the inbox or the job queue. Must not depend on another bridge or persist
-//! credentials: orgs are added by MSG91 configuration alone (the seed's promise), and tokens
+//! credentials: orgs are added by MSG91 configuration alone, and tokens
 //! live in memory only.
 //!
 //! Read `routes.rs`, then `proxy.rs`; the open-proxy defence is `endpoint.rs`, the single-flight

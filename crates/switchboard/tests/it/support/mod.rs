@@ -47,14 +47,7 @@ impl Proc {
 
     /// Resident memory (VmRSS) in KiB, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        self.child.rss_kib()
     }
 
     /// Still running (not exited or crashed)?
