@@ -1,7 +1,7 @@
 //! This bridge's entries in the settings catalogue (`[meta]` and `[bitrix]` in the config
 //! file); the binary joins them with core's and the other bridges' into the one catalogue.
 
-use switchboard_core::config::{Kind, Setting};
+use switchboard_core::config::{Kind, Setting, Table};
 
 pub const META_GROUP: &str = "Meta WhatsApp";
 pub const BITRIX_GROUP: &str = "Bitrix24";
@@ -189,3 +189,12 @@ pub const SETTINGS: &[&Setting] = &[
     BITRIX_APPLICATION_TOKEN,
     BITRIX_OAUTH_URL,
 ];
+
+/// `[[bitrix.templates]]`: the approved templates an operator may send by name.
+pub const TEMPLATES: &Table = &Table {
+    key: "bitrix.templates",
+    parse: crate::to_whatsapp::template::parse_templates,
+};
+
+/// This bridge's config-file tables.
+pub const TABLES: &[&Table] = &[TEMPLATES];

@@ -28,6 +28,8 @@ pub fn catalogue() -> Catalogue {
         wabridges_hooks::catalogue::SETTINGS,
         bitrix_connector::catalogue::SETTINGS,
     ])
+    .with_tables(wabridges_hooks::catalogue::TABLES)
+    .with_tables(bitrix_connector::catalogue::TABLES)
     .with_form_order(&[
         META_GROUP,
         BITRIX_GROUP,

@@ -1,7 +1,7 @@
 //! This bridge's entries in the settings catalogue (`[wabridges]` in the config file); the binary
 //! joins them with core's and the other bridges' into the one catalogue.
 
-use switchboard_core::config::{Kind, Setting};
+use switchboard_core::config::{Kind, Setting, Table};
 
 pub const WABRIDGES_GROUP: &str = "wabridges hooks";
 
@@ -18,3 +18,12 @@ pub const WABRIDGES_TOKEN: &Setting = &Setting {
 
 /// In the order `credentials list` and the admin form show them.
 pub const SETTINGS: &[&Setting] = &[WABRIDGES_TOKEN];
+
+/// `[[wabridges.forward]]`: the subscribers each processed event is forwarded to.
+pub const FORWARD: &Table = &Table {
+    key: "wabridges.forward",
+    parse: crate::forward::parse_targets,
+};
+
+/// This bridge's config-file tables.
+pub const TABLES: &[&Table] = &[FORWARD];

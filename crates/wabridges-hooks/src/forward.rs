@@ -19,8 +19,75 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use switchboard_core::{
-    Core, JobContext, JobError, JobKind, config::ForwardTarget, db::now_ms, jobs::JobRow,
+    Core, JobContext, JobError, JobKind,
+    config::{Row, Rows, is_http_url, parse_rows},
+    db::now_ms,
+    jobs::JobRow,
 };
+
+use crate::catalogue::FORWARD;
+
+/// One subscriber, a row of `[[wabridges.forward]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTarget {
+    pub url: String,
+    /// Event types to forward; empty = all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Standard Webhooks signing secret (`whsec_…` base64 or raw).
+    pub secret: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for ForwardTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardTarget")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Row for ForwardTarget {
+    fn check(&self) -> Result<(), String> {
+        if !is_http_url(&self.url) {
+            return Err(format!("url `{}` is not an http(s) URL", self.url));
+        }
+        if self.secret.trim().is_empty() {
+            return Err("secret is empty; subscribers verify the signature with it".into());
+        }
+        Ok(())
+    }
+}
+
+/// [`FORWARD`]'s parser: the rows, and no two with one [`subscriber_key`], since jobs find
+/// their subscriber by it and a second one would never receive an event.
+pub fn parse_targets(value: toml::Value) -> Result<Rows, String> {
+    let rows = parse_rows::<ForwardTarget>(value)?;
+    let targets: &[ForwardTarget] = rows.get();
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(first) = targets[..i]
+            .iter()
+            .position(|o| subscriber_key(o) == subscriber_key(t))
+        {
+            return Err(format!(
+                "entries {} and {} are both `{}`; give each a distinct `name`",
+                first + 1,
+                i + 1,
+                subscriber_key(t)
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// The configured subscribers.
+pub fn targets(core: &Core) -> &[ForwardTarget] {
+    core.config.rows(FORWARD)
+}
 
 /// Delivers stored event `event_id` to the subscriber named `subscriber`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,9 +154,7 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// The job handler.
 pub async fn forward_event(core: Core, job: ForwardEvent, ctx: JobContext) -> Result<(), JobError> {
-    let Some(target) = core
-        .config
-        .wabridges_forward
+    let Some(target) = targets(&core)
         .iter()
         .find(|t| subscriber_key(t) == job.subscriber)
     else {
@@ -251,6 +316,50 @@ mod tests {
             "bitrix-connector.relay-to-bitrix",
             "subscriber unavailable: x"
         )));
+    }
+
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        let table: toml::Table = text.parse().unwrap();
+        let rows = parse_targets(table["wabridges"]["forward"].clone())?;
+        Ok(rows
+            .get::<ForwardTarget>()
+            .iter()
+            .map(|t| subscriber_key(t).to_string())
+            .collect())
+    }
+
+    #[test]
+    fn subscribers_are_checked_at_load() {
+        assert_eq!(
+            parse(
+                "[[wabridges.forward]]\nurl = \"https://a.example/\"\nsecret = \"s\"\n\
+                 [[wabridges.forward]]\nname = \"crm\"\nurl = \"https://a.example/\"\nsecret = \"s\"\n"
+            ),
+            Ok(vec!["https://a.example/".to_string(), "crm".to_string()]),
+            "one URL twice is fine when a name tells them apart"
+        );
+        assert_eq!(
+            parse("[[wabridges.forward]]\nurl = \"https://a.example/\"\nsecret = \" \"\n"),
+            Err("entry 1: secret is empty; subscribers verify the signature with it".into())
+        );
+        assert_eq!(
+            parse(
+                "[[wabridges.forward]]\nname = \"crm\"\nurl = \"https://a.example/\"\nsecret = \"s\"\n\
+                 [[wabridges.forward]]\nname = \"crm\"\nurl = \"https://b.example/\"\nsecret = \"s\"\n"
+            ),
+            Err("entries 1 and 2 are both `crm`; give each a distinct `name`".into())
+        );
+    }
+
+    #[test]
+    fn the_secret_is_not_in_debug_output() {
+        let t = ForwardTarget {
+            url: "https://a.example/".into(),
+            events: vec![],
+            secret: "whsec_c2VjcmV0".into(),
+            name: None,
+        };
+        assert!(!format!("{t:?}").contains("whsec"));
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors
 /// This bridge's periodic work (called by the binary): while subscribers are configured,
 /// forwards dead-lettered by an outage are put back on the queue (see `forward.rs`).
 pub fn scheduled(core: &Core) -> Vec<Task> {
-    if core.config.wabridges_forward.is_empty() {
+    if forward::targets(core).is_empty() {
         return Vec::new();
     }
     let core = core.clone();

@@ -11,7 +11,7 @@ use switchboard_core::{
 use crate::{
     ROUTE_PREFIX,
     events::{self, Parsed},
-    forward::{ForwardEvent, subscriber_key, wants},
+    forward::{ForwardEvent, subscriber_key, targets, wants},
     state::{self, Origin},
 };
 
@@ -40,12 +40,7 @@ pub async fn process_wabridges_event(
 
     let event_type = parsed.event_type();
     let mut forwarded = 0;
-    for target in core
-        .config
-        .wabridges_forward
-        .iter()
-        .filter(|t| wants(t, event_type))
-    {
+    for target in targets(&core).iter().filter(|t| wants(t, event_type)) {
         let subscriber = subscriber_key(target);
         core.jobs
             .push_once(

@@ -2,15 +2,74 @@
 //! asks for one by name on the reply's last line, and it must be configured in
 //! `[[bitrix.templates]]`.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
-use switchboard_core::JobError;
+use switchboard_core::{
+    Core, JobError,
+    config::{Row, Rows, parse_rows},
+};
 
 use super::bbcode;
 use crate::{
     bitrix::{events::OperatorMessage, notes},
+    catalogue::TEMPLATES,
     relay::{Relay, retry_db},
     store,
 };
+
+/// An approved WhatsApp template the operator may send, a row of `[[bitrix.templates]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+    /// Body parameters, in order; `{name}` is replaced by the customer's name.
+    #[serde(default)]
+    pub body_parameters: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl Row for Template {
+    fn check(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.contains(char::is_whitespace) {
+            return Err(format!(
+                "name `{}` must be the template's one-word name as approved in WhatsApp Manager",
+                self.name
+            ));
+        }
+        if self.language.trim().is_empty() {
+            return Err(format!("`{}` has no language code (say, en_US)", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// [`TEMPLATES`]'s parser: the rows, and no name twice, since operators ask for a template by
+/// name (in any case) and the second would never be sent.
+pub fn parse_templates(value: toml::Value) -> Result<Rows, String> {
+    let rows = parse_rows::<Template>(value)?;
+    let templates: &[Template] = rows.get();
+    for (i, t) in templates.iter().enumerate() {
+        if let Some(first) = templates[..i]
+            .iter()
+            .position(|o| o.name.eq_ignore_ascii_case(&t.name))
+        {
+            return Err(format!(
+                "entries {} and {} are both named `{}`",
+                first + 1,
+                i + 1,
+                t.name
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// The configured templates.
+pub fn templates(core: &Core) -> &[Template] {
+    core.config.rows(TEMPLATES)
+}
 
 /// `/template NAME` on the reply's last line asks for a configured approved template, which may
 /// be sent outside the window. The last line, because the operator signature prefix
@@ -34,10 +93,7 @@ pub(super) async fn unknown_template(
     m: &OperatorMessage,
     name: &str,
 ) -> Result<(), JobError> {
-    let names: Vec<&str> = relay
-        .core
-        .config
-        .bitrix_templates
+    let names: Vec<&str> = templates(&relay.core)
         .iter()
         .map(|t| t.name.as_str())
         .collect();
@@ -64,10 +120,7 @@ pub(super) async fn template_body(
     m: &OperatorMessage,
     name: &str,
 ) -> Result<Option<Value>, JobError> {
-    let Some(t) = relay
-        .core
-        .config
-        .bitrix_templates
+    let Some(t) = templates(&relay.core)
         .iter()
         .find(|t| t.name.eq_ignore_ascii_case(name))
     else {
@@ -94,7 +147,37 @@ pub(super) async fn template_body(
 
 #[cfg(test)]
 mod tests {
-    use super::template_command;
+    use super::{Template, parse_templates, template_command};
+
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        let table: toml::Table = text.parse().unwrap();
+        let rows = parse_templates(table["bitrix"]["templates"].clone())?;
+        Ok(rows
+            .get::<Template>()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect())
+    }
+
+    #[test]
+    fn templates_are_checked_at_load() {
+        assert_eq!(
+            parse(
+                "[[bitrix.templates]]\nname = \"order_update\"\nlanguage = \"en_US\"\nbody_parameters = [\"{name}\"]\n\
+                 [[bitrix.templates]]\nname = \"hello\"\nlanguage = \"de\"\n"
+            ),
+            Ok(vec!["order_update".to_string(), "hello".to_string()])
+        );
+        assert_eq!(
+            parse("[[bitrix.templates]]\nname = \"order update\"\nlanguage = \"en_US\"\n"),
+            Err("entry 1: name `order update` must be the template's one-word name as approved in WhatsApp Manager".into()),
+            "the operator could never type it after /template"
+        );
+        assert_eq!(
+            parse("[[bitrix.templates]]\nname = \"hello\"\nlanguage = \"\"\n"),
+            Err("entry 1: `hello` has no language code (say, en_US)".into())
+        );
+    }
 
     #[test]
     fn the_template_command_is_the_last_line() {

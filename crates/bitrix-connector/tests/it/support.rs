@@ -19,6 +19,7 @@ use switchboard_core::{
 /// Core's settings and this bridge's.
 pub fn catalogue() -> Catalogue {
     Catalogue::new(&[bitrix_connector::catalogue::SETTINGS])
+        .with_tables(bitrix_connector::catalogue::TABLES)
 }
 
 /// Core's settings and this bridge's, from `pairs` alone.

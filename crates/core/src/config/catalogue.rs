@@ -209,12 +209,37 @@ pub const CORE_SETTINGS: &[&Setting] = &[
     JOBS_CONCURRENCY,
 ];
 
+/// A list of rows that only the config file can hold, written as an array of tables
+/// (`[[section.name]]`): no environment form, no place on the admin form. The crate that
+/// contributes it owns the row type; core parses and checks the rows once at load, so a bad row
+/// stops start-up like any bad setting, and hands them back typed through
+/// [`super::Config::rows`].
+#[derive(Debug)]
+pub struct Table {
+    /// `section.name` for `[[section.name]]`.
+    pub key: &'static str,
+    /// Usually [`super::parse_rows`] for the contributing crate's row type.
+    pub parse: fn(toml::Value) -> Result<super::Rows, String>,
+}
+
+impl Table {
+    pub fn section(&self) -> Option<&'static str> {
+        self.key.split_once('.').map(|(s, _)| s)
+    }
+
+    /// `[[wabridges.forward]]`, the way an operator writes it in the file.
+    pub fn file_form(&self) -> String {
+        format!("[[{}]]", self.key)
+    }
+}
+
 /// The settings one binary knows: core's own, then each bridge's slice in the order it was
 /// given, which is the order `credentials list` shows them. The admin form shows the same
 /// settings grouped in its own fieldset order ([`Catalogue::with_form_order`]).
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     settings: Vec<&'static Setting>,
+    tables: Vec<&'static Table>,
     form_order: Vec<&'static str>,
 }
 
@@ -228,8 +253,29 @@ impl Catalogue {
             .collect();
         Self {
             settings,
+            tables: Vec::new(),
             form_order: Vec::new(),
         }
+    }
+
+    /// Adds the bridges' config-file tables.
+    pub fn with_tables(mut self, tables: &[&'static Table]) -> Self {
+        self.tables.extend_from_slice(tables);
+        self
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &'static Table> + '_ {
+        self.tables.iter().copied()
+    }
+
+    pub fn find_table(&self, key: &str) -> Option<&'static Table> {
+        self.tables().find(|t| t.key == key)
+    }
+
+    /// Whether a `[section]` of the config file belongs to anything in the catalogue.
+    pub fn knows_section(&self, section: &str) -> bool {
+        self.iter().any(|s| s.section() == Some(section))
+            || self.tables().any(|t| t.section() == Some(section))
     }
 
     /// Only core's settings: enough for the commands and tests that load no bridge.

@@ -8,12 +8,12 @@
 
 pub mod catalogue;
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{any::Any, collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::secret::Secret;
-pub use catalogue::{Catalogue, Kind, Setting};
+pub use catalogue::{Catalogue, Kind, Setting, Table};
 use catalogue::{DATABASE_URL, JOBS_CONCURRENCY, LISTEN, LOG_FORMAT, PUBLIC_URL, TRUSTED_PROXIES};
 
 /// Where the value in force came from, shown on the admin form and by `credentials list`.
@@ -56,31 +56,60 @@ impl ConfigError {
     }
 }
 
-/// A wabridges forwarding subscriber (`[[wabridges.forward]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardTarget {
-    pub url: String,
-    /// Event types to forward; empty = all.
-    #[serde(default)]
-    pub events: Vec<String>,
-    /// Standard Webhooks signing secret (`whsec_…` base64 or raw).
-    pub secret: String,
-    #[serde(default)]
-    pub name: Option<String>,
+/// The parsed rows of one [`Table`], typed by the crate that owns the table. Core can't name
+/// that type, so it keeps the rows behind `Any` and [`Config::rows`] gives them back.
+#[derive(Clone)]
+pub struct Rows {
+    rows: Arc<dyn Any + Send + Sync>,
+    len: usize,
 }
 
-/// An approved WhatsApp template the operator may send (`[[bitrix.templates]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateConfig {
-    pub name: String,
-    pub language: String,
-    /// Body parameters, in order; `{name}` is replaced by the customer's name.
-    #[serde(default)]
-    pub body_parameters: Vec<String>,
-    #[serde(default)]
-    pub description: Option<String>,
+impl std::fmt::Debug for Rows {
+    // Rows may hold secrets (a subscriber's signing secret): show only how many there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rows({})", self.len)
+    }
+}
+
+impl Rows {
+    pub fn new<R: Row>(rows: Vec<R>) -> Self {
+        Self {
+            len: rows.len(),
+            rows: Arc::new(rows),
+        }
+    }
+
+    /// The rows as their owner's type.
+    ///
+    /// # Panics
+    /// When `R` is not the type they were made with: a mistake in the owning crate that its
+    /// first test catches.
+    pub fn get<R: Row>(&self) -> &[R] {
+        self.rows
+            .downcast_ref::<Vec<R>>()
+            .map(Vec::as_slice)
+            .unwrap_or_else(|| panic!("rows read as {}", std::any::type_name::<R>()))
+    }
+}
+
+/// A row of a config-file [`Table`].
+pub trait Row: DeserializeOwned + Send + Sync + 'static {
+    /// What deserializing can't check (a URL's scheme, say). The message names the field;
+    /// the caller adds the table and the row's number.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The usual [`Table::parse`]: deserializes the array and checks each row.
+pub fn parse_rows<R: Row>(value: toml::Value) -> Result<Rows, String> {
+    let rows: Vec<R> = value
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    for (i, row) in rows.iter().enumerate() {
+        row.check().map_err(|p| format!("entry {}: {p}", i + 1))?;
+    }
+    Ok(Rows::new(rows))
 }
 
 /// The resolved static layers. Values are raw strings checked against their [`Kind`];
@@ -89,8 +118,7 @@ pub struct TemplateConfig {
 pub struct Config {
     catalogue: Catalogue,
     values: BTreeMap<&'static str, (String, Source)>,
-    pub wabridges_forward: Vec<ForwardTarget>,
-    pub bitrix_templates: Vec<TemplateConfig>,
+    tables: BTreeMap<&'static str, Rows>,
     pub file: Option<PathBuf>,
 }
 
@@ -139,8 +167,7 @@ impl Config {
         let mut cfg = Config {
             catalogue,
             values,
-            wabridges_forward: Vec::new(),
-            bitrix_templates: Vec::new(),
+            tables: BTreeMap::new(),
             file: file.clone(),
         };
         if let Some(path) = &file {
@@ -161,11 +188,7 @@ impl Config {
         for (key, value) in table {
             match value {
                 toml::Value::Table(section) => {
-                    if !self
-                        .catalogue
-                        .iter()
-                        .any(|s| s.section() == Some(key.as_str()))
-                    {
+                    if !self.catalogue.knows_section(&key) {
                         return Err(ConfigError::new(
                             format!("[{key}]"),
                             "unknown section in config file",
@@ -194,32 +217,21 @@ impl Config {
         name: &str,
         v: toml::Value,
     ) -> Result<(), ConfigError> {
-        match (section, name) {
-            ("wabridges", "forward") => {
-                self.wabridges_forward = v.try_into().map_err(|e: toml::de::Error| {
-                    ConfigError::new("[[wabridges.forward]]", e.message().to_string())
-                })?;
-                Ok(())
-            }
-            ("bitrix", "templates") => {
-                self.bitrix_templates = v.try_into().map_err(|e: toml::de::Error| {
-                    ConfigError::new("[[bitrix.templates]]", e.message().to_string())
-                })?;
-                Ok(())
-            }
-            _ => {
-                let key = format!("{section}.{name}");
-                let s = self.catalogue.find(&key).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("[{section}] {name}"),
-                        "unknown setting in config file",
-                    )
-                })?;
-                let raw = toml_to_raw(s, &v)?;
-                self.values.insert(s.key, (raw, Source::File));
-                Ok(())
-            }
+        let key = format!("{section}.{name}");
+        if let Some(table) = self.catalogue.find_table(&key) {
+            let rows = (table.parse)(v).map_err(|p| ConfigError::new(table.file_form(), p))?;
+            self.tables.insert(table.key, rows);
+            return Ok(());
         }
+        let s = self.catalogue.find(&key).ok_or_else(|| {
+            ConfigError::new(
+                format!("[{section}] {name}"),
+                "unknown setting in config file",
+            )
+        })?;
+        let raw = toml_to_raw(s, &v)?;
+        self.values.insert(s.key, (raw, Source::File));
+        Ok(())
     }
 
     fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
@@ -305,15 +317,13 @@ impl Config {
         }
         crate::client_addr::TrustedProxies::parse(&self.list(TRUSTED_PROXIES))
             .map_err(|p| ConfigError::new("SWITCHBOARD_TRUSTED_PROXIES", p))?;
-        for t in &self.wabridges_forward {
-            if !is_http_url(&t.url) {
-                return Err(ConfigError::new(
-                    "[[wabridges.forward]] url",
-                    format!("`{}` is not an http(s) URL", t.url),
-                ));
-            }
-        }
         Ok(())
+    }
+
+    /// The rows of a config-file table, as the crate that owns it parsed them at load; empty
+    /// when the file has none. Panics as [`Rows::get`] does.
+    pub fn rows<R: Row>(&self, table: &Table) -> &[R] {
+        self.tables.get(table.key).map_or(&[], Rows::get)
     }
 
     /// The settings this configuration was loaded against.
@@ -417,7 +427,8 @@ impl Config {
     }
 }
 
-fn is_http_url(v: &str) -> bool {
+/// An absolute http(s) URL with a host, as [`Kind::Url`] requires.
+pub fn is_http_url(v: &str) -> bool {
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"));
@@ -591,14 +602,83 @@ mod tests {
         }
     }
 
+    /// A stand-in for a bridge's table row, with a check serde can't make.
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Subscriber {
+        url: String,
+        #[serde(default)]
+        events: Vec<String>,
+    }
+
+    impl Row for Subscriber {
+        fn check(&self) -> Result<(), String> {
+            if is_http_url(&self.url) {
+                Ok(())
+            } else {
+                Err(format!("url `{}` is not an http(s) URL", self.url))
+            }
+        }
+    }
+
+    const SUBSCRIBERS: &Table = &Table {
+        key: "pbx.subscribers",
+        parse: parse_rows::<Subscriber>,
+    };
+
+    fn load_with_table(text: &str) -> Result<Config, ConfigError> {
+        let f = file(text);
+        Config::from_sources(
+            Catalogue::new(&[BRIDGE_SETTINGS]).with_tables(&[SUBSCRIBERS]),
+            Some(f.path().into()),
+            &env(&[]),
+        )
+    }
+
     #[test]
-    fn forward_targets_parse_from_file() {
-        let f = file(
-            "[[wabridges.forward]]\nurl = \"http://127.0.0.1:1/h\"\nevents = [\"message\"]\nsecret = \"s\"\n",
+    fn table_rows_parse_from_file_and_come_back_typed() {
+        let c = load_with_table(
+            "[[pbx.subscribers]]\nurl = \"http://127.0.0.1:1/h\"\nevents = [\"message\"]\n\n[[pbx.subscribers]]\nurl = \"https://b.example/\"\n",
+        )
+        .unwrap();
+        let rows: &[Subscriber] = c.rows(SUBSCRIBERS);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].events, vec!["message"]);
+        assert_eq!(rows[1].url, "https://b.example/");
+        assert_eq!(format!("{:?}", c.tables), "{\"pbx.subscribers\": Rows(2)}");
+    }
+
+    #[test]
+    fn an_absent_table_has_no_rows() {
+        let c = load_with_table("[pbx]\ntoken_ttl_secs = 60\n").unwrap();
+        assert!(c.rows::<Subscriber>(SUBSCRIBERS).is_empty());
+    }
+
+    #[test]
+    fn a_bad_row_stops_loading_and_names_table_and_row() {
+        let e = load_with_table(
+            "[[pbx.subscribers]]\nurl = \"https://a.example/\"\n\n[[pbx.subscribers]]\nurl = \"ftp://b.example/\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "[[pbx.subscribers]]");
+        assert_eq!(
+            e.problem,
+            "entry 2: url `ftp://b.example/` is not an http(s) URL"
         );
-        let c = load(Some(f.path().into()), &env(&[])).unwrap();
-        assert_eq!(c.wabridges_forward.len(), 1);
-        assert_eq!(c.wabridges_forward[0].events, vec!["message"]);
+        let e = load_with_table("[[pbx.subscribers]]\nurl = \"https://a.example/\"\nextra = 1\n")
+            .unwrap_err();
+        assert_eq!(e.setting, "[[pbx.subscribers]]");
+        assert!(e.problem.contains("unknown field `extra`"), "{}", e.problem);
+    }
+
+    /// A table the catalogue doesn't hold is an unknown setting, as a misspelt key is.
+    #[test]
+    fn an_unknown_table_is_refused() {
+        let e = load_with_table("[[pbx.subscriber]]\nurl = \"https://a.example/\"\n").unwrap_err();
+        assert_eq!(e.setting, "[pbx] subscriber");
+        let e = load_with_table("[[elsewhere.subscribers]]\nurl = \"https://a.example/\"\n")
+            .unwrap_err();
+        assert_eq!(e.setting, "[elsewhere]");
     }
 
     /// A default that fails its own kind check would stop every start-up that leaves it alone.

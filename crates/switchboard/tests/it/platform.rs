@@ -143,10 +143,40 @@ fn bad_configuration_exits_2_naming_the_setting() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(name), "{name} not named in: {stderr}");
     }
-    std::fs::write(dir.path().join("bad.toml"), "[nonsense]\nkey = 1\n").unwrap();
-    let out = run(dir.path(), &[], &["--config", "bad.toml", "migrate"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("[nonsense]"));
+    let files: &[(&str, &str, &str)] = &[
+        ("[nonsense]\nkey = 1\n", "[nonsense]", ""),
+        (
+            "[[wabridges.forward]]\nurl = \"crm.example.com/hook\"\nsecret = \"s\"\n",
+            "[[wabridges.forward]]",
+            "entry 1: url `crm.example.com/hook` is not an http(s) URL",
+        ),
+        (
+            "[[wabridges.forward]]\nurl = \"https://a.example/\"\nsecret = \"s\"\n\
+             [[wabridges.forward]]\nurl = \"https://a.example/\"\nsecret = \"t\"\n",
+            "[[wabridges.forward]]",
+            "entries 1 and 2 are both `https://a.example/`",
+        ),
+        (
+            "[[bitrix.templates]]\nname = \"order_update\"\nlanguage = \"en_US\"\n\
+             [[bitrix.templates]]\nname = \"Order_Update\"\nlanguage = \"de\"\n",
+            "[[bitrix.templates]]",
+            "entries 1 and 2 are both named `Order_Update`",
+        ),
+        (
+            "[[bitrix.templates]]\nname = \"order_update\"\n",
+            "[[bitrix.templates]]",
+            "missing field `language`",
+        ),
+    ];
+    for (text, name, problem) in files {
+        std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+        let out = run(dir.path(), &[], &["--config", "bad.toml", "migrate"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(name), "{name} not named in: {stderr}");
+        assert!(stderr.contains(problem), "`{problem}` not in: {stderr}");
+    }
 }
 
 #[tokio::test]

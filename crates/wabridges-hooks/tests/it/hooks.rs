@@ -52,7 +52,8 @@ impl TestApp {
         if let Some(t) = token {
             env.insert("SWITCHBOARD_WABRIDGES_TOKEN".into(), t.into());
         }
-        let catalogue = Catalogue::new(&[wabridges_hooks::catalogue::SETTINGS]);
+        let catalogue = Catalogue::new(&[wabridges_hooks::catalogue::SETTINGS])
+            .with_tables(wabridges_hooks::catalogue::TABLES);
         let config = Config::from_sources(catalogue, Some(file.path().into()), &env).unwrap();
         let db = TestDb::new().await;
         let core = db.core(config);
