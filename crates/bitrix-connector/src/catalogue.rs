@@ -172,6 +172,17 @@ pub const BITRIX_OAUTH_URL: &Setting = &Setting {
 };
 
 /// In the order `credentials list` and the admin form show them.
+pub const BITRIX_BATCH_SIZE: &Setting = &Setting {
+    key: "bitrix.batch_size",
+    env: "SWITCHBOARD_BITRIX_BATCH_SIZE",
+    kind: Kind::Integer,
+    default: Some("50"),
+    storable: false,
+    group: BITRIX_GROUP,
+    label: "Calls per batch",
+    help: "How many Bitrix24 REST calls may travel in one `batch` request (at most 50). 1 sends each call on its own, which the portal's 2 requests/s limit makes up to 50 times slower under a burst.",
+};
+
 pub const SETTINGS: &[&Setting] = &[
     META_GRAPH_URL,
     META_GRAPH_VERSION,
@@ -188,6 +199,7 @@ pub const SETTINGS: &[&Setting] = &[
     BITRIX_LINE_ID,
     BITRIX_APPLICATION_TOKEN,
     BITRIX_OAUTH_URL,
+    BITRIX_BATCH_SIZE,
 ];
 
 /// `[[bitrix.templates]]`: the approved templates an operator may send by name.

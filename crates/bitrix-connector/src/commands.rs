@@ -2,11 +2,11 @@
 //! error that carries the seed's fix text. The binary only parses arguments and prints.
 
 use serde_json::{Value, json};
-use switchboard_core::Core;
 
 use crate::{
-    bitrix::{Bitrix, BitrixError, truthy},
+    bitrix::{BitrixError, truthy},
     meta::MetaClient,
+    relay::Relay,
     setting_values::{public_link, required},
 };
 
@@ -53,8 +53,8 @@ fn icon(color: &str) -> Value {
 }
 
 /// `switchboard bitrix register-connector [--fresh]`.
-pub async fn register_connector(core: &Core, fresh: bool) -> Result<String, CommandFailed> {
-    let b = Bitrix::new(core);
+pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, CommandFailed> {
+    let (core, b) = (&relay.core, &relay.bitrix);
     let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
     let mut report = Vec::new();
     if fresh {
@@ -120,10 +120,10 @@ pub async fn register_connector(core: &Core, fresh: bool) -> Result<String, Comm
 
 /// `switchboard bitrix activate-connector [--line ID]`.
 pub async fn activate_connector(
-    core: &Core,
+    relay: &Relay,
     line: Option<String>,
 ) -> Result<String, CommandFailed> {
-    let b = Bitrix::new(core);
+    let (core, b) = (&relay.core, &relay.bitrix);
     let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
     let configured =
         crate::setting_values::optional(core, crate::catalogue::BITRIX_LINE_ID).await?;
@@ -175,8 +175,8 @@ pub async fn activate_connector(
 }
 
 /// `switchboard whatsapp check-token`.
-pub async fn check_token(core: &Core) -> Result<String, CommandFailed> {
-    let meta = MetaClient::from_settings(core).await?;
+pub async fn check_token(relay: &Relay) -> Result<String, CommandFailed> {
+    let meta = MetaClient::from_settings(&relay.core).await?;
     let node = meta
         .phone_number()
         .await

@@ -39,7 +39,7 @@ pub mod to_whatsapp;
 
 use axum::Router;
 use switchboard_core::{
-    Core, JobRegistry,
+    JobRegistry,
     config::Setting,
     inbox::Processors,
     ops::{BridgeInfo, Readiness},
@@ -60,14 +60,16 @@ const REQUIRED: &[&Setting] = &[
     catalogue::BITRIX_LINE_ID,
 ];
 
+pub use relay::Relay;
+
 /// `/webhook/whatsapp`, `/bitrix/install`, `/bitrix/events`, `/media/{id}`.
-pub fn router(core: &Core) -> Router {
-    routes::router(core)
+pub fn router(relay: &Relay) -> Router {
+    routes::router(relay)
 }
 
-pub fn info(core: &Core) -> BridgeInfo {
-    let settings = core.settings.clone();
-    let (probe_core, probes) = (core.clone(), setup::SetupProbes::new());
+pub fn info(relay: &Relay) -> BridgeInfo {
+    let settings = relay.core.settings.clone();
+    let probing = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -94,17 +96,13 @@ pub fn info(core: &Core) -> BridgeInfo {
         },
     )
     .with_checks(move || {
-        let (core, probes) = (probe_core.clone(), probes.clone());
-        async move { setup::checks(&core, &probes).await }
+        let relay = probing.clone();
+        async move { setup::checks(&relay).await }
     })
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
-pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors) {
-    let relay = relay::Relay {
-        core: core.clone(),
-        bitrix: bitrix::Bitrix::new(core),
-    };
+pub fn register(relay: &Relay, jobs: &mut JobRegistry, processors: &mut Processors) {
     let r = relay.clone();
     processors.register(relay::META_SOURCE, move |event, ctx| {
         let r = r.clone();
@@ -125,7 +123,7 @@ pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors
         let r = r.clone();
         async move { to_whatsapp::send::relay_to_whatsapp(&r, job, ctx).await }
     });
-    let r = relay;
+    let r = relay.clone();
     jobs.register(move |job: to_bitrix::status::RelayStatusToBitrix, ctx| {
         let r = r.clone();
         async move { to_bitrix::status::relay_status_to_bitrix(&r, job, ctx).await }
@@ -137,9 +135,9 @@ pub fn register(core: &Core, jobs: &mut JobRegistry, processors: &mut Processors
 const KEEP_ALIVE_AFTER_SECS: i64 = 20 * 24 * 3600;
 
 /// This bridge's periodic work (called by the binary).
-pub fn scheduled(core: &Core) -> Vec<Task> {
-    let db = core.db.clone();
-    let c = core.clone();
+pub fn scheduled(relay: &Relay) -> Vec<Task> {
+    let db = relay.core.db.clone();
+    let r = relay.clone();
     vec![
         Task::new(
             "bitrix.prune-media",
@@ -158,10 +156,9 @@ pub fn scheduled(core: &Core) -> Vec<Task> {
             "bitrix.keep-grant-alive",
             When::Every(std::time::Duration::from_secs(6 * 3600)),
             move || {
-                let c = c.clone();
+                let r = r.clone();
                 async move {
-                    let client = bitrix::Bitrix::new(&c);
-                    let grant = match bitrix::oauth::load(&c).await {
+                    let grant = match bitrix::oauth::load(&r.core).await {
                         Ok(Some(g)) => g,
                         Ok(None) => return Ok("not installed; nothing to keep alive".into()),
                         Err(e) => return Err(e.explained()),
@@ -169,7 +166,7 @@ pub fn scheduled(core: &Core) -> Vec<Task> {
                     if bitrix::oauth::now_secs() - grant.issued_at < KEEP_ALIVE_AFTER_SECS {
                         return Ok("grant refreshed recently; nothing to do".into());
                     }
-                    client
+                    r.bitrix
                         .oauth
                         .refresh_replacing(&grant.access_token)
                         .await

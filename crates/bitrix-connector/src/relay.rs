@@ -4,19 +4,32 @@
 
 use switchboard_core::{Core, JobError};
 
-use crate::bitrix::Bitrix;
+use crate::{bitrix::Bitrix, setup::SetupProbes};
 
 /// Inbox source of the notifications Meta posts to the WhatsApp webhook.
 pub const META_SOURCE: &str = "meta";
 /// Inbox source of the events Bitrix24 posts to the events endpoint.
 pub const BITRIX_SOURCE: &str = "bitrix";
 
-/// What every handler needs: the core and one Bitrix client per process (its refresh lock and
-/// rate bucket must be shared by all jobs to mean anything).
+/// The connector's one value per process, shared by its routes, jobs, scheduled tasks, `/setup`
+/// rows and commands: the core and the one Bitrix client, whose rate bucket, batches and
+/// refresh lock mean something only if every caller goes through the same one.
 #[derive(Clone)]
 pub struct Relay {
     pub core: Core,
     pub bitrix: Bitrix,
+    pub(crate) probes: SetupProbes,
+}
+
+impl Relay {
+    /// Build it once per process (the binary does) and hand clones around.
+    pub fn new(core: &Core) -> Self {
+        Self {
+            core: core.clone(),
+            bitrix: Bitrix::new(core),
+            probes: SetupProbes::new(),
+        }
+    }
 }
 
 /// A database error inside a job: the database may be back by the next attempt.

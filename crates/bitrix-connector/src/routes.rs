@@ -7,15 +7,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use switchboard_core::Core;
-
 use crate::{
     Error,
-    bitrix::{
-        Bitrix,
-        install::{install_app, show_install},
-    },
+    bitrix::install::{install_app, show_install},
     media,
+    relay::Relay,
     to_bitrix::receive::{receive_meta_webhook, verify_meta_subscription},
     to_whatsapp::receive::receive_bitrix_event,
 };
@@ -36,17 +32,7 @@ const BITRIX_EVENT_LIMIT: usize = 1024 * 1024;
 /// placement's options): well under 1 KiB in practice.
 const BITRIX_INSTALL_LIMIT: usize = 64 * 1024;
 
-#[derive(Clone)]
-pub struct BridgeState {
-    pub core: Core,
-    pub bitrix: Bitrix,
-}
-
-pub fn router(core: &Core) -> Router {
-    let state = BridgeState {
-        core: core.clone(),
-        bitrix: Bitrix::new(core),
-    };
+pub fn router(relay: &Relay) -> Router {
     Router::new()
         .route(
             META_WEBHOOK,
@@ -66,7 +52,7 @@ pub fn router(core: &Core) -> Router {
                 .layer(DefaultBodyLimit::max(BITRIX_INSTALL_LIMIT)),
         )
         .route("/media/{id}", get(serve_media))
-        .with_state(state)
+        .with_state(relay.clone())
 }
 
 /// What a browser may do with a copy opened straight from `/media/{id}`: nothing active. The
@@ -78,7 +64,7 @@ const MEDIA_CSP: &str = "sandbox; default-src 'none'; img-src 'self'; media-src 
 /// Re-hosted media (unguessable id, expires). Served without auth: the id is the capability.
 /// Served on the admin pages' origin, so see [`media::served_as`] for what may render.
 async fn serve_media(
-    State(s): State<BridgeState>,
+    State(s): State<Relay>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -11,10 +11,7 @@ use switchboard_core::{
     ops::{Check, ProbeCache},
 };
 
-use crate::{
-    bitrix::{Bitrix, oauth},
-    commands,
-};
+use crate::{bitrix::oauth, commands, relay::Relay};
 
 /// Refresh tokens live 180 days (protocol §2); warn well before a grant could lapse.
 const GRANT_STALE_AFTER_SECS: i64 = 150 * 24 * 3600;
@@ -49,7 +46,8 @@ async fn setting(core: &Core, setting: &Setting) -> Option<String> {
     core.settings.get(setting).await.ok().flatten()
 }
 
-pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
+pub async fn checks(relay: &Relay) -> Vec<Check> {
+    let (core, probes) = (&relay.core, &relay.probes);
     let mut rows = Vec::new();
 
     let token = setting(core, crate::catalogue::META_ACCESS_TOKEN).await;
@@ -60,7 +58,7 @@ pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
             probes
                 .meta_token
                 .get_or_probe(fingerprint.as_bytes(), async {
-                    match commands::check_token(core).await {
+                    match commands::check_token(relay).await {
                         Ok(_) => Check::new("Meta access token valid", true, ""),
                         Err(e) => Check::new("Meta access token valid", false, e.0),
                     }
@@ -95,7 +93,7 @@ pub async fn checks(core: &Core, probes: &SetupProbes) -> Vec<Check> {
         "Install the local app from inside Bitrix24 as a portal administrator (the verified install stores the token), or paste the app's application token into the credentials form.",
     ));
 
-    let bitrix = Bitrix::new(core);
+    let bitrix = &relay.bitrix;
     let connector = setting(core, crate::catalogue::BITRIX_CONNECTOR_ID)
         .await
         .unwrap_or_default();

@@ -36,6 +36,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Held by [`Db::lock_across_processes`].
+#[must_use = "the lock is released when this is dropped"]
+pub struct ProcessLock {
+    held: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl ProcessLock {
+    /// Releases the lock now. Dropping also releases it, once the pool runs the rollback.
+    pub async fn release(self) {
+        if let Some(tx) = self.held {
+            // Ending the transaction ends the lock; if this fails, the connection is broken
+            // and the server drops the lock with it.
+            let _ = tx.commit().await;
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database {url}: {source}")]
@@ -122,6 +139,27 @@ impl Db {
             Db::Postgres(p) => ours.run(p).await?,
         }
         Ok(())
+    }
+
+    /// Waits until no other process on this database holds the lock `name`, then holds it until
+    /// [`ProcessLock::release`] (or drop). For work that must not run twice at once across
+    /// processes, such as redeeming a refresh token that the other side rotates on use.
+    ///
+    /// On PostgreSQL it is a transaction-scoped advisory lock, so a crashed holder's lock goes
+    /// with its connection. On SQLite it holds nothing: an SQLite deployment is one machine,
+    /// where callers keep their in-process lock and must cope with the rare second process.
+    pub async fn lock_across_processes(&self, name: &str) -> Result<ProcessLock, sqlx::Error> {
+        match self {
+            Db::Sqlite(_) => Ok(ProcessLock { held: None }),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(ProcessLock { held: Some(tx) })
+            }
+        }
     }
 
     /// Cheap liveness probe for `/health`.

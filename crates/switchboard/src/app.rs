@@ -40,21 +40,40 @@ pub fn catalogue() -> Catalogue {
     ])
 }
 
-pub fn bridges(core: &Core) -> Vec<BridgeInfo> {
+/// The core and the bridges' values that must exist once per process (the Bitrix24 client, with
+/// its rate bucket and refresh lock), built once and shared by the router, the workers, the
+/// scheduler and the commands.
+#[derive(Clone)]
+pub struct Wiring {
+    pub core: Core,
+    pub bitrix: bitrix_connector::Relay,
+}
+
+impl Wiring {
+    pub fn new(core: &Core) -> Self {
+        Self {
+            core: core.clone(),
+            bitrix: bitrix_connector::Relay::new(core),
+        }
+    }
+}
+
+pub fn bridges(w: &Wiring) -> Vec<BridgeInfo> {
     vec![
-        pbx_bridge::info(core),
-        wabridges_hooks::info(core),
-        bitrix_connector::info(core),
+        pbx_bridge::info(&w.core),
+        wabridges_hooks::info(&w.core),
+        bitrix_connector::info(&w.bitrix),
     ]
 }
 
-pub fn router(core: &Core) -> Router {
+pub fn router(w: &Wiring) -> Router {
+    let core = &w.core;
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .merge(switchboard_core::ops::router(core, bridges(core))) // /health /metrics / /docs /setup /admin/*
+        .merge(switchboard_core::ops::router(core, bridges(w))) // /health /metrics / /docs /setup /admin/*
         .merge(pbx_bridge::router(core)) // POST /whatsapp-bridge
         .merge(wabridges_hooks::router(core)) // POST /wabridges/hooks/{bridge}, /api/wabridges/*
-        .merge(bitrix_connector::router(core)) // /webhook/whatsapp /bitrix/* /media/{id}
+        .merge(bitrix_connector::router(&w.bitrix)) // /webhook/whatsapp /bitrix/* /media/{id}
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
@@ -105,12 +124,13 @@ fn status_label(status: u16) -> metrics::SharedString {
 }
 
 /// Every bridge's jobs and inbox processors, plus core's own.
-pub fn job_registry(core: &Core) -> JobRegistry {
+pub fn job_registry(w: &Wiring) -> JobRegistry {
+    let core = &w.core;
     let mut registry = JobRegistry::default();
     let mut processors = Processors::default();
     pbx_bridge::register(core, &mut registry, &mut processors);
     wabridges_hooks::register(core, &mut registry, &mut processors);
-    bitrix_connector::register(core, &mut registry, &mut processors);
+    bitrix_connector::register(&w.bitrix, &mut registry, &mut processors);
     processors.install(core.inbox.clone(), &mut registry);
     registry
 }
@@ -119,7 +139,8 @@ pub fn job_registry(core: &Core) -> JobRegistry {
 const DEFAULT_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Periodic work: core's retention prune, then each bridge's.
-pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
+pub fn scheduled(w: &Wiring) -> Vec<scheduler::Task> {
+    let core = &w.core;
     let inbox = core.inbox.clone();
     let mut tasks = vec![scheduler::Task::new(
         "core.prune-events",
@@ -137,7 +158,7 @@ pub fn scheduled(core: &Core) -> Vec<scheduler::Task> {
     )];
     tasks.extend(pbx_bridge::scheduled(core));
     tasks.extend(wabridges_hooks::scheduled(core));
-    tasks.extend(bitrix_connector::scheduled(core));
+    tasks.extend(bitrix_connector::scheduled(&w.bitrix));
     tasks
 }
 

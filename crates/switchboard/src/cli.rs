@@ -202,21 +202,24 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Jobs(j) => jobs_command(config, j).await,
         Command::Bitrix(b) => bitrix_command(config, b).await,
         Command::Whatsapp(WhatsappCommand::CheckToken) => {
-            let core = start(config).await?;
-            println!("{}", bitrix_connector::commands::check_token(&core).await?);
+            let wiring = switchboard::Wiring::new(&start(config).await?);
+            println!(
+                "{}",
+                bitrix_connector::commands::check_token(&wiring.bitrix).await?
+            );
             Ok(())
         }
     }
 }
 
 async fn bitrix_command(config: Config, command: BitrixCommand) -> anyhow::Result<()> {
-    let core = start(config).await?;
+    let wiring = switchboard::Wiring::new(&start(config).await?);
     let report = match command {
         BitrixCommand::RegisterConnector { fresh } => {
-            bitrix_connector::commands::register_connector(&core, fresh).await?
+            bitrix_connector::commands::register_connector(&wiring.bitrix, fresh).await?
         }
         BitrixCommand::ActivateConnector { line } => {
-            bitrix_connector::commands::activate_connector(&core, line).await?
+            bitrix_connector::commands::activate_connector(&wiring.bitrix, line).await?
         }
     };
     println!("{report}");

@@ -51,6 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = start(config).await?;
+    let wiring = crate::app::Wiring::new(&core);
     let stop = Stop::on(shutdown);
     let with_workers = workers == Workers::InProcess;
 
@@ -69,12 +70,12 @@ pub async fn run(
         body_timeout_secs = limits.body_timeout.as_secs(),
         "switchboard listening"
     );
-    let app = crate::app::router(&core);
+    let app = crate::app::router(&wiring);
     let server = crate::server::run(listener, app, limits, stop.clone());
     // Joined, not spawned: apalis' worker future is not provably Send for every lifetime.
     tokio::join!(server, async {
         if with_workers {
-            run_workers(&core, &stop).await;
+            run_workers(&wiring, &stop).await;
         }
     });
     close_database(&core).await;
@@ -88,10 +89,11 @@ pub async fn work(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = start(config).await?;
+    let wiring = crate::app::Wiring::new(&core);
     let stop = Stop::on(shutdown);
     inbox::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
     tracing::info!(database = core.db.backend(), "switchboard worker running");
-    run_workers(&core, &stop).await;
+    run_workers(&wiring, &stop).await;
     close_database(&core).await;
     Ok(())
 }
@@ -122,11 +124,12 @@ async fn close_database(core: &Core) {
 
 /// Workers and the scheduler, until a stop and the in-flight jobs have drained (or
 /// [`DRAIN_LIMIT`] has passed since the stop).
-async fn run_workers(core: &Core, stop: &Stop) {
-    let registry = crate::app::job_registry(core);
+async fn run_workers(wiring: &crate::app::Wiring, stop: &Stop) {
+    let core = &wiring.core;
+    let registry = crate::app::job_registry(wiring);
     let scheduler = tokio::spawn(switchboard_core::scheduler::run(
         core.db.clone(),
-        crate::app::scheduled(core),
+        crate::app::scheduled(wiring),
         Duration::from_secs(30),
     ));
     let jobs = core.jobs.clone();

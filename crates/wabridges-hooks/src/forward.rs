@@ -228,7 +228,7 @@ pub async fn forward_event(core: Core, job: ForwardEvent, ctx: JobContext) -> Re
     };
     let label = match &outcome {
         Ok(()) => "delivered",
-        Err(JobError::Retry(_)) => "retry",
+        Err(JobError::Retry(_) | JobError::Postpone(..)) => "retry",
         Err(JobError::Permanent(_)) => "dead",
     };
     metrics::counter!("switchboard_wabridges_forwards_total", "outcome" => label).increment(1);

@@ -5,7 +5,7 @@ use switchboard_core::JobError;
 
 use crate::error::fix;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BitrixError {
     #[error("{0} is not configured")]
     NotConfigured(&'static str),
@@ -25,6 +25,9 @@ pub enum BitrixError {
     OAuth { code: String, description: String },
     #[error("stored grant: {0}")]
     Storage(String),
+    /// The portal's rate limit has no room now; a slot frees in `retry_in`.
+    #[error("Bitrix24 rate limit reached; room again in {} ms", .retry_in.as_millis())]
+    Busy { retry_in: std::time::Duration },
 }
 
 const RETRYABLE_CODES: &[&str] = &[
@@ -71,7 +74,8 @@ impl BitrixError {
         match self {
             BitrixError::Transport(_)
             | BitrixError::Unavailable { .. }
-            | BitrixError::Storage(_) => true,
+            | BitrixError::Storage(_)
+            | BitrixError::Busy { .. } => true,
             BitrixError::Api { code, http, .. } => {
                 RETRYABLE_CODES.contains(&code.as_str())
                     || (*http >= 500 && code != "PORTAL_DELETED")
@@ -83,6 +87,9 @@ impl BitrixError {
     }
 
     pub fn into_job_error(self) -> JobError {
+        if let BitrixError::Busy { retry_in } = self {
+            return JobError::Postpone(retry_in, self.to_string());
+        }
         if self.is_retryable() {
             JobError::Retry(self.explained())
         } else {

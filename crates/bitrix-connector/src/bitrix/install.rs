@@ -13,7 +13,7 @@ use switchboard_core::http::url_decode_pairs;
 use crate::{
     Error,
     bitrix::{Grant, oauth, php_form},
-    routes::BridgeState,
+    relay::Relay,
     setting_values::required,
 };
 
@@ -28,7 +28,7 @@ pub async fn show_install() -> Html<&'static str> {
 /// The install POST (protocol §1), in either mode: script-only `ONAPPINSTALL`, or the
 /// UI iframe, whose page must call `BX24.installFinish()` or the install never completes.
 pub async fn install_app(
-    State(s): State<BridgeState>,
+    State(s): State<Relay>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, Error> {
@@ -98,7 +98,7 @@ fn grant_from_event(form: &Value) -> Result<Grant, Error> {
 /// this app's client secret (the new pair it returns is what gets stored: refresh tokens
 /// rotate), the OAuth server names the configured portal and the same `member_id` as the grant
 /// already stored for it, and the installing user is a portal administrator.
-async fn accept_grant(s: &BridgeState, posted: &Grant) -> Result<Grant, Error> {
+async fn accept_grant(s: &Relay, posted: &Grant) -> Result<Grant, Error> {
     let portal = required(&s.core, crate::catalogue::BITRIX_PORTAL_URL).await?;
     let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
     let other_portal =

@@ -39,13 +39,40 @@ impl Bucket {
         }
     }
 
-    /// How long the caller must wait before its request fits; reserves the slot.
-    fn reserve(&self) -> Duration {
-        let mut s = self.inner.lock().expect("bucket lock");
+    /// The level now, after draining since the last look.
+    fn drained(&self, s: &mut State) -> f64 {
         let now = Instant::now();
         let drained = now.duration_since(s.at).as_secs_f64() * self.drain_per_sec;
         s.level = (s.level - drained).max(0.0);
         s.at = now;
+        s.level
+    }
+
+    /// Takes a slot if one is free now; otherwise how long until one is, taking nothing. For
+    /// callers that would rather come back later than wait here.
+    pub fn try_reserve(&self) -> Result<(), Duration> {
+        let mut s = self.inner.lock().expect("bucket lock");
+        let level = self.drained(&mut s);
+        if level + 1.0 <= self.capacity {
+            s.level += 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (level + 1.0 - self.capacity) / self.drain_per_sec,
+            ))
+        }
+    }
+
+    /// How full the bucket is, from 0 (every slot free) to 1.
+    pub fn fullness(&self) -> f64 {
+        let mut s = self.inner.lock().expect("bucket lock");
+        (self.drained(&mut s) / self.capacity).min(1.0)
+    }
+
+    /// How long the caller must wait before its request fits; reserves the slot.
+    fn reserve(&self) -> Duration {
+        let mut s = self.inner.lock().expect("bucket lock");
+        self.drained(&mut s);
         s.level += 1.0;
         let over = s.level - self.capacity;
         if over <= 0.0 {
@@ -84,5 +111,18 @@ mod tests {
         assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
         b.saturate();
         assert!(b.reserve() >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn try_reserve_takes_nothing_when_full() {
+        let b = Bucket::new(2.0, 2.0);
+        assert_eq!(b.try_reserve(), Ok(()));
+        assert_eq!(b.try_reserve(), Ok(()));
+        assert!((b.fullness() - 1.0).abs() < 0.01);
+        let wait = b.try_reserve().unwrap_err();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        // Refused callers left the level alone: the wait did not grow.
+        let again = b.try_reserve().unwrap_err();
+        assert!(again <= wait);
     }
 }

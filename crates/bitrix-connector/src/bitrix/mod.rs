@@ -4,6 +4,7 @@
 //! PHP-style forms (`php_form.rs`), its events (`events.rs`) and the app install
 //! (`install.rs`); `notes.rs` writes the bridge's own notes into an operator's chat.
 
+pub mod batch;
 mod error;
 pub mod events;
 pub(crate) mod install;
@@ -23,31 +24,32 @@ pub struct Bitrix {
     core: Core,
     pub oauth: OAuth,
     bucket: limit::Bucket,
+    queue: batch::SharedQueue,
+    /// Commands per `batch` request; 1 sends every call on its own.
+    batch_size: usize,
 }
 
 impl Bitrix {
-    pub fn new(core: &Core) -> Self {
+    /// Only [`crate::Relay::new`] builds one, once per process: the bucket and the refresh
+    /// lock inside are only as good as everyone sharing them. The gauge lets a test (and an
+    /// operator) see that no second one was made.
+    pub(crate) fn new(core: &Core) -> Self {
+        metrics::gauge!("switchboard_bitrix_clients").increment(1.0);
+        let batch_size = (core
+            .config
+            .integer_or_default(crate::catalogue::BITRIX_BATCH_SIZE) as usize)
+            .clamp(1, batch::MAX_COMMANDS);
         Self {
             core: core.clone(),
             oauth: OAuth::new(core),
             bucket: limit::Bucket::default(),
+            queue: Default::default(),
+            batch_size,
         }
     }
 
-    /// Calls `method` with the stored grant; on `expired_token` refreshes once and repeats
-    /// (protocol §2). Returns the response's `result`.
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, BitrixError> {
-        let grant = self.oauth.current().await?;
-        match self.call_with(&grant, method, &params).await {
-            Err(BitrixError::Api { code, .. }) if code == "expired_token" => {
-                let grant = self.oauth.refresh_replacing(&grant.access_token).await?;
-                self.call_with(&grant, method, &params).await
-            }
-            other => other,
-        }
-    }
-
-    /// One call with `grant`, no refresh (install uses it to prove a new grant works).
+    /// One call with `grant`, not batched and no refresh: the install proves a new grant works
+    /// with it. Waits for the rate bucket (a request handler, not a worker).
     pub async fn call_with(
         &self,
         grant: &Grant,
@@ -55,6 +57,11 @@ impl Bitrix {
         params: &Value,
     ) -> Result<Value, BitrixError> {
         self.bucket.acquire().await;
+        self.post(grant, method, params).await
+    }
+
+    /// The HTTP request itself; the caller holds a bucket slot.
+    async fn post(&self, grant: &Grant, method: &str, params: &Value) -> Result<Value, BitrixError> {
         let mut body = params.clone();
         if let Value::Object(m) = &mut body {
             m.insert("auth".into(), Value::String(grant.access_token.clone()));
@@ -87,10 +94,15 @@ impl Bitrix {
                     .to_string(),
                 http,
             };
-            if code == "QUERY_LIMIT_EXCEEDED" {
-                self.bucket.saturate();
-            }
             tracing::warn!(method, http, code, "Bitrix24 call failed");
+            if code == "QUERY_LIMIT_EXCEEDED" {
+                // Our bucket thought there was room: another client of the portal (or of its
+                // address) is using it too. Wait as if ours were full.
+                self.bucket.saturate();
+                metrics::counter!("switchboard_bitrix_limit_exceeded_total").increment(1);
+                let retry_in = self.bucket.try_reserve().err().unwrap_or_default();
+                return Err(BitrixError::Busy { retry_in });
+            }
             return Err(err);
         }
         if !(200..300).contains(&http) {

@@ -80,13 +80,27 @@ impl OAuth {
     }
 
     /// Refreshes unless someone already replaced `stale_access` while we waited for the lock.
+    /// One refresh at a time in this process, and on PostgreSQL across every process on the
+    /// database: Bitrix rotates the refresh token on use, so the loser of two concurrent
+    /// refreshes would be refused and, worse, might store a grant that is already dead.
     pub async fn refresh_replacing(&self, stale_access: &str) -> Result<Grant, BitrixError> {
-        let _one_at_a_time = self.refreshing.lock().await;
-        let stored = self.load().await?;
-        if stored.access_token != stale_access {
-            return Ok(stored);
+        let _one_in_this_process = self.refreshing.lock().await;
+        let one_across_processes = self
+            .core
+            .db
+            .lock_across_processes(GRANT_BLOB)
+            .await
+            .map_err(|e| BitrixError::Storage(format!("taking the refresh lock: {e}")))?;
+        let refreshed = async {
+            let stored = self.load().await?;
+            if stored.access_token != stale_access {
+                return Ok(stored);
+            }
+            self.refresh(&stored).await
         }
-        self.refresh(&stored).await
+        .await;
+        one_across_processes.release().await;
+        refreshed
     }
 
     async fn refresh(&self, stored: &Grant) -> Result<Grant, BitrixError> {

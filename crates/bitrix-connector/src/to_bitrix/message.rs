@@ -36,7 +36,8 @@ pub async fn relay_to_bitrix(
     let unit = job.unit;
     let result = relay_in_turn(relay, &unit, &ctx).await;
     let settled = match &result {
-        Ok(Relayed::Postponed) => false,
+        // Its turn, or the portal's room, comes later: it runs again.
+        Ok(Relayed::Postponed) | Err(JobError::Postpone(..)) => false,
         // Woken when it was sent, before the lead.
         Ok(Relayed::Sent) => false,
         Ok(Relayed::Nothing) | Err(JobError::Permanent(_)) => true,

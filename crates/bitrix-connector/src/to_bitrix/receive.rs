@@ -13,13 +13,14 @@ use crate::{
     Error,
     meta::{payload as meta_payload, signature},
     relay::META_SOURCE,
-    routes::{BridgeState, META_WEBHOOK},
+    relay::Relay,
+    routes::META_WEBHOOK,
     setting_values::required_secret,
 };
 
 /// Meta's one-time handshake (protocol §1): echo `hub.challenge` as plain text.
 pub async fn verify_meta_subscription(
-    State(s): State<BridgeState>,
+    State(s): State<Relay>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
     let expected = required_secret(&s.core, crate::catalogue::META_VERIFY_TOKEN).await?;
@@ -46,7 +47,7 @@ pub async fn verify_meta_subscription(
 /// Inbound notifications: verify, persist, 200. Processing happens in the `meta` processor
 /// ([`super::split`]).
 pub async fn receive_meta_webhook(
-    State(s): State<BridgeState>,
+    State(s): State<Relay>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, Error> {

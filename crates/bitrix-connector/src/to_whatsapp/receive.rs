@@ -15,11 +15,12 @@ use crate::{
     bitrix::{events, oauth, php_form},
     error::fix,
     relay::BITRIX_SOURCE,
-    routes::{BITRIX_EVENTS, BridgeState},
+    relay::Relay,
+    routes::BITRIX_EVENTS,
 };
 
 pub async fn receive_bitrix_event(
-    State(s): State<BridgeState>,
+    State(s): State<Relay>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
@@ -85,7 +86,7 @@ pub async fn receive_bitrix_event(
 /// `auth[application_token]` against `bitrix.application_token` when it is set, else against the
 /// token the verified install stored with the grant; constant time. An event never supplies
 /// the token: its `member_id` and everything else in it are no secret.
-async fn authenticate(s: &BridgeState, presented: &str) -> Result<(), String> {
+async fn authenticate(s: &Relay, presented: &str) -> Result<(), String> {
     let configured = s
         .core
         .settings

@@ -18,7 +18,7 @@ fn row<'a>(
 #[tokio::test]
 async fn setup_rows_turn_green_step_by_step() {
     let app = TestApp::start().await;
-    let info = bitrix_connector::info(&app.core);
+    let info = bitrix_connector::info(&app.relay);
 
     let before = info.checks().await;
     assert!(row(&before, "Meta access token valid").ok);
@@ -32,7 +32,7 @@ async fn setup_rows_turn_green_step_by_step() {
     );
 
     app.install().await;
-    let after_install = bitrix_connector::info(&app.core).checks().await;
+    let after_install = bitrix_connector::info(&app.relay).checks().await;
     assert!(row(&after_install, "Bitrix24 app installed").ok);
     assert!(row(&after_install, "Bitrix24 grant fresh").ok);
     assert!(row(&after_install, "Application token known").ok);
@@ -45,7 +45,7 @@ async fn setup_rows_turn_green_step_by_step() {
     );
 
     app.ready().await;
-    let ready = bitrix_connector::info(&app.core).checks().await;
+    let ready = bitrix_connector::info(&app.relay).checks().await;
     for c in &ready {
         assert!(c.ok, "{} still failing: {}", c.label, c.fix);
     }
@@ -55,7 +55,7 @@ async fn setup_rows_turn_green_step_by_step() {
 async fn a_revoked_meta_token_shows_the_fix() {
     let app = TestApp::start().await;
     app.meta.set_access_token("rotated-elsewhere");
-    let checks = bitrix_connector::info(&app.core).checks().await;
+    let checks = bitrix_connector::info(&app.relay).checks().await;
     let meta = row(&checks, "Meta access token valid");
     assert!(!meta.ok);
     assert!(

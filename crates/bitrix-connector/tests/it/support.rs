@@ -32,6 +32,8 @@ pub const ANNA: &str = "4917612345678";
 
 pub struct TestApp {
     pub core: Core,
+    /// The connector value, built once as the binary builds it.
+    pub relay: bitrix_connector::Relay,
     pub meta: FakeMeta,
     pub bitrix: FakeBitrix,
     /// The app's base URL.
@@ -116,13 +118,15 @@ impl TestApp {
         };
         let db = TestDb::new().await;
         let core = db.core(config);
-        let app = bitrix_connector::router(&core);
+        let relay = bitrix_connector::Relay::new(&core);
+        let app = bitrix_connector::router(&relay);
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         meta.set_webhook_target(format!("{url}/webhook/whatsapp"));
         Self {
             core,
+            relay,
             meta,
             bitrix,
             url,
@@ -135,7 +139,7 @@ impl TestApp {
     pub fn registry(&self) -> JobRegistry {
         let mut registry = JobRegistry::default();
         let mut processors = Processors::default();
-        bitrix_connector::register(&self.core, &mut registry, &mut processors);
+        bitrix_connector::register(&self.relay, &mut registry, &mut processors);
         processors.install(self.core.inbox.clone(), &mut registry);
         registry
     }
@@ -149,7 +153,7 @@ impl TestApp {
     }
 
     pub async fn register_connector(&self) {
-        commands::register_connector(&self.core, false)
+        commands::register_connector(&self.relay, false)
             .await
             .expect("register-connector");
     }
@@ -158,7 +162,7 @@ impl TestApp {
     pub async fn ready(&self) {
         self.install().await;
         self.register_connector().await;
-        let report = commands::activate_connector(&self.core, None)
+        let report = commands::activate_connector(&self.relay, None)
             .await
             .expect("activate-connector");
         assert!(report.contains("STATUS:true, CONFIGURED:true"), "{report}");

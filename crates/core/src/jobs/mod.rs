@@ -65,6 +65,11 @@ pub enum JobError {
     /// Trying again can't help (bad credentials, rejected payload): dead-letter now.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the work waits for something that frees up at a known time (the next
+    /// slot of a rate limit). The job goes back on the queue, due after the duration, without
+    /// spending an attempt and without holding a worker while it waits.
+    #[error("postponed {secs}s: {1}", secs = .0.as_secs_f64())]
+    Postpone(std::time::Duration, String),
 }
 
 /// What a running job knows about itself.

@@ -346,6 +346,20 @@ async fn run_job(
                 .increment(1);
             Ok(())
         }
+        Err(JobError::Postpone(after, why)) => match rt.jobs.postpone(&task_id, after).await {
+            Ok(()) => {
+                tracing::debug!(parent: &span, reason = %why, after_ms = after.as_millis() as u64, "job postponed");
+                metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "postponed")
+                    .increment(1);
+                Ok(())
+            }
+            // Could not put it back: an ordinary retry keeps it from being lost.
+            Err(e) => {
+                let msg = format!("{why}; postponing failed: {e}");
+                tracing::warn!(parent: &span, error = %msg, "job not postponed; will retry");
+                Err(msg.into())
+            }
+        },
         Err(JobError::Permanent(msg)) => {
             tracing::error!(parent: &span, error = %msg, "job failed permanently; dead-lettered");
             metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "dead")
