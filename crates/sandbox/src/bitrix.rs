@@ -9,8 +9,16 @@
 //! for empty results, form-encoded events sent once and never retried, files fetched by the
 //! portal itself without credentials, a leaky-bucket rate limit.
 //!
-//! Read `rest.rs` (dispatch, auth, limits), then `connector.rs` and `inbound.rs`.
+//! `batch` is served as the portal serves it: up to 50 `"method?query"` commands run in order
+//! under one admission (one unit of the rate limit, one token check, one outage check), each
+//! command otherwise exactly the call it names, answered in `result`/`result_error`/
+//! `result_total`/`result_next`/`result_time` with PHP's `[]` for empty maps, `halt`, and
+//! `$result[key][FIELD]` references to earlier scalar results. `batch.rs` lists what is not
+//! served; those cases fail loudly instead of passing.
+//!
+//! Read `rest.rs` (dispatch, auth, limits), then `batch.rs`, `connector.rs` and `inbound.rs`.
 
+mod batch;
 mod connector;
 mod crm;
 mod events;
@@ -265,7 +273,9 @@ impl FakeBitrix {
     }
 
     /// The next `count` calls of `method` (e.g. `imconnector.send.messages`) fail with
-    /// `{"error": code}` and `http_status`, before auth and rate limiting are looked at.
+    /// `{"error": code}` and `http_status`, before auth and rate limiting are looked at. A
+    /// command of that method inside a `batch` meets the failure when its turn comes, as its
+    /// `result_error` entry; `fail_next("batch", …)` fails whole batch requests.
     pub fn fail_next(&self, method: &str, code: &str, http_status: u16, count: u32) {
         self.shared
             .portal()
@@ -280,7 +290,8 @@ impl FakeBitrix {
     }
 
     /// Every later call of `method` waits a random time between `min` and `max` before the
-    /// portal acts on it, as a busy portal does; concurrent calls then finish in any order.
+    /// portal acts on it, as a busy portal does; concurrent calls then finish in any order. Inside
+    /// a `batch` each such command waits its turn, one after the other.
     pub fn set_latency(&self, method: &str, min: Duration, max: Duration) {
         self.shared
             .portal()
@@ -309,6 +320,19 @@ impl FakeBitrix {
     /// The cloud's non-Enterprise limits: 2 req/s drain, 50 queued.
     pub fn strict_rate_limit(&self) {
         self.set_rate_limit(2.0, 50.0);
+    }
+
+    /// How many requests the rate limit has refused with 503 `QUERY_LIMIT_EXCEEDED` (failures
+    /// queued with `fail_next` not included).
+    pub fn limit_refusals(&self) -> u64 {
+        self.shared.portal().limit_refusals
+    }
+
+    /// `(requests, commands)`: how many `batch` requests got past the rate limit and token
+    /// check, and how many `cmd` entries they carried in all.
+    pub fn batches(&self) -> (u64, u64) {
+        let portal = self.shared.portal();
+        (portal.batch_requests, portal.batch_commands)
     }
 
     pub fn add_line(&self, line: i64) {

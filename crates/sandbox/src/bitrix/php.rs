@@ -7,18 +7,23 @@ use serde_json::{Map, Value};
 
 /// `a[b][0]=x&a[b][]=y` → `{"a":{"b":["x","y"]}}`, every leaf a string, as `parse_str` does.
 pub fn parse_form(body: &[u8]) -> Value {
+    parse_pairs(form_urlencoded::parse(body).into_owned())
+}
+
+/// `parse_form` over pairs already decoded (a batch command's, after its references are filled).
+pub fn parse_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
     let mut root = Value::Object(Map::new());
-    for (key, value) in form_urlencoded::parse(body) {
+    for (key, value) in pairs {
         let path = split_key(&key);
         if path.first().is_none_or(String::is_empty) {
             continue;
         }
-        insert(&mut root, &path, Value::String(value.into_owned()));
+        insert(&mut root, &path, Value::String(value));
     }
     lists_from_sequential_keys(root)
 }
 
-fn split_key(key: &str) -> Vec<String> {
+pub(crate) fn split_key(key: &str) -> Vec<String> {
     let Some(open) = key.find('[') else {
         return vec![key.to_string()];
     };

@@ -1,6 +1,7 @@
 //! `POST /rest/{method}[.json]`: the order a real portal applies — outage, rate limit, token,
 //! scope, then the method — and the response envelope (`result` + `time`, or
-//! `error`/`error_description` with a 4xx/5xx).
+//! `error`/`error_description` with a 4xx/5xx). `batch` is admitted here like any call, then
+//! `batch.rs` runs its commands through `run_command`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::oauth::{self, TokenRefusal};
 use super::state::iso8601;
-use super::{Shared, connector, crm, events, inbound, php};
+use super::{Shared, batch, connector, crm, events, inbound, php};
 
 /// A method failure as the portal reports it.
 #[derive(Debug)]
@@ -39,12 +40,13 @@ impl RestError {
         RestError::new(400, "ERROR_ARGUMENT", description)
     }
 
+    /// `{"error", "error_description"}`, the body alone and each entry of `result_error`.
+    pub fn body(&self) -> Value {
+        json!({"error": self.code, "error_description": self.description})
+    }
+
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code, "error_description": self.description})),
-        )
-            .into_response()
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -80,26 +82,52 @@ pub(crate) async fn call_method(
     let started = now_f64();
     let method = normalize_method(&method);
     let params = read_params(query.as_deref(), &headers, &body);
-    match admit(&s, &method, &params) {
-        Err(Refused::Outage) => super::outage(),
-        Err(Refused::Error(e)) => e.into_response(),
-        Ok(caller) => {
-            let _sending = Sending::enter(&s, &method, &params);
-            let latency = s.portal().latency.get(&method).copied();
-            if let Some((min, max)) = latency {
-                let wait = if max > min {
-                    rand::random_range(min..=max)
-                } else {
-                    min
-                };
-                tokio::time::sleep(wait).await;
-            }
-            match dispatch(&s, &method, &params, &caller).await {
-                Ok(reply) => envelope(reply, started),
-                Err(e) => e.into_response(),
-            }
-        }
+    let caller = match admit(&s, &method, &params) {
+        Err(Refused::Outage) => return super::outage(),
+        Err(Refused::Error(e)) => return e.into_response(),
+        Ok(caller) => caller,
+    };
+    let outcome = if method == "batch" {
+        let commands = batch::commands(query.as_deref(), &headers, &body);
+        Ok(batch::run(&s, &params, commands, &caller).await)
+    } else {
+        run_method(&s, &method, &params, &caller).await
+    };
+    match outcome {
+        Ok(reply) => envelope(reply, started),
+        Err(e) => e.into_response(),
     }
+}
+
+/// One command of an admitted `batch`: what the same call alone meets after the batch's outage,
+/// rate limit and token checks, in the same order — an injected failure, then the method.
+pub(crate) async fn run_command(
+    s: &Shared,
+    method: &str,
+    params: &Value,
+    caller: &Caller,
+) -> MethodResult {
+    if let Some(injected) = take_injected(s, method) {
+        return Err(injected);
+    }
+    run_method(s, method, params, caller).await
+}
+
+/// Scope, latency and the method itself: the part of a call that is the same alone and inside
+/// a `batch`, so both change the portal alike.
+async fn run_method(s: &Shared, method: &str, params: &Value, caller: &Caller) -> MethodResult {
+    check_scope(s, method)?;
+    let _sending = Sending::enter(s, method, params);
+    let latency = s.portal().latency.get(method).copied();
+    if let Some((min, max)) = latency {
+        let wait = if max > min {
+            rand::random_range(min..=max)
+        } else {
+            min
+        };
+        tokio::time::sleep(wait).await;
+    }
+    dispatch(s, method, params, caller).await
 }
 
 /// Marks the customer messages of one `imconnector.send.messages` call as being sent until
@@ -145,11 +173,7 @@ impl Drop for Sending {
 /// is taken as JSON, anything else goes through `parse_str` like PHP's `$_POST`.
 fn read_params(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Value {
     let mut params = php::parse_form(query.unwrap_or_default().as_bytes());
-    let is_json = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
-    let from_body = if is_json {
+    let from_body = if is_json(headers) {
         serde_json::from_slice(body).unwrap_or(Value::Null)
     } else {
         php::parse_form(body)
@@ -158,6 +182,13 @@ fn read_params(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Value {
         into.extend(from);
     }
     params
+}
+
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"))
 }
 
 /// Everything before the method runs. Injected failures come first so tests can force any
@@ -174,21 +205,15 @@ impl From<RestError> for Refused {
 }
 
 fn admit(s: &Shared, method: &str, params: &Value) -> Result<Caller, Refused> {
-    let mut portal = s.portal();
-    if portal.down {
+    if s.portal().down {
         return Err(Refused::Outage);
     }
-    if let Some(queue) = portal.inject.get_mut(method)
-        && let Some(next) = queue.first_mut()
-    {
-        next.remaining = next.remaining.saturating_sub(1);
-        let err = RestError::new(next.status, &next.code, "Injected failure");
-        if next.remaining == 0 {
-            queue.remove(0);
-        }
-        return Err(err.into());
+    if let Some(injected) = take_injected(s, method) {
+        return Err(injected.into());
     }
+    let mut portal = s.portal();
     if !portal.bucket.admit() {
+        portal.limit_refusals += 1;
         return Err(RestError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests").into());
     }
     let token = php::as_text(php::param(params, "auth"));
@@ -214,17 +239,33 @@ fn admit(s: &Shared, method: &str, params: &Value) -> Result<Caller, Refused> {
             .into());
         }
     };
-    if let Some(scope) = required_scope(method)
-        && !portal.cfg.scope.split(',').any(|s| s.trim() == scope)
-    {
-        return Err(RestError::new(
-            403,
-            "insufficient_scope",
-            "The request requires higher privileges than provided by the access token.",
-        )
-        .into());
-    }
     Ok(Caller { user_id })
+}
+
+/// Uses up one injected failure of `method`, if a test queued any.
+fn take_injected(s: &Shared, method: &str) -> Option<RestError> {
+    let mut portal = s.portal();
+    let queue = portal.inject.get_mut(method)?;
+    let next = queue.first_mut()?;
+    next.remaining = next.remaining.saturating_sub(1);
+    let err = RestError::new(next.status, &next.code, "Injected failure");
+    if next.remaining == 0 {
+        queue.remove(0);
+    }
+    Some(err)
+}
+
+fn check_scope(s: &Shared, method: &str) -> Result<(), RestError> {
+    match required_scope(method) {
+        Some(scope) if !s.portal().cfg.scope.split(',').any(|s| s.trim() == scope) => {
+            Err(RestError::new(
+                403,
+                "insufficient_scope",
+                "The request requires higher privileges than provided by the access token.",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `imconnector.*` live in the `imopenlines` scope (protocol §1).
@@ -289,17 +330,7 @@ fn app_info(s: &Shared) -> MethodResult {
 }
 
 fn envelope(reply: Reply, started: f64) -> Response {
-    let finished = now_f64();
-    let time = json!({
-        "start": started,
-        "finish": finished,
-        "duration": finished - started,
-        "processing": finished - started,
-        "date_start": iso8601(started as i64),
-        "date_finish": iso8601(finished as i64),
-        "operating_reset_at": started as i64 + 600,
-        "operating": 0,
-    });
+    let time = time(started, now_f64());
     let body = match reply {
         Reply::Result(result) => json!({"result": result, "time": time}),
         Reply::Page {
@@ -317,7 +348,21 @@ fn envelope(reply: Reply, started: f64) -> Response {
     Json(body).into_response()
 }
 
-fn now_f64() -> f64 {
+/// The `time` block of an answer, and of each command in a batch's `result_time`.
+pub(crate) fn time(started: f64, finished: f64) -> Value {
+    json!({
+        "start": started,
+        "finish": finished,
+        "duration": finished - started,
+        "processing": finished - started,
+        "date_start": iso8601(started as i64),
+        "date_finish": iso8601(finished as i64),
+        "operating_reset_at": started as i64 + 600,
+        "operating": 0,
+    })
+}
+
+pub(crate) fn now_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -234,8 +234,12 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
-    /// Leaky bucket (protocol §3): each call adds one, the bucket drains continuously,
-    /// a call that would overflow it is refused and adds nothing.
+    /// Leaky bucket as Bitrix's limits page describes it: each request adds one, the bucket
+    /// drains `drain_per_sec` continuously, and a request that would take it above `capacity` is
+    /// refused with 503 `QUERY_LIMIT_EXCEEDED` (cloud: 2/s, 50). A `batch` is one request however
+    /// many commands it carries. The page doesn't say whether a refused request adds to the
+    /// counter; we read it as counting admitted requests only, so a refusal adds nothing and a
+    /// client is let in again as soon as one unit has drained.
     pub fn admit(&mut self) -> bool {
         let now = Instant::now();
         let drained = now.duration_since(self.last).as_secs_f64() * self.drain_per_sec;
@@ -279,6 +283,11 @@ pub(crate) struct Portal {
     pub sending: HashMap<String, usize>,
     /// Message ids that were in two such calls at the same moment.
     pub overlapping: Vec<String>,
+    /// Requests the leaky bucket refused with `QUERY_LIMIT_EXCEEDED`.
+    pub limit_refusals: u64,
+    /// `batch` requests admitted, and the commands they carried.
+    pub batch_requests: u64,
+    pub batch_commands: u64,
     next_id: HashMap<&'static str, u64>,
 }
 
@@ -314,6 +323,9 @@ impl Portal {
             latency: HashMap::new(),
             sending: HashMap::new(),
             overlapping: Vec::new(),
+            limit_refusals: 0,
+            batch_requests: 0,
+            batch_commands: 0,
             next_id: HashMap::new(),
         }
     }
@@ -382,6 +394,21 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    #[test]
+    fn refused_requests_add_nothing_to_the_bucket() {
+        let mut bucket = super::Bucket {
+            level: 0.0,
+            last: Instant::now(),
+            drain_per_sec: 0.0,
+            capacity: 2.0,
+        };
+        let answers: Vec<bool> = (0..5).map(|_| bucket.admit()).collect();
+        assert_eq!(answers, [true, true, false, false, false]);
+        assert_eq!(bucket.level, 2.0);
+    }
+
     #[test]
     fn iso8601_matches_known_dates() {
         assert_eq!(super::iso8601(0), "1970-01-01T00:00:00+00:00");

@@ -652,3 +652,341 @@ async fn ui_install_needs_install_finish() {
     let good = b.install_ui_into(&format!("{}/good", page.url())).await;
     assert!(good.installed && b.installed());
 }
+
+/// `http_build_query` of `params`, as a product writes a batch command's query.
+fn build_query(params: &Value) -> String {
+    fn flatten(prefix: String, value: &Value, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    flatten(format!("{prefix}[{k}]"), v, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    flatten(format!("{prefix}[{i}]"), v, out);
+                }
+            }
+            Value::String(s) => out.push((prefix, s.clone())),
+            other => out.push((prefix, other.to_string())),
+        }
+    }
+    let mut pairs = Vec::new();
+    for (k, v) in params.as_object().expect("params are an object") {
+        flatten(k.clone(), v, &mut pairs);
+    }
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn command(method: &str, params: Value) -> Value {
+    json!(format!("{method}?{}", build_query(&params)))
+}
+
+fn lead(title: &str) -> Value {
+    command("crm.lead.add", json!({"fields": {"TITLE": title}}))
+}
+
+/// A JSON `batch` whose `cmd` keys stay in the order given (`json!` would sort them).
+async fn batch(b: &FakeBitrix, halt: u8, cmd: &[(&str, Value)]) -> (u16, Value) {
+    let entries: Vec<String> = cmd
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json!(k)))
+        .collect();
+    let body = format!(
+        r#"{{"halt":{halt},"auth":{},"cmd":{{{}}}}}"#,
+        json!(token(b)),
+        entries.join(",")
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/rest/batch.json", b.portal_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("portal reachable");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn keys(map: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = map
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn batch_runs_its_commands_in_the_order_sent_as_single_calls() {
+    let b = portal().await;
+    register_and_activate(&b).await;
+    // `m10` sorts before `m9`: the portal must still run them as sent.
+    let (status, body) = batch(
+        &b,
+        0,
+        &[
+            (
+                "m9",
+                command("imconnector.send.messages", text_message("49", "first")),
+            ),
+            (
+                "m10",
+                command("imconnector.send.messages", text_message("49", "second")),
+            ),
+            ("add", lead("WhatsApp: Anna")),
+            ("get", json!("crm.lead.get?id=$result[add]")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = &body["result"];
+    assert_eq!(out["result_error"], json!([]));
+    assert_eq!(out["result_total"], json!([]));
+    assert_eq!(out["result_next"], json!([]));
+    assert_eq!(keys(&out["result"]), ["add", "get", "m10", "m9"]);
+    assert_eq!(keys(&out["result_time"]), keys(&out["result"]));
+    assert!(out["result_time"]["m9"]["date_start"].is_string());
+    assert!(body["time"]["date_start"].is_string());
+
+    let texts: Vec<Option<String>> = b
+        .messages_in_chat("49")
+        .into_iter()
+        .map(|m| match m {
+            ChatMessage::Customer(c) => c.text,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, [Some("first".into()), Some("second".into())]);
+    let chat = b.chat("49").unwrap();
+    let sent = &out["result"]["m9"];
+    assert_eq!(sent["SUCCESS"], json!(true));
+    assert_eq!(
+        sent["DATA"]["RESULT"][0]["session"]["CHAT_ID"],
+        json!(chat.bitrix_chat_id.to_string())
+    );
+    let leads = b.leads();
+    assert_eq!(leads.len(), 1);
+    assert_eq!(out["result"]["add"], json!(leads[0].id));
+    assert_eq!(out["result"]["get"]["ID"], json!(leads[0].id.to_string()));
+    assert_eq!(out["result"]["get"]["TITLE"], json!("WhatsApp: Anna"));
+    assert_eq!(b.batches(), (1, 4));
+}
+
+#[tokio::test]
+async fn batch_without_halt_runs_every_command_and_reports_failures_apart() {
+    let b = FakeBitrix::start(BitrixConfig {
+        scope: "crm,imopenlines".into(),
+        ..BitrixConfig::default()
+    })
+    .await;
+    b.fail_next("crm.lead.add", "INTERNAL_SERVER_ERROR", 500, 1);
+    let (status, body) = batch(
+        &b,
+        0,
+        &[
+            ("a", lead("injected away")),
+            ("b", lead("created")),
+            (
+                "c",
+                command(
+                    "im.message.add",
+                    json!({"DIALOG_ID": "chat1", "MESSAGE": "x"}),
+                ),
+            ),
+            ("d", json!("crm.lead.list")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = &body["result"];
+    assert_eq!(keys(&out["result"]), ["b", "d"]);
+    assert_eq!(keys(&out["result_error"]), ["a", "c"]);
+    assert_eq!(
+        out["result_error"]["a"],
+        json!({"error": "INTERNAL_SERVER_ERROR", "error_description": "Injected failure"})
+    );
+    assert_eq!(
+        out["result_error"]["c"]["error"],
+        json!("insufficient_scope")
+    );
+    assert_eq!(keys(&out["result_time"]), ["b", "d"]);
+    assert_eq!(out["result_total"], json!({"d": 1}));
+    assert_eq!(out["result_next"], json!([]));
+    assert_eq!(b.leads().len(), 1);
+    assert_eq!(b.leads()[0].fields["TITLE"], json!("created"));
+}
+
+#[tokio::test]
+async fn batch_with_halt_stops_at_the_first_failure() {
+    let b = portal().await;
+    let (status, body) = batch(
+        &b,
+        1,
+        &[
+            ("first", lead("kept")),
+            (
+                "inactive",
+                command("imconnector.send.messages", text_message("49", "Hi")),
+            ),
+            ("never", lead("never created")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = &body["result"];
+    assert_eq!(keys(&out["result"]), ["first"]);
+    assert_eq!(keys(&out["result_error"]), ["inactive"]);
+    assert_eq!(
+        out["result_error"]["inactive"]["error"],
+        json!("NOT_ACTIVE_LINE")
+    );
+    assert_eq!(keys(&out["result_time"]), ["first"]);
+    assert_eq!(b.leads().len(), 1);
+}
+
+#[tokio::test]
+async fn batch_runs_fifty_commands_and_refuses_the_rest() {
+    let b = portal().await;
+    let cmd: Vec<Value> = (0..52).map(|n| lead(&format!("lead {n}"))).collect();
+    // Sent as a list, so the keys are 0, 1, ….
+    let (status, body) = call(&b, "batch", json!({"halt": 0, "cmd": cmd})).await;
+    assert_eq!(status, 200, "{body}");
+    let out = &body["result"];
+    // Keys 0..49 make a PHP list; the refused 50 and 51 an object.
+    assert_eq!(out["result"].as_array().map(Vec::len), Some(50));
+    assert_eq!(keys(&out["result_error"]), ["50", "51"]);
+    assert_eq!(
+        out["result_error"]["50"],
+        json!({"error": "ERROR_BATCH_LENGTH_EXCEEDED", "error_description": "Max batch length exceeded"})
+    );
+    assert_eq!(b.leads().len(), 50);
+    assert_eq!(b.batches(), (1, 52));
+}
+
+#[tokio::test]
+async fn batch_inside_a_batch_is_not_allowed() {
+    let b = portal().await;
+    let inner = format!("batch?{}", build_query(&json!({"cmd": {"x": "app.info"}})));
+    let (status, body) = batch(
+        &b,
+        0,
+        &[("inner", json!(inner)), ("info", json!("app.info"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = &body["result"];
+    assert_eq!(
+        out["result_error"],
+        json!({"inner": {"error": "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                         "error_description": "Method is not allowed for batch usage"}})
+    );
+    assert_eq!(keys(&out["result"]), ["info"]);
+    assert_eq!(b.batches(), (1, 2));
+}
+
+#[tokio::test]
+async fn form_encoded_batch_answers_like_a_json_one() {
+    let b = portal().await;
+    let cmd = [
+        ("info", json!("app.info")),
+        (
+            "dup",
+            command(
+                "crm.duplicate.findbycomm",
+                json!({"type": "PHONE", "values": ["+49"]}),
+            ),
+        ),
+        ("missing", json!("crm.lead.get?id=1")),
+    ];
+    let (_, from_json) = batch(&b, 0, &cmd).await;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("halt", "0")
+        .extend_pairs(
+            cmd.iter()
+                .map(|(k, v)| (format!("cmd[{k}]"), v.as_str().unwrap().to_string())),
+        )
+        .finish();
+    let r = reqwest::Client::new()
+        .post(format!("{}/rest/batch?auth={}", b.portal_url(), token(&b)))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let from_form: Value = r.json().await.unwrap();
+    for part in ["result", "result_error", "result_total", "result_next"] {
+        assert_eq!(
+            from_form["result"][part], from_json["result"][part],
+            "{part}"
+        );
+    }
+    assert_eq!(from_form["result"]["result"]["dup"], json!([]));
+    assert_eq!(keys(&from_form["result"]["result_error"]), ["missing"]);
+    assert_eq!(b.batches(), (2, 6));
+}
+
+#[tokio::test]
+async fn batch_is_one_request_against_the_rate_limit() {
+    let b = portal().await;
+    b.strict_rate_limit();
+    let client = reqwest::Client::new();
+    let url = format!("{}/rest/batch.json", b.portal_url());
+    let body = json!({"halt": 0, "auth": token(&b), "cmd": {"a": "app.info", "b": "user.admin"}});
+    let mut sent = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let request = client.post(&url).json(&body).send();
+        sent.spawn(async move {
+            let r = request.await.expect("portal reachable");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body["error"].as_str().map(str::to_string))
+        });
+    }
+    let answers = sent.join_all().await;
+    let admitted = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert_eq!(admitted, 50, "{answers:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(s, e)| *s == 503 && e.as_deref() == Some("QUERY_LIMIT_EXCEEDED")),
+        "{refused:?}"
+    );
+    assert_eq!(b.limit_refusals(), 10);
+    assert_eq!(b.batches(), (50, 100));
+}
+
+#[tokio::test]
+async fn batch_is_admitted_once_with_its_own_token() {
+    let b = portal().await;
+    // A command's own `auth` neither lets it in nor shuts it out.
+    let (status, body) = batch(&b, 0, &[("info", json!("app.info?auth=never-issued"))]).await;
+    assert_eq!((status, &body["result"]["result_error"]), (200, &json!([])));
+
+    let live = token(&b);
+    b.expire_access_tokens();
+    let (status, body) = batch(
+        &b,
+        0,
+        &[(
+            "add",
+            json!(format!("crm.lead.add?fields[TITLE]=x&auth={live}")),
+        )],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("expired_token"))
+    );
+    assert!(b.leads().is_empty());
+
+    b.set_down(true);
+    let (status, _) = batch(&b, 0, &[("add", lead("x"))]).await;
+    assert_eq!(status, 503);
+    assert!(b.leads().is_empty());
+    assert_eq!(b.batches(), (1, 1));
+}
