@@ -1,12 +1,5 @@
 //! HTTP surface of the connector. Route table first, handlers below in the same order.
 
-use axum::{
-    Router,
-    extract::{DefaultBodyLimit, Path, State},
-    http::{HeaderValue, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use crate::{
     Error,
     bitrix::install::{install_app, show_install},
@@ -14,6 +7,13 @@ use crate::{
     relay::Relay,
     to_bitrix::receive::{receive_meta_webhook, verify_meta_subscription},
     to_whatsapp::receive::receive_bitrix_event,
+};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::get,
 };
 
 pub const META_WEBHOOK: &str = "/webhook/whatsapp";
@@ -63,10 +63,7 @@ const MEDIA_CSP: &str = "sandbox; default-src 'none'; img-src 'self'; media-src 
 
 /// Re-hosted media (unguessable id, expires). Served without auth: the id is the capability.
 /// Served on the admin pages' origin, so see [`media::served_as`] for what may render.
-async fn serve_media(
-    State(s): State<Relay>,
-    Path(id): Path<String>,
-) -> Result<Response, Error> {
+async fn serve_media(State(s): State<Relay>, Path(id): Path<String>) -> Result<Response, Error> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::NotFound);
     }

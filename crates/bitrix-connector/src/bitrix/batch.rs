@@ -24,8 +24,8 @@ use super::{Bitrix, BitrixError};
 /// Bitrix refuses a batch of more commands than this.
 pub const MAX_COMMANDS: usize = 50;
 
-/// The longest a command waits for others to join it, once the bucket is more than half full.
-const MAX_GATHER: Duration = Duration::from_millis(25);
+/// The longest a command waits for others to join it, as the bucket fills.
+const MAX_GATHER: Duration = Duration::from_millis(50);
 
 pub(super) struct Pending {
     method: String,
@@ -71,9 +71,17 @@ impl Bitrix {
 
     async fn flush(&self) {
         loop {
+            // The fuller the bucket, the more a slot is worth: let concurrent callers join.
             let fullness = self.bucket.fullness();
-            if fullness > 0.5 {
-                tokio::time::sleep(MAX_GATHER.mul_f64((fullness - 0.5) * 2.0)).await;
+            if fullness > 0.25 {
+                tokio::time::sleep(MAX_GATHER.mul_f64((fullness - 0.25) / 0.75)).await;
+            }
+            // A full bucket frees a slot every half second (at 2 requests/s). Waiting for that
+            // one slot is what lets a whole batch form; a command held longer than that goes
+            // back on the queue instead (below).
+            let until_slot = self.bucket.time_to_slot();
+            if !until_slot.is_zero() && until_slot <= self.bucket.slot_interval() {
+                tokio::time::sleep(until_slot).await;
             }
             let taken = {
                 let mut q = self.queue.lock().expect("batch queue lock");
@@ -146,7 +154,8 @@ impl Bitrix {
             .map(|(_, c)| Value::String(c.clone()))
             .collect();
         // halt=0: each command stands alone; one refused message must not hold back the others.
-        self.call_now("batch", &json!({"halt": 0, "cmd": cmd})).await
+        self.call_now("batch", &json!({"halt": 0, "cmd": cmd}))
+            .await
     }
 }
 
@@ -304,7 +313,10 @@ mod tests {
             "result": {"0": {"SUCCESS": true}, "2": 7},
             "result_error": {"1": {"error": "NOT_ACTIVE_LINE", "error_description": "line off"}},
         });
-        assert_eq!(answer_of(&batch, "0", "m").unwrap(), json!({"SUCCESS": true}));
+        assert_eq!(
+            answer_of(&batch, "0", "m").unwrap(),
+            json!({"SUCCESS": true})
+        );
         let err = answer_of(&batch, "1", "m").unwrap_err();
         assert_eq!(err.code(), Some("NOT_ACTIVE_LINE"));
         assert!(!err.is_retryable());

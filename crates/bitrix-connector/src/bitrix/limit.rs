@@ -63,6 +63,18 @@ impl Bucket {
         }
     }
 
+    /// How long until a slot is free, taking nothing.
+    pub fn time_to_slot(&self) -> Duration {
+        let mut s = self.inner.lock().expect("bucket lock");
+        let over = self.drained(&mut s) + 1.0 - self.capacity;
+        Duration::from_secs_f64(over.max(0.0) / self.drain_per_sec)
+    }
+
+    /// One slot's worth of draining: how often a slot frees up once the bucket is full.
+    pub fn slot_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.drain_per_sec)
+    }
+
     /// How full the bucket is, from 0 (every slot free) to 1.
     pub fn fullness(&self) -> f64 {
         let mut s = self.inner.lock().expect("bucket lock");

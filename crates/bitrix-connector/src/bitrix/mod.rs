@@ -37,7 +37,8 @@ impl Bitrix {
         metrics::gauge!("switchboard_bitrix_clients").increment(1.0);
         let batch_size = (core
             .config
-            .integer_or_default(crate::catalogue::BITRIX_BATCH_SIZE) as usize)
+            .integer_or_default(crate::catalogue::BITRIX_BATCH_SIZE)
+            as usize)
             .clamp(1, batch::MAX_COMMANDS);
         Self {
             core: core.clone(),
@@ -61,7 +62,12 @@ impl Bitrix {
     }
 
     /// The HTTP request itself; the caller holds a bucket slot.
-    async fn post(&self, grant: &Grant, method: &str, params: &Value) -> Result<Value, BitrixError> {
+    async fn post(
+        &self,
+        grant: &Grant,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, BitrixError> {
         let mut body = params.clone();
         if let Value::Object(m) = &mut body {
             m.insert("auth".into(), Value::String(grant.access_token.clone()));

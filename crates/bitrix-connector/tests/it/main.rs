@@ -3,6 +3,8 @@
 //! `SWITCHBOARD_TEST_DATABASE=postgres`), in one test executable (one link instead of one per
 //! file):
 //!
+//! - `burst`: bursts under the portal's rate limit, coalesced into `batch` calls; one refresh
+//!   however many calls find the token expired, in one process or two.
 //! - `inbound`: WhatsApp to Bitrix24 — signatures, dedupe, one lead per number, media
 //!   re-hosting, OAuth refresh and installs, outages and dead letters.
 //! - `outbound`: operator replies to WhatsApp — the event gate, BBCode, files sent once across
@@ -13,6 +15,7 @@
 //! - `support`: `TestApp`, the connector served over the fakes, and the scenario helpers the
 //!   other modules share.
 
+mod burst;
 mod inbound;
 mod outbound;
 mod setup;

@@ -110,4 +110,21 @@ async fn a_burst_reaches_bitrix_in_each_customers_order() {
          {out_of_order:?}"
     );
     assert_eq!(world.dead_letters().await, vec![]);
+
+    // Routes, jobs and the /setup probes all used the one Bitrix24 client of the process: a
+    // second would have its own rate bucket and refresh lock, and the limit would not hold.
+    let cookie = admin_cookie(&serve, ADMIN_TOKEN).await;
+    let setup = reqwest::Client::new()
+        .get(format!("{base}/setup"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(setup.status(), 200);
+    assert!(setup.text().await.unwrap().contains("Connector registered"));
+    assert_eq!(
+        metric(&serve, "switchboard_bitrix_clients").await,
+        Some(1.0),
+        "Bitrix24 clients built by the serving process"
+    );
 }

@@ -260,6 +260,39 @@ pub async fn healthy(p: &impl Server) {
     }
 }
 
+/// A signed-in admin session's cookie (`name=value`), from the sign-in form.
+pub async fn admin_cookie(p: &impl Server, admin_token: &str) -> String {
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/admin/sign-in", p.base()))
+        .form(&[("token", admin_token), ("next", "/setup")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "sign-in");
+    signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The value of an unlabelled metric on `/metrics`, if it is there.
+pub async fn metric(p: &impl Server, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", p.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub async fn health(p: &impl Server) -> serde_json::Value {
     reqwest::get(format!("{}/health", p.base()))
         .await
