@@ -3,6 +3,7 @@
 //! ratios matter more than absolutes). Prints one markdown table and writes it to
 //! `bench/results/latest.md`. Loopback only; every phase is bounded in time.
 
+mod burst;
 mod load;
 mod relay;
 
@@ -510,6 +511,17 @@ async fn main() -> anyhow::Result<()> {
     let began = Instant::now();
     let mut rows = Vec::new();
     // `switchboard-bench relay`: the relay row only, for quick iterations.
+    // `switchboard-bench burst`: the burst row only.
+    if args.get(1).map(String::as_str) == Some("burst") {
+        burst::rows(&mut rows).await?;
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                r.figure, r.measured, r.baseline, r.ratio, r.verdict
+            );
+        }
+        return Ok(());
+    }
     if args.get(1).map(String::as_str) == Some("relay") {
         relay::rows(&mut rows).await?;
         for r in &rows {
@@ -581,6 +593,14 @@ async fn main() -> anyhow::Result<()> {
         rows.push(not_measured(
             "relay latency, Meta webhook in → Bitrix imconnector.send.messages out (p50 / p99)",
             "≤ 20 ms / ≤ 100 ms",
+            e.to_string(),
+        ));
+    }
+    eprintln!("reply burst into a rate-limited portal");
+    if let Err(e) = burst::rows(&mut rows).await {
+        rows.push(not_measured(
+            "burst: 1,000 messages from 200 new customers → all in Bitrix with 200 leads",
+            "≤ 30 s, 0 × QUERY_LIMIT_EXCEEDED",
             e.to_string(),
         ));
     }
