@@ -19,7 +19,12 @@ pub struct Relay {
     pub core: Core,
     pub bitrix: Bitrix,
     pub(crate) probes: SetupProbes,
+    /// The Open Channel's CRM settings as last read: (when, line, creates leads itself).
+    pub(crate) line_settings: LineSettings,
 }
+
+pub(crate) type LineSettings =
+    std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, String, bool)>>>;
 
 impl Relay {
     /// Build it once per process (the binary does) and hand clones around.
@@ -28,6 +33,7 @@ impl Relay {
             core: core.clone(),
             bitrix: Bitrix::new(core),
             probes: SetupProbes::new(),
+            line_settings: Default::default(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The CRM lead of a customer who writes from a phone number, made once per number.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use super::{message::phone_of, render::split_name};
@@ -65,16 +67,8 @@ async fn find_or_create_lead(
 ) -> Result<String, BitrixError> {
     let b = &relay.bitrix;
     // A line set to create leads itself would give the customer a second one.
-    match b
-        .call("imopenlines.config.get", json!({"CONFIG_ID": line}))
-        .await
-    {
-        Ok(cfg) if truthy(cfg.get("CRM")) && cfg.get("CRM_CREATE") == Some(&json!("lead")) => {
-            return Ok("by-openlines".into());
-        }
-        Ok(_) => {}
-        Err(e) if e.is_retryable() => return Err(e),
-        Err(e) => tracing::warn!(error = %e, "could not read the Open Channel's CRM settings"),
+    if line_creates_leads(relay, line).await? {
+        return Ok("by-openlines".into());
     }
     let found = b
         .call(
@@ -114,4 +108,36 @@ async fn find_or_create_lead(
     let id = id_text(Some(&id)).unwrap_or_default();
     tracing::info!(lead_id = %id, "CRM lead created for a new WhatsApp customer");
     Ok(id)
+}
+
+/// How long a line's CRM settings are trusted: a burst of new customers asks once, and an
+/// administrator's change of the line's lead setting is seen within a minute.
+const LINE_SETTINGS_FOR: Duration = Duration::from_secs(60);
+
+/// Whether the Open Channel creates leads by itself, read from the line's settings at most
+/// once per [`LINE_SETTINGS_FOR`].
+async fn line_creates_leads(relay: &Relay, line: &str) -> Result<bool, BitrixError> {
+    if let Some((at, cached_line, creates)) =
+        relay.line_settings.lock().expect("line cache").clone()
+        && cached_line == line
+        && at.elapsed() < LINE_SETTINGS_FOR
+    {
+        return Ok(creates);
+    }
+    let creates = match relay
+        .bitrix
+        .call("imopenlines.config.get", json!({"CONFIG_ID": line}))
+        .await
+    {
+        Ok(cfg) => truthy(cfg.get("CRM")) && cfg.get("CRM_CREATE") == Some(&json!("lead")),
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => {
+            // Not cached: the next customer asks again.
+            tracing::warn!(error = %e, "could not read the Open Channel's CRM settings");
+            return Ok(false);
+        }
+    };
+    *relay.line_settings.lock().expect("line cache") =
+        Some((Instant::now(), line.to_string(), creates));
+    Ok(creates)
 }
