@@ -49,12 +49,13 @@ pub async fn process_meta_event(
         .await
         .map_err(retry_db)?;
         // Pushed even when the wamid was known: the key makes it a no-op, and it covers a crash
-        // between recording the unit and pushing its job.
+        // between recording the unit and pushing its job. Held for this worker, the relay runs
+        // as soon as this notification is split, without a second trip through the queue.
         let key = relay_key(&unit.wamid);
         relay
             .core
             .jobs
-            .push_once(&RelayToBitrix { unit }, &event.request_id, &key)
+            .push_once_here(&RelayToBitrix { unit }, &event.request_id, &key)
             .await
             .map_err(|e| JobError::Retry(e.to_string()))?;
     }

@@ -773,10 +773,7 @@ async fn meta_delivered_and_read_statuses_reach_the_operator_message() {
         })
         .await;
         eventually("reading reported", 20, || async {
-            !app.bitrix
-                .recorder()
-                .matching("imconnector.send.status.reading.json")
-                .is_empty()
+            app.bitrix_calls("imconnector.send.status.reading") > 0
         })
         .await;
     })

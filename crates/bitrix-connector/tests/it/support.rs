@@ -214,6 +214,28 @@ impl TestApp {
             .unwrap()
     }
 
+    /// How many times the product called Bitrix's `method`, alone or inside a `batch`.
+    pub fn bitrix_calls(&self, method: &str) -> usize {
+        self.bitrix
+            .recorder()
+            .all()
+            .iter()
+            .map(|r| {
+                if r.path.ends_with(&format!("/{method}.json"))
+                    || r.path.ends_with(&format!("/{method}"))
+                {
+                    1
+                } else if r.path.ends_with("/batch.json") || r.path.ends_with("/batch") {
+                    String::from_utf8_lossy(&r.body)
+                        .matches(&format!("{method}?"))
+                        .count()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     pub async fn stored_grant(&self) -> Option<bitrix_connector::bitrix::Grant> {
         bitrix_connector::bitrix::oauth::load(&self.core)
             .await

@@ -32,13 +32,15 @@ const DISPATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
     let mut pause = DISPATCH_POLL;
+    // Woken by this process's inbox writer: it committed new work, no need to look for it.
+    let mut told = false;
     loop {
         if inbox.db().is_closed() {
             // Shutting down: nothing can be dispatched any more, and saying so every poll
             // would only fill the log.
             return;
         }
-        match dispatch_pending(&inbox, &jobs).await {
+        match dispatch_rounds(&inbox, &jobs, told).await {
             Ok(_) => {
                 if pause != DISPATCH_POLL {
                     tracing::info!("inbox dispatch works again");
@@ -54,18 +56,27 @@ async fn dispatch_loop(inbox: Inbox, jobs: Jobs) {
                 jobs.dispatch_failed(e.to_string());
             }
         }
-        tokio::select! {
-            _ = inbox.new_work.notified() => {}
-            _ = tokio::time::sleep(pause) => {}
-        }
+        told = tokio::select! {
+            _ = inbox.new_work.notified() => true,
+            _ = tokio::time::sleep(pause) => false,
+        };
     }
 }
 
 /// Pushes a `ProcessEvent` job for every undispatched inbox row. Returns how many.
 pub async fn dispatch_pending(inbox: &Inbox, jobs: &Jobs) -> Result<usize, QueueError> {
+    dispatch_rounds(inbox, jobs, false).await
+}
+
+/// [`dispatch_pending`]; `told`: rows are known to be waiting, so the first round skips the
+/// look that keeps an empty poll from taking SQLite's write lock.
+async fn dispatch_rounds(inbox: &Inbox, jobs: &Jobs, told: bool) -> Result<usize, QueueError> {
     let mut total = 0;
+    let mut look = !told;
     loop {
-        let n = dispatch_batch(inbox.db()).await?;
+        let n = dispatch_batch(inbox.db(), look).await?;
+        // A full batch leaves more behind: the next round needn't look either.
+        look = false;
         if n > 0 {
             jobs.wake();
         }
@@ -78,17 +89,8 @@ pub async fn dispatch_pending(inbox: &Inbox, jobs: &Jobs) -> Result<usize, Queue
 
 /// Marks up to [`DISPATCH_BATCH`] rows dispatched and enqueues their jobs, in one transaction:
 /// a crash before the commit leaves both undone, so the rows are handed over again.
-async fn dispatch_batch(db: &Db) -> Result<usize, sqlx::Error> {
-    // A plain read first: the poll is usually empty, and an UPDATE would take SQLite's write
-    // lock (and make the inbox writer wait) even when it matches nothing.
-    let waiting: bool = on_pool!(db, |p| {
-        sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received')"
-    )
-    .fetch_one(p)
-    .await
-    })?;
-    if !waiting {
+async fn dispatch_batch(db: &Db, look: bool) -> Result<usize, sqlx::Error> {
+    if look && !any_waiting(db).await? {
         return Ok(0);
     }
     let skip_locked = match db {
@@ -120,6 +122,18 @@ async fn dispatch_batch(db: &Db) -> Result<usize, sqlx::Error> {
         }
         tx.commit().await?;
         Ok(n)
+    })
+}
+
+/// A plain read first, when a dispatcher polls: the poll is usually empty, and an UPDATE
+/// would take SQLite's write lock (and make the inbox writer wait) even when it matches nothing.
+async fn any_waiting(db: &Db) -> Result<bool, sqlx::Error> {
+    on_pool!(db, |p| {
+        sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received')"
+    )
+    .fetch_one(p)
+    .await
     })
 }
 

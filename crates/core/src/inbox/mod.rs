@@ -438,22 +438,28 @@ impl Inbox {
     /// Claims row `id` for processing for `lease_ms`.
     pub async fn claim(&self, id: i64, lease_ms: i64) -> Result<Claim, InboxError> {
         let now = now_ms();
-        let claimed = on_pool!(&self.db, |p| sqlx::query(
+        // The claim hands the row back in the same statement: no second read on the way to
+        // processing it.
+        let sql = format!(
             "UPDATE inbox_events SET claimed_until = $1, attempts = attempts + 1
              WHERE id = $2 AND status IN ('received', 'failed')
-               AND (claimed_until IS NULL OR claimed_until < $3)"
-        )
-        .bind(now + lease_ms)
-        .bind(id)
-        .bind(now)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        if claimed == 1 {
-            return Ok(match self.get(id).await? {
-                Some(ev) => Claim::Mine(Box::new(ev)),
-                None => Claim::Finished,
-            });
+               AND (claimed_until IS NULL OR claimed_until < $3)
+             RETURNING {EVENT_COLUMNS}, body"
+        );
+        let claimed = on_pool!(&self.db, |p| {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(now + lease_ms)
+                .bind(id)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+            {
+                Some(r) => Some(event_from_row(&r)?),
+                None => None,
+            }
+        });
+        if let Some(event) = claimed {
+            return Ok(Claim::Mine(Box::new(event)));
         }
         Ok(match self.get(id).await? {
             Some(ev) if ev.status == "received" || ev.status == "failed" => Claim::HeldElsewhere,

@@ -376,6 +376,75 @@ pub(super) async fn inbox_work_before(
         .await)
 }
 
+/// Writes `job` under `key` as taken by worker `worker`, the state apalis' fetch leaves a job
+/// in, so no fetcher picks it and the worker's lease covers it. `false`: a job with this key
+/// exists already, and nothing was written.
+pub(super) async fn insert_taken(
+    db: &Db,
+    job: &Job,
+    key: &str,
+    task_id: &str,
+    worker: &str,
+) -> Result<bool, sqlx::Error> {
+    let bytes = serde_json::to_vec(job).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let (table, now) = match db {
+        Db::Sqlite(_) => ("Jobs", "strftime('%s', 'now')"),
+        Db::Postgres(_) => ("apalis.jobs", "now()"),
+    };
+    let sql = format!(
+        "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, idempotency_key, lock_by, lock_at)
+         VALUES ($1, $2, $3, 'Queued', 0, $4, {now}, 0, $5, $6, {now})
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING"
+    );
+    let n = on_pool!(db, |p| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(&bytes)
+        .bind(task_id)
+        .bind(QUEUE)
+        .bind(MAX_ATTEMPTS as i32)
+        .bind(key)
+        .bind(worker)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// Records the outcome of a run of taken job `task_id` as apalis' acknowledgement does (first
+/// attempt): `status`, the result as JSON, and for a retry its time (Unix seconds). Only while
+/// `worker` still holds it: a job postponed meanwhile is a new row, and one taken over by
+/// another worker is that worker's.
+pub(super) async fn settle_taken(
+    db: &Db,
+    task_id: &str,
+    worker: &str,
+    status: &str,
+    result: &str,
+    retry_at_secs: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "UPDATE Jobs SET status = $1, attempts = 1, last_result = $2,
+               done_at = strftime('%s', 'now'), run_at = COALESCE($3, run_at)
+             WHERE id = $4 AND lock_by = $5"
+        }
+        Db::Postgres(_) => {
+            "UPDATE apalis.jobs SET status = $1, attempts = 1, last_result = $2::jsonb,
+               done_at = now(), run_at = COALESCE(to_timestamp($3::bigint), run_at)
+             WHERE id = $4 AND lock_by = $5"
+        }
+    };
+    on_pool!(db, |p| sqlx::query(sql)
+        .bind(status)
+        .bind(result)
+        .bind(retry_at_secs)
+        .bind(task_id)
+        .bind(worker)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
 /// Renews worker `name`'s `last_seen`. `false`: no such worker (not registered yet).
 pub(super) async fn renew_worker(db: &Db, name: &str) -> Result<bool, sqlx::Error> {
     let sql = match db {

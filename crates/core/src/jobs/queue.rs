@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     Job, JobKind, MAX_ATTEMPTS, QUEUE, apalis_sql,
-    worker::{HEARTBEAT, MISSED_HEARTBEATS, WorkerStatus},
+    worker::{HEARTBEAT, MISSED_HEARTBEATS, WorkerStatus, held_by_current, hold},
 };
 use crate::{db::Db, on_pool};
 
@@ -29,6 +29,8 @@ pub struct Jobs {
     pub(super) storage: Storage,
     /// Wakes this process's current SQLite worker; each worker gets a fresh channel.
     pub(super) wake: Arc<std::sync::Mutex<UnboundedSender<()>>>,
+    /// Asks for the wake-up to be repeated shortly (see `worker.rs`).
+    pub(super) wake_again: Arc<tokio::sync::Notify>,
     pub(super) status: Arc<std::sync::Mutex<WorkerStatus>>,
 }
 
@@ -66,7 +68,13 @@ impl Jobs {
             .queue(QUEUE)
             .batch_size(16)
             .heartbeat_interval(HEARTBEAT)
-            .missed_heartbeats(MISSED_HEARTBEATS as usize);
+            .missed_heartbeats(MISSED_HEARTBEATS as usize)
+            // The fetch already marks a job taken by this worker (`Queued`, `lock_by`), which
+            // is all the leases and the orphan recovery read. apalis' extra "lock" write only
+            // turned that into `Running`: a second write transaction per job, contending for
+            // SQLite's one write lock with the job's own first write. (PostgreSQL keeps it:
+            // there a job fetched on NOTIFY gets its `lock_by` from that write.)
+            .lock_tasks(false);
         let storage = match &db {
             Db::Sqlite(p) => Storage::Sqlite(SqliteStorage::new(p).with_config(config_sqlite)),
             Db::Postgres(p) => Storage::Postgres(
@@ -85,12 +93,18 @@ impl Jobs {
             db,
             storage,
             wake: Arc::new(std::sync::Mutex::new(wake)),
+            wake_again: Arc::default(),
             status: Arc::default(),
         }
     }
 
     /// Wakes this process's workers now (SQLite; PostgreSQL workers hear NOTIFY).
     pub fn wake(&self) {
+        self.wake_now();
+        self.wake_again.notify_one();
+    }
+
+    pub(super) fn wake_now(&self) {
         let _ = self.wake.lock().expect("wake lock").unbounded_send(());
     }
 
@@ -120,6 +134,38 @@ impl Jobs {
             Some(key),
         )
         .await
+    }
+
+    /// [`Jobs::push_once`] for a job that should run right after the one pushing it. Called
+    /// from a job's handler, the new job is written already taken by this worker, and runs in
+    /// the same task as soon as that handler returns: no wake-up, no fetch, no second trip
+    /// through the queue. It is an ordinary row of the queue all the same: its key keeps it
+    /// single, a failure schedules its retry like any job's, and if this process dies first,
+    /// the worker's lease runs out and any process's worker runs it. Called from anywhere
+    /// else, it is [`Jobs::push_once`].
+    pub async fn push_once_here<J: JobKind>(
+        &self,
+        job: &J,
+        request_id: &str,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        let Some(worker) = held_by_current() else {
+            return self.push_once(job, request_id, key).await;
+        };
+        let job = Job {
+            kind: J::KIND.to_string(),
+            payload: serde_json::to_value(job).map_err(|e| QueueError::Push(e.to_string()))?,
+            request_id: request_id.to_string(),
+        };
+        let task_id = ulid::Ulid::generate().to_string();
+        // A key pushed before (a replay, a repeated split) is a no-op, as with `push_once`:
+        // that job runs or ran on its own.
+        if apalis_sql::insert_taken(&self.db, &job, key, &task_id, &worker).await? {
+            metrics::counter!("switchboard_jobs_pushed_total", "kind" => job.kind.clone())
+                .increment(1);
+            hold(task_id, job);
+        }
+        Ok(())
     }
 
     pub async fn push_raw(

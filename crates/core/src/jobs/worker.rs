@@ -4,6 +4,16 @@
 //! Pickup latency: SQLite workers are woken in-process on every push and after every finished
 //! job, with a one-second tick as the safety net (due retries, pushes from another process);
 //! PostgreSQL workers use apalis' LISTEN/NOTIFY, so a job pushed by any process starts at once.
+//! A job a handler pushes with [`Jobs::push_once_here`] skips the pickup: it runs right after
+//! that handler, in the same task.
+//!
+//! Two things kept SQLite workers from hearing their wake-ups. apalis polls its wake-up stream
+//! once per fetch and parks the worker when the fetch finds nothing; when that one poll took a
+//! wake-up, the stream had no waker left, and every later wake-up went unheard until the next
+//! heartbeat (seen: relays waiting 2-3 s). [`Coalesced`] takes all waiting wake-ups at once,
+//! which leaves the waker in place. And a wake-up taken while a fetch begun before the new
+//! job's commit is still running is spent on that fetch, which finds nothing: each wake-up is
+//! repeated shortly after ([`WAKE_AGAIN`]).
 //!
 //! Outages: apalis stops a worker for good on the first database error of its heartbeat, fetch
 //! or acknowledgement. [`run_workers`] supervises it: a stopped worker is replaced by a new one
@@ -173,6 +183,35 @@ pub const LEASE: Duration = Duration::from_secs(HEARTBEAT.as_secs() * MISSED_HEA
 /// clocks (SQLite counts `last_seen` in whole seconds) and for the stop itself.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(3);
 
+/// A wake-up stream that yields once for all the wake-ups waiting, and always polls its inner
+/// stream until it is pending, so its waker stays registered (see the module notes).
+struct Coalesced<S>(S);
+
+impl<S: futures::Stream<Item = ()> + Unpin> futures::Stream for Coalesced<S> {
+    type Item = ();
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        use futures::StreamExt;
+        use std::task::Poll;
+        let mut woken = false;
+        loop {
+            match self.0.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => woken = true,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending if woken => return Poll::Ready(Some(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// When a wake-up is repeated: after a fetch that may have swallowed it has ended (a fetch
+/// takes about a millisecond, tens under load), and once more for a slower one.
+const WAKE_AGAIN: [Duration; 2] = [Duration::from_millis(10), Duration::from_millis(90)];
+
 /// The first wait before a stopped worker is replaced, doubled on each further stop up to
 /// [`RESTART_MAX`]; back to the first after a worker that ran for [`RESTART_RESET`].
 const RESTART_FIRST: Duration = Duration::from_secs(1);
@@ -317,15 +356,61 @@ async fn run_job(
 ) -> Result<(), BoxDynError> {
     let attempt = attempt.current();
     let task_id = task_id.to_string();
-    let span = tracing::info_span!("job", job = %job.kind, request_id = %job.request_id, attempt, task_id = %task_id);
     let _running = Running::start(&rt.generation);
     let _wake_after = WakeOnDrop(rt.jobs.clone());
+    let taking = Taking {
+        worker: rt.generation.name.clone(),
+        taken: std::sync::Mutex::default(),
+    };
+    TAKING
+        .scope(taking, async {
+            let outcome = run_handler(&rt, job, attempt, &task_id).await;
+            run_taken(&rt).await;
+            match outcome {
+                Outcome::Done => Ok(()),
+                Outcome::Retry { error, delay } => {
+                    if let Err(e) = rt.jobs.defer(&task_id, delay).await {
+                        tracing::warn!(error = %e, task_id = %task_id, "could not schedule the retry; it will run sooner");
+                    }
+                    Err(error.into())
+                }
+                Outcome::Dead {
+                    error,
+                    abort: true,
+                } => Err(AbortError::new(error).into()),
+                Outcome::Dead { error, .. } => Err(error.into()),
+            }
+        })
+        .await
+}
+
+/// What became of one run of a job, once its metrics and log lines are out.
+enum Outcome {
+    Done,
+    /// Failed with attempts left: the next one is due after `delay`.
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    /// Failed for good. `abort`: without spending the remaining attempts (apalis' `Killed`).
+    Dead {
+        error: String,
+        abort: bool,
+    },
+}
+
+/// Runs `job`'s handler while its worker's hold lasts; counts and logs the outcome.
+async fn run_handler(rt: &Runtime, job: Job, attempt: usize, task_id: &str) -> Outcome {
+    let span = tracing::info_span!("job", job = %job.kind, request_id = %job.request_id, attempt, task_id = %task_id);
     let Some(handler) = rt.registry.handlers.get(job.kind.as_str()).cloned() else {
         tracing::error!(parent: &span, "no handler registered for this job kind");
-        return Err(AbortError::new(format!("no handler for job kind {}", job.kind)).into());
+        return Outcome::Dead {
+            error: format!("no handler for job kind {}", job.kind),
+            abort: true,
+        };
     };
     let ctx = JobContext {
-        task_id: task_id.clone(),
+        task_id: task_id.to_string(),
         attempt,
         request_id: job.request_id.clone(),
     };
@@ -340,50 +425,126 @@ async fn run_job(
     };
     metrics::histogram!("switchboard_job_duration_seconds", "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
-    match result {
-        Ok(()) => {
-            metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "ok")
-                .increment(1);
-            Ok(())
+    let (outcome, label) = match result {
+        Ok(()) => (Outcome::Done, "ok"),
+        Err(JobError::Permanent(error)) => {
+            tracing::error!(parent: &span, error = %error, "job failed permanently; dead-lettered");
+            (Outcome::Dead { error, abort: true }, "dead")
         }
-        Err(JobError::Postpone(after, why)) => match rt.jobs.postpone(&task_id, after).await {
+        Err(JobError::Postpone(after, why)) => match rt.jobs.postpone(task_id, after).await {
+            // The row this run holds was replaced by a waiting copy: nothing left to settle.
             Ok(()) => {
                 tracing::debug!(parent: &span, reason = %why, after_ms = after.as_millis() as u64, "job postponed");
-                metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "postponed")
-                    .increment(1);
-                Ok(())
+                (Outcome::Done, "postponed")
             }
             // Could not put it back: an ordinary retry keeps it from being lost.
             Err(e) => {
-                let msg = format!("{why}; postponing failed: {e}");
-                tracing::warn!(parent: &span, error = %msg, "job not postponed; will retry");
-                Err(msg.into())
+                let error = format!("{why}; postponing failed: {e}");
+                let delay = retry_delay(attempt);
+                tracing::warn!(parent: &span, error = %error, "job not postponed; will retry");
+                (Outcome::Retry { error, delay }, "retry")
             }
         },
-        Err(JobError::Permanent(msg)) => {
-            tracing::error!(parent: &span, error = %msg, "job failed permanently; dead-lettered");
-            metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "dead")
-                .increment(1);
-            Err(AbortError::new(msg).into())
-        }
-        Err(JobError::Retry(msg)) if attempt < MAX_ATTEMPTS => {
+        Err(JobError::Retry(error)) if attempt < MAX_ATTEMPTS => {
             let delay = retry_delay(attempt);
-            if let Err(e) = rt.jobs.defer(&task_id, delay).await {
-                tracing::warn!(parent: &span, error = %e, "could not schedule the retry; it will run sooner");
-            }
-            tracing::warn!(parent: &span, error = %msg, retry_in_secs = delay.as_secs(), "job failed; will retry");
-            metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "retry")
-                .increment(1);
-            Err(msg.into())
+            tracing::warn!(parent: &span, error = %error, retry_in_secs = delay.as_secs(), "job failed; will retry");
+            (Outcome::Retry { error, delay }, "retry")
         }
-        Err(JobError::Retry(msg)) => {
-            tracing::error!(parent: &span, error = %msg, "job failed on its last attempt; dead-lettered");
-            metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => "dead")
-                .increment(1);
-            Err(msg.into())
+        Err(JobError::Retry(error)) => {
+            tracing::error!(parent: &span, error = %error, "job failed on its last attempt; dead-lettered");
+            (
+                Outcome::Dead {
+                    error,
+                    abort: false,
+                },
+                "dead",
+            )
+        }
+    };
+    metrics::counter!("switchboard_jobs_total", "kind" => job.kind, "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+tokio::task_local! {
+    /// The worker whose job runs in this task, and the jobs that job pushed with
+    /// [`Jobs::push_once_here`] to run next.
+    static TAKING: Taking;
+}
+
+struct Taking {
+    worker: String,
+    taken: std::sync::Mutex<std::collections::VecDeque<(String, Job)>>,
+}
+
+/// The worker running the job of this task, if this task runs one.
+pub(super) fn held_by_current() -> Option<String> {
+    TAKING.try_with(|t| t.worker.clone()).ok()
+}
+
+/// Queues the taken job `task_id` to run in this task after the current handler.
+pub(super) fn hold(task_id: String, job: Job) {
+    let _ = TAKING.try_with(|t| {
+        t.taken
+            .lock()
+            .expect("taken jobs lock")
+            .push_back((task_id, job))
+    });
+}
+
+/// Runs the jobs the current one took, in the order it pushed them (and any they take in
+/// turn), recording each outcome in its row as apalis would.
+async fn run_taken(rt: &Runtime) {
+    loop {
+        let Some((task_id, job)) =
+            TAKING.with(|t| t.taken.lock().expect("taken jobs lock").pop_front())
+        else {
+            return;
+        };
+        let kind = job.kind.clone();
+        let outcome = run_handler(rt, job, 1, &task_id).await;
+        let (status, result, retry_at) = match &outcome {
+            Outcome::Done => ("Done", serde_json::json!({ "Ok": null }), None),
+            Outcome::Retry { error, delay } => (
+                "Failed",
+                serde_json::json!({ "Err": error }),
+                Some(now_ms() / 1000 + delay.as_secs() as i64),
+            ),
+            Outcome::Dead { error, abort } => (
+                if *abort { "Killed" } else { "Failed" },
+                serde_json::json!({ "Err": error }),
+                None,
+            ),
+        };
+        // The row stays taken by this worker until this lands: a write lost to a short outage
+        // would leave it waiting for the worker's end, so a few tries are worth their wait.
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1..=SETTLE_TRIES {
+            match apalis_sql::settle_taken(
+                &rt.jobs.db,
+                &task_id,
+                &rt.generation.name,
+                status,
+                &result.to_string(),
+                retry_at,
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt == SETTLE_TRIES => {
+                    tracing::error!(error = %e, job = %kind, task_id = %task_id, "could not record the outcome of a job run right after the one that pushed it; it runs again when this worker stops");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+            }
         }
     }
 }
+
+/// Tries at recording a taken job's outcome (the last one after ~2 s).
+const SETTLE_TRIES: u32 = 4;
 
 /// A finished job may have freed the way for others already waiting: ask the fetcher to look
 /// again rather than wait for the next tick.
@@ -421,6 +582,19 @@ pub async fn run_workers(
             loop {
                 every.tick().await;
                 jobs.wake();
+            }
+        })
+    });
+    let again = matches!(jobs.storage, Storage::Sqlite(_)).then(|| {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            loop {
+                // Wake-ups while this waits or sleeps are one permit: at most one repeat each.
+                jobs.wake_again.notified().await;
+                for after in WAKE_AGAIN {
+                    tokio::time::sleep(after).await;
+                    jobs.wake_now();
+                }
             }
         })
     });
@@ -470,7 +644,7 @@ pub async fn run_workers(
         backoff = (backoff * 2).min(RESTART_MAX);
     };
     stopper.abort();
-    if let Some(t) = ticker {
+    for t in [ticker, again].into_iter().flatten() {
         t.abort();
     }
     jobs.set_status(|s| s.state = WorkerState::Off);
@@ -508,7 +682,7 @@ async fn run_worker(
             let (wake, rx) = unbounded();
             *jobs.wake.lock().expect("wake lock") = wake;
             WorkerBuilder::new(name)
-                .backend(s.poll_with_stream(rx))
+                .backend(s.poll_with_stream(Coalesced(rx)))
                 .data(rt)
                 .concurrency(concurrency)
                 .parallelize(|fut| tokio::spawn(fut))

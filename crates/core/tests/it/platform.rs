@@ -539,3 +539,185 @@ async fn health_is_503_when_the_database_is_unreachable() {
     assert_eq!(body["status"], "unhealthy");
     assert_eq!(body["database"]["reachable"], false);
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Parent {
+    fail_child: bool,
+}
+
+impl JobKind for Parent {
+    const KIND: &'static str = "test.parent";
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Child {
+    fail: bool,
+}
+
+impl JobKind for Child {
+    const KIND: &'static str = "test.child";
+}
+
+/// Where each run of a job happened: its kind and the tokio task that ran it.
+type Runs = Arc<std::sync::Mutex<Vec<(&'static str, Option<tokio::task::Id>)>>>;
+
+fn parent_and_child(core: &Core, runs: &Runs, child_ok: &Arc<AtomicBool>) -> JobRegistry {
+    let mut registry = JobRegistry::default();
+    let (c, r) = (core.clone(), runs.clone());
+    registry.register(move |job: Parent, ctx: JobContext| {
+        let (c, r) = (c.clone(), r.clone());
+        async move {
+            r.lock().unwrap().push(("parent", tokio::task::try_id()));
+            let child = Child {
+                fail: job.fail_child,
+            };
+            // The second push of the key is a no-op, as with `push_once`.
+            for _ in 0..2 {
+                c.jobs
+                    .push_once_here(&child, &ctx.request_id, "child-of-parent")
+                    .await
+                    .map_err(|e| JobError::Retry(e.to_string()))?;
+            }
+            Ok(())
+        }
+    });
+    let (r, ok) = (runs.clone(), child_ok.clone());
+    registry.register(move |job: Child, _ctx: JobContext| {
+        let (r, ok) = (r.clone(), ok.clone());
+        async move {
+            r.lock().unwrap().push(("child", tokio::task::try_id()));
+            if job.fail && !ok.load(Ordering::SeqCst) {
+                Err(JobError::Retry("child's downstream down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    registry
+}
+
+async fn child_row(core: &Core) -> Vec<(String, i64)> {
+    let rows = core.jobs.list(false, 50).await.unwrap();
+    rows.iter()
+        .filter(|r| r.kind == Child::KIND)
+        .map(|r| (r.status.clone(), r.attempts))
+        .collect()
+}
+
+/// A job pushed with `push_once_here` from a handler runs in the parent's own task right after
+/// it (no trip through the queue), once per key, and is recorded as done in the queue's table.
+#[tokio::test]
+async fn a_job_pushed_here_runs_right_after_the_one_that_pushed_it() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let runs: Runs = Arc::default();
+    let registry = parent_and_child(&core, &runs, &Arc::new(AtomicBool::new(true)));
+    core.jobs
+        .push(&Parent { fail_child: false }, "req-parent")
+        .await
+        .unwrap();
+    let c = core.clone();
+    with_workers(&core, registry, async {
+        eventually("the child is done", 20, || {
+            let c = c.clone();
+            async move { child_row(&c).await == vec![("Done".to_string(), 1)] }
+        })
+        .await;
+    })
+    .await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        ["parent", "child"],
+        "the child runs once, after its parent"
+    );
+    assert!(runs[0].1.is_some());
+    assert_eq!(runs[0].1, runs[1].1, "the child ran in its parent's task");
+    assert_eq!(core.jobs.stats().await.unwrap().pending, 0);
+}
+
+/// A job run right after its parent that fails is retried like any job: its row waits out the
+/// first delay of the schedule, then any worker's fetch takes it.
+#[tokio::test]
+async fn a_job_pushed_here_that_fails_is_retried_through_the_queue() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let runs: Runs = Arc::default();
+    let child_ok = Arc::new(AtomicBool::new(false));
+    let registry = parent_and_child(&core, &runs, &child_ok);
+    core.jobs
+        .push(&Parent { fail_child: true }, "req-parent")
+        .await
+        .unwrap();
+    let c = core.clone();
+    with_workers(&core, registry, async {
+        eventually("the child's first attempt failed", 20, || {
+            let c = c.clone();
+            async move { child_row(&c).await == vec![("Failed".to_string(), 1)] }
+        })
+        .await;
+        let id = c
+            .jobs
+            .list(false, 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.kind == Child::KIND)
+            .unwrap()
+            .id;
+        let wait = c.jobs.next_run_in_secs(&id).await.unwrap().unwrap();
+        assert!(
+            (8..=10).contains(&wait),
+            "next attempt in {wait}s, expected ~10s"
+        );
+        assert_eq!(
+            c.jobs.stats().await.unwrap().pending,
+            1,
+            "the retry is waiting work"
+        );
+        child_ok.store(true, Ordering::SeqCst);
+        c.jobs.make_due_now().await.unwrap();
+        eventually("the retried child is done", 20, || {
+            let c = c.clone();
+            async move { child_row(&c).await == vec![("Done".to_string(), 2)] }
+        })
+        .await;
+    })
+    .await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        ["parent", "child", "child"]
+    );
+    assert_ne!(
+        runs[1].1, runs[2].1,
+        "the retry was fetched, not run in the parent's task"
+    );
+}
+
+/// Outside a job's handler there is no job to follow: `push_once_here` queues the job for any
+/// worker, once per key.
+#[tokio::test]
+async fn push_once_here_outside_a_job_queues_it() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let runs: Runs = Arc::default();
+    let registry = parent_and_child(&core, &runs, &Arc::new(AtomicBool::new(true)));
+    for _ in 0..2 {
+        core.jobs
+            .push_once_here(&Child { fail: false }, "req-child", "lone-child")
+            .await
+            .unwrap();
+    }
+    assert_eq!(core.jobs.stats().await.unwrap().pending, 1);
+    let c = core.clone();
+    with_workers(&core, registry, async {
+        eventually("the child is done", 20, || {
+            let c = c.clone();
+            async move { child_row(&c).await == vec![("Done".to_string(), 1)] }
+        })
+        .await;
+    })
+    .await;
+    assert_eq!(runs.lock().unwrap().len(), 1);
+}
