@@ -27,6 +27,12 @@ pub const MAX_COMMANDS: usize = 50;
 /// The longest a command waits for others to join it, as the bucket fills.
 const MAX_GATHER: Duration = Duration::from_millis(50);
 
+/// What one request brought back: a lone call's own answer, or a batch's.
+enum Sent {
+    Alone(Result<Value, BitrixError>),
+    Batch(Result<Value, BitrixError>),
+}
+
 pub(super) struct Pending {
     method: String,
     params: Value,
@@ -103,31 +109,50 @@ impl Bitrix {
         }
     }
 
-    /// Sends commands for which a bucket slot is already reserved, and answers each.
+    /// Sends commands for which a bucket slot is already reserved, and answers each. If every
+    /// caller has given up meanwhile (its job stopped: shutdown, or its worker lost its hold
+    /// on the job and another worker may take it over), the request is dropped mid-flight, as
+    /// the caller's own request would have been: a message must not stay in a call that no
+    /// job owns any more while another job sends it again.
     async fn send(&self, taken: Vec<Pending>) {
-        if let [_] = taken.as_slice() {
-            let p = taken.into_iter().next().expect("one command");
-            let result = self.call_now(&p.method, &p.params).await;
-            let _ = p.answer.send(result);
-            return;
-        }
-        // Keyed by position: `cmd` goes as a JSON list, the one shape whose order no map
-        // serialisation can change, and Bitrix runs the commands in the order it reads them.
-        let commands: Vec<(String, String)> = taken
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i.to_string(), command_text(&p.method, &p.params)))
-            .collect();
-        let answers = self.batch_now(&commands).await;
-        metrics::counter!("switchboard_bitrix_batches_total").increment(1);
-        metrics::counter!("switchboard_bitrix_batched_commands_total")
-            .increment(taken.len() as u64);
-        for ((key, _), p) in commands.iter().zip(taken) {
-            let result = match &answers {
-                Ok(batch) => answer_of(batch, key, &p.method),
-                Err(e) => Err(e.clone()),
+        let (calls, mut answers): (Vec<(String, Value)>, Vec<_>) = taken
+            .into_iter()
+            .map(|p| ((p.method, p.params), p.answer))
+            .unzip();
+        let request = async {
+            if let [(method, params)] = calls.as_slice() {
+                return Sent::Alone(self.call_now(method, params).await);
+            }
+            // Keyed by position: `cmd` goes as a JSON list, the one shape whose order no map
+            // serialisation can change, and Bitrix runs the commands in the order it reads them.
+            let commands: Vec<String> = calls
+                .iter()
+                .map(|(method, params)| command_text(method, params))
+                .collect();
+            metrics::counter!("switchboard_bitrix_batches_total").increment(1);
+            metrics::counter!("switchboard_bitrix_batched_commands_total")
+                .increment(commands.len() as u64);
+            Sent::Batch(self.batch_now(&commands).await)
+        };
+        let abandoned = async {
+            for a in answers.iter_mut() {
+                a.closed().await;
+            }
+        };
+        let sent = tokio::select! {
+            sent = request => sent,
+            () = abandoned => {
+                tracing::debug!(calls = calls.len(), "every caller gave up; Bitrix24 call dropped");
+                return;
+            }
+        };
+        for (i, ((method, _), answer)) in calls.iter().zip(answers).enumerate() {
+            let result = match &sent {
+                Sent::Alone(result) => result.clone(),
+                Sent::Batch(Ok(batch)) => answer_of(batch, &i.to_string(), method),
+                Sent::Batch(Err(e)) => Err(e.clone()),
             };
-            let _ = p.answer.send(result);
+            let _ = answer.send(result);
         }
     }
 
@@ -148,11 +173,8 @@ impl Bitrix {
     }
 
     /// The `batch` call carrying `commands`, with the same refresh rule as a single call.
-    async fn batch_now(&self, commands: &[(String, String)]) -> Result<Value, BitrixError> {
-        let cmd: Vec<Value> = commands
-            .iter()
-            .map(|(_, c)| Value::String(c.clone()))
-            .collect();
+    async fn batch_now(&self, commands: &[String]) -> Result<Value, BitrixError> {
+        let cmd: Vec<Value> = commands.iter().map(|c| Value::String(c.clone())).collect();
         // halt=0: each command stands alone; one refused message must not hold back the others.
         self.call_now("batch", &json!({"halt": 0, "cmd": cmd}))
             .await

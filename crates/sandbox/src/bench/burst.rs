@@ -29,7 +29,7 @@ const WITHOUT_BATCHING_LIMIT: Duration = Duration::from_secs(90);
 pub(crate) struct Connected {
     pub meta: FakeMeta,
     pub bitrix: FakeBitrix,
-    pub _proc: process::Proc,
+    _proc: process::Proc,
     _dir: tempdir::Dir,
 }
 

@@ -2,66 +2,22 @@
 //! relays → fake Bitrix records `imconnector.send.messages`. Correlated by wamid; the clock is
 //! this process's (both fakes run here).
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use sandbox::{
     bitrix::{BitrixConfig, FakeBitrix},
-    meta::{Customer, FakeMeta, InboundMessage, MetaConfig},
+    meta::{Customer, InboundMessage},
 };
 
-use crate::{Row, ms, process, row, start_product};
+use crate::{Row, ms, row};
 
 const FIGURE: &str =
     "relay latency, Meta webhook in → Bitrix imconnector.send.messages out (p50 / p99)";
 
 pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let meta_cfg = MetaConfig::default();
-    let meta = FakeMeta::start(meta_cfg.clone()).await;
     let bitrix_cfg = BitrixConfig::default();
-    let bitrix = FakeBitrix::start(bitrix_cfg.clone()).await;
-    let master_key = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
-    };
-    let mut env = sandbox::harness::fakes_env(&meta, &bitrix);
-    env.push(("SWITCHBOARD_MASTER_KEY".into(), master_key));
-    env.push((
-        "SWITCHBOARD_META_VERIFY_TOKEN".into(),
-        "bench-verify".into(),
-    ));
-    let (proc, dir) = start_product(None, &env).await?;
-    env.push(("SWITCHBOARD_PUBLIC_URL".into(), proc.base.clone()));
-
-    let install = bitrix
-        .install_into(&format!("{}/bitrix/install", proc.base))
-        .await;
-    anyhow::ensure!(
-        install.status.is_some_and(|s| (200..300).contains(&s)),
-        "Bitrix install answered {:?}",
-        install.status
-    );
-    for args in [
-        ["bitrix", "register-connector"],
-        ["bitrix", "activate-connector"],
-    ] {
-        let out = Command::new(process::sibling("switchboard"))
-            .current_dir(&dir.0)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "`switchboard {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    meta.set_webhook_target(format!("{}/webhook/whatsapp", proc.base));
+    let world = crate::burst::connected(bitrix_cfg.clone(), &[]).await?;
+    let (meta, bitrix) = (&world.meta, &world.bitrix);
 
     // Warm-up message (first lead creation and OAuth use are one-off costs).
     let warm = meta
@@ -71,13 +27,7 @@ pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             InboundMessage::text("hi"),
         )
         .await?;
-    wait_for(
-        &bitrix,
-        &warm.wamid,
-        Instant::now(),
-        Duration::from_secs(20),
-    )
-    .await?;
+    wait_for(bitrix, &warm.wamid, Instant::now(), Duration::from_secs(20)).await?;
 
     // 40 messages from a returning customer, ~1.7 per second: under Bitrix's own REST limit
     // (2 requests/s per portal after a burst, which the product's client respects), so what is
@@ -100,7 +50,7 @@ pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     let mut latencies = Vec::new();
     for (wamid, t0) in &sent {
-        latencies.push(wait_for(&bitrix, wamid, *t0, Duration::from_secs(30)).await?);
+        latencies.push(wait_for(bitrix, wamid, *t0, Duration::from_secs(30)).await?);
     }
     latencies.sort_unstable();
     let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
@@ -144,7 +94,7 @@ pub async fn rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         ),
         Some(p(0.5) <= Duration::from_millis(20) && p(0.99) <= Duration::from_millis(100)),
     ));
-    drop(proc);
+    drop(world);
     Ok(())
 }
 
@@ -158,7 +108,9 @@ async fn wait_for(
     let deadline = Instant::now() + limit;
     loop {
         if let Some(r) = bitrix.recorder().all().into_iter().find(|r| {
-            r.path.contains("imconnector.send.messages") && contains(&r.body, wamid.as_bytes())
+            // Alone, or coalesced with other calls into a `batch` request.
+            (r.path.contains("imconnector.send.messages") || r.path.contains("/batch"))
+                && contains(&r.body, wamid.as_bytes())
         }) {
             return Ok(r.at.saturating_duration_since(t0));
         }
