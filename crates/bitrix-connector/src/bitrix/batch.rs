@@ -5,9 +5,11 @@
 //! Callers queue a command and wait for its own answer. One flusher task per client sends
 //! what is queued: at once while the rate bucket has room (one command goes alone, as a plain
 //! call, so a quiet portal sees no extra latency), with a short gathering pause once the bucket
-//! is filling, so that scarce slots carry full batches. When the bucket has no slot, every
-//! queued command is answered [`BitrixError::Busy`] with the time the next slot frees: a job
-//! then goes back on the queue, due then, rather than holding a worker while it waits.
+//! is filling, so that scarce slots carry full batches. With the bucket full, the flusher waits
+//! for the next slot (at most one drain interval, half a second at 2 requests/s) so that
+//! everything queued meanwhile leaves together; what that batch can't carry is answered
+//! [`BitrixError::Busy`] with the time the next slot frees, and a job then goes back on the
+//! queue, due then, rather than holding a worker while it waits.
 //!
 //! Bitrix runs a batch's commands in order and answers each on its own (`result` /
 //! `result_error` by command key), so one failing command fails only its caller. A batch

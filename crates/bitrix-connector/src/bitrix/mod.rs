@@ -106,8 +106,9 @@ impl Bitrix {
                 // address) is using it too. Wait as if ours were full.
                 self.bucket.saturate();
                 metrics::counter!("switchboard_bitrix_limit_exceeded_total").increment(1);
-                let retry_in = self.bucket.try_reserve().err().unwrap_or_default();
-                return Err(BitrixError::Busy { retry_in });
+                return Err(BitrixError::Busy {
+                    retry_in: self.bucket.time_to_slot(),
+                });
             }
             return Err(err);
         }
