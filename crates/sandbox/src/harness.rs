@@ -128,7 +128,22 @@ pub fn sibling(name: &str) -> PathBuf {
 /// Starts `cmd` and polls `health_path` until it answers 200; the time includes process start.
 pub async fn start(mut cmd: Command, port: u16, health_path: &str) -> anyhow::Result<Proc> {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    // `SWITCHBOARD_BENCH_LOG=<file>` keeps the product's log (at `SWITCHBOARD_BENCH_RUST_LOG`,
+    // default `debug`) for finding where a figure's time goes.
+    let stderr = match std::env::var_os("SWITCHBOARD_BENCH_LOG") {
+        Some(path) => {
+            let level = std::env::var("SWITCHBOARD_BENCH_RUST_LOG").unwrap_or("debug".into());
+            cmd.env("RUST_LOG", level);
+            Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        }
+        None => Stdio::null(),
+    };
+    let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn()?;
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}{health_path}");
     let client = reqwest::Client::builder().no_proxy().build()?;

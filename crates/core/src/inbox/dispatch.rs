@@ -74,10 +74,12 @@ async fn dispatch_rounds(inbox: &Inbox, jobs: &Jobs, told: bool) -> Result<usize
     let mut total = 0;
     let mut look = !told;
     loop {
-        let n = dispatch_batch(inbox.db(), look).await?;
+        let (n, queued) = dispatch_batch(inbox.db(), jobs, look).await?;
         // A full batch leaves more behind: the next round needn't look either.
         look = false;
-        if n > 0 {
+        // Only for jobs left in the queue: a fetch that finds nothing still takes SQLite's
+        // write lock, in the way of the jobs just handed to the worker.
+        if queued > 0 {
             jobs.wake();
         }
         total += n;
@@ -88,10 +90,13 @@ async fn dispatch_rounds(inbox: &Inbox, jobs: &Jobs, told: bool) -> Result<usize
 }
 
 /// Marks up to [`DISPATCH_BATCH`] rows dispatched and enqueues their jobs, in one transaction:
-/// a crash before the commit leaves both undone, so the rows are handed over again.
-async fn dispatch_batch(db: &Db, look: bool) -> Result<usize, sqlx::Error> {
+/// a crash before the commit leaves both undone, so the rows are handed over again. As many
+/// as this process's worker has room for are written taken by it and run at once, without a
+/// trip through the queue; if this process dies first, the worker's lease runs out and any
+/// worker runs them.
+async fn dispatch_batch(db: &Db, jobs: &Jobs, look: bool) -> Result<(usize, usize), sqlx::Error> {
     if look && !any_waiting(db).await? {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let skip_locked = match db {
         Db::Sqlite(_) => "",
@@ -103,26 +108,44 @@ async fn dispatch_batch(db: &Db, look: bool) -> Result<usize, sqlx::Error> {
            ORDER BY id LIMIT $2{skip_locked})
          RETURNING id, source, request_id, replays"
     );
-    on_pool!(db, |p| {
+    let lane = jobs.lane();
+    let (n, handed, queued) = on_pool!(db, |p| {
         let mut tx = p.begin().await?;
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut rows: Vec<(i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(now_ms())
             .bind(DISPATCH_BATCH)
             .fetch_all(&mut *tx)
             .await?;
+        // RETURNING gives no order: the oldest run first.
+        rows.sort_unstable_by_key(|r| r.0);
         let n = rows.len();
-        if n > 0 {
-            let jobs = rows
-                .iter()
-                .map(|(id, source, request_id, replays)| {
-                    process_event_job(*id, source, request_id, *replays)
-                })
-                .collect();
-            tx.enqueue(jobs).await?;
+        let mut handed = Vec::new();
+        let mut queued = Vec::new();
+        for (id, source, request_id, replays) in &rows {
+            let (job, key) = process_event_job(*id, source, request_id, *replays);
+            match lane.as_ref().and_then(|l| l.try_slot().map(|s| (l, s))) {
+                Some((lane, slot)) => {
+                    let task_id = ulid::Ulid::generate().to_string();
+                    if tx.enqueue_taken(&job, &key, &task_id, &lane.worker).await? {
+                        handed.push((task_id, job, slot));
+                    }
+                }
+                None => queued.push((job, key)),
+            }
+        }
+        let queued_n = queued.len();
+        if !queued.is_empty() {
+            tx.enqueue(queued).await?;
         }
         tx.commit().await?;
-        Ok(n)
-    })
+        Ok::<_, sqlx::Error>((n, handed, queued_n))
+    })?;
+    if let Some(lane) = &lane {
+        for (task_id, job, slot) in handed {
+            lane.run(task_id, job, slot);
+        }
+    }
+    Ok((n, queued))
 }
 
 /// A plain read first, when a dispatcher polls: the poll is usually empty, and an UPDATE

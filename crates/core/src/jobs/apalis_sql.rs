@@ -33,6 +33,16 @@ pub(crate) async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> 
 /// that processes it are committed together or not at all.
 pub(crate) trait EnqueueInTx {
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error>;
+
+    /// Writes `job` as row `task_id`, already taken by `worker` (see [`insert_taken`]); false
+    /// when its key was pushed before.
+    async fn enqueue_taken(
+        &mut self,
+        job: &Job,
+        key: &str,
+        task_id: &str,
+        worker: &str,
+    ) -> Result<bool, sqlx::Error>;
 }
 
 fn task_for(job: &Job, key: String) -> Result<Task<Vec<u8>>, sqlx::Error> {
@@ -48,6 +58,26 @@ fn task_for(job: &Job, key: String) -> Result<Task<Vec<u8>>, sqlx::Error> {
 const SQLITE_JOBS_PER_INSERT: usize = 64;
 
 impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn enqueue_taken(
+        &mut self,
+        job: &Job,
+        key: &str,
+        task_id: &str,
+        worker: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(sqlx::AssertSqlSafe(insert_taken_sql(true)))
+            .bind(job_bytes(job)?)
+            .bind(task_id)
+            .bind(QUEUE)
+            .bind(MAX_ATTEMPTS as i32)
+            .bind(key)
+            .bind(worker)
+            .execute(&mut **self)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
     /// The same rows `apalis_sqlite::queries::push_tasks` writes, but as multi-row INSERTs: a
     /// dispatch of 256 rows is 4 statements, not 256 round trips.
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
@@ -94,6 +124,26 @@ impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Sqlite> {
 }
 
 impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn enqueue_taken(
+        &mut self,
+        job: &Job,
+        key: &str,
+        task_id: &str,
+        worker: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(sqlx::AssertSqlSafe(insert_taken_sql(false)))
+            .bind(job_bytes(job)?)
+            .bind(task_id)
+            .bind(QUEUE)
+            .bind(MAX_ATTEMPTS as i32)
+            .bind(key)
+            .bind(worker)
+            .execute(&mut **self)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn enqueue(&mut self, jobs: Vec<(Job, String)>) -> Result<(), sqlx::Error> {
         let tasks = jobs
             .iter()
@@ -386,16 +436,8 @@ pub(super) async fn insert_taken(
     task_id: &str,
     worker: &str,
 ) -> Result<bool, sqlx::Error> {
-    let bytes = serde_json::to_vec(job).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let (table, now) = match db {
-        Db::Sqlite(_) => ("Jobs", "strftime('%s', 'now')"),
-        Db::Postgres(_) => ("apalis.jobs", "now()"),
-    };
-    let sql = format!(
-        "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, idempotency_key, lock_by, lock_at)
-         VALUES ($1, $2, $3, 'Queued', 0, $4, {now}, 0, $5, $6, {now})
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING"
-    );
+    let bytes = job_bytes(job)?;
+    let sql = insert_taken_sql(matches!(db, Db::Sqlite(_)));
     let n = on_pool!(db, |p| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .bind(&bytes)
         .bind(task_id)
@@ -407,6 +449,25 @@ pub(super) async fn insert_taken(
         .await
         .map(|r| r.rows_affected()))?;
     Ok(n == 1)
+}
+
+fn job_bytes(job: &Job) -> Result<Vec<u8>, sqlx::Error> {
+    serde_json::to_vec(job).map_err(|e| sqlx::Error::Protocol(e.to_string()))
+}
+
+/// The row of a job taken by a worker as it is written: binds job, id, queue, max attempts,
+/// idempotency key, worker.
+fn insert_taken_sql(sqlite: bool) -> String {
+    let (table, now) = if sqlite {
+        ("Jobs", "strftime('%s', 'now')")
+    } else {
+        ("apalis.jobs", "now()")
+    };
+    format!(
+        "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, idempotency_key, lock_by, lock_at)
+         VALUES ($1, $2, $3, 'Queued', 0, $4, {now}, 0, $5, $6, {now})
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING"
+    )
 }
 
 /// Records the outcome of a run of taken job `task_id` as apalis' acknowledgement does (first

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     Job, JobKind, MAX_ATTEMPTS, QUEUE, apalis_sql,
-    worker::{HEARTBEAT, MISSED_HEARTBEATS, WorkerStatus, held_by_current, hold},
+    worker::{HEARTBEAT, Lane, MISSED_HEARTBEATS, WorkerStatus, held_by_current, hold},
 };
 use crate::{db::Db, on_pool};
 
@@ -32,6 +32,8 @@ pub struct Jobs {
     /// Asks for the wake-up to be repeated shortly (see `worker.rs`).
     pub(super) wake_again: Arc<tokio::sync::Notify>,
     pub(super) status: Arc<std::sync::Mutex<WorkerStatus>>,
+    /// The current worker's lane for the dispatcher's jobs, while this process runs one.
+    pub(super) lane: Arc<std::sync::Mutex<Option<Lane>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,13 @@ impl Jobs {
             wake: Arc::new(std::sync::Mutex::new(wake)),
             wake_again: Arc::default(),
             status: Arc::default(),
+            lane: Arc::default(),
         }
+    }
+
+    /// This process's worker lane, if it runs a worker now.
+    pub(crate) fn lane(&self) -> Option<Lane> {
+        self.lane.lock().expect("lane lock").clone()
     }
 
     /// Wakes this process's workers now (SQLite; PostgreSQL workers hear NOTIFY).

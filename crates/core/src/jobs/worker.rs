@@ -5,7 +5,11 @@
 //! job, with a one-second tick as the safety net (due retries, pushes from another process);
 //! PostgreSQL workers use apalis' LISTEN/NOTIFY, so a job pushed by any process starts at once.
 //! A job a handler pushes with [`Jobs::push_once_here`] skips the pickup: it runs right after
-//! that handler, in the same task.
+//! that handler, in the same task. So does the processing of a stored event: the dispatcher
+//! writes its job already taken by this process's worker and hands it to the worker's
+//! [`Lane`], while the lane has room (as many jobs as the worker's concurrency); the rest go
+//! through the queue. A single message went through fetch and lock writes of its own, a third
+//! of its way from the webhook to Bitrix24.
 //!
 //! Two things kept SQLite workers from hearing their wake-ups. apalis polls its wake-up stream
 //! once per fetch and parks the worker when the fetch finds nothing; when that one poll took a
@@ -348,6 +352,85 @@ impl Drop for Running {
     }
 }
 
+/// Jobs the dispatcher hands straight to the current worker (see the module notes). Each
+/// slot counts as a running job of the worker from the moment it is taken, so the worker's
+/// hold is kept, and its rows are not handed back, before the job has even started.
+#[derive(Clone)]
+pub(crate) struct Lane {
+    pub(crate) worker: String,
+    generation: Arc<Generation>,
+    room: Arc<tokio::sync::Semaphore>,
+    send: tokio::sync::mpsc::UnboundedSender<(String, Job, LaneSlot)>,
+}
+
+/// Room for one job in a [`Lane`].
+pub(crate) struct LaneSlot {
+    _room: tokio::sync::OwnedSemaphorePermit,
+    _running: Running,
+}
+
+impl Lane {
+    /// A slot, if the worker has room for one more job now.
+    pub(crate) fn try_slot(&self) -> Option<LaneSlot> {
+        let room = self.room.clone().try_acquire_owned().ok()?;
+        Some(LaneSlot {
+            _room: room,
+            _running: Running::start(&self.generation),
+        })
+    }
+
+    /// Runs `job`, whose row `task_id` is written taken by [`Lane::worker`], in this worker.
+    pub(crate) fn run(&self, task_id: String, job: Job, slot: LaneSlot) {
+        // The receiver lives as long as any sender: this cannot fail while `self` exists.
+        let _ = self.send.send((task_id, job, slot));
+    }
+}
+
+/// Runs what a worker's [`Lane`] is handed until every sender is gone, then lets the jobs
+/// still running finish.
+async fn run_lane(
+    rt: Runtime,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<(String, Job, LaneSlot)>,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = handed.recv() => match next {
+                Some((task_id, job, slot)) => {
+                    let rt = rt.clone();
+                    running.spawn(async move {
+                        run_handed(&rt, task_id, job).await;
+                        drop(slot);
+                    });
+                }
+                None => break,
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// One job of the lane: as [`run_job`] runs a fetched one, then its outcome recorded in its
+/// row as apalis would.
+async fn run_handed(rt: &Runtime, task_id: String, job: Job) {
+    // No wake-up of the fetcher when done: this job held none of its slots.
+    let taking = Taking {
+        worker: rt.generation.name.clone(),
+        taken: std::sync::Mutex::default(),
+    };
+    TAKING
+        .scope(taking, async {
+            let kind = job.kind.clone();
+            let outcome = run_handler(rt, job, 1, &task_id).await;
+            // What it pushed runs first, as after a fetched job: its outcome is one more write
+            // that the next relay need not wait for.
+            run_taken(rt).await;
+            settle(rt, &task_id, &kind, &outcome).await;
+        })
+        .await
+}
+
 async fn run_job(
     job: Job,
     attempt: Attempt,
@@ -503,41 +586,47 @@ async fn run_taken(rt: &Runtime) {
         };
         let kind = job.kind.clone();
         let outcome = run_handler(rt, job, 1, &task_id).await;
-        let (status, result, retry_at) = match &outcome {
-            Outcome::Done => ("Done", serde_json::json!({ "Ok": null }), None),
-            Outcome::Retry { error, delay } => (
-                "Failed",
-                serde_json::json!({ "Err": error }),
-                Some(now_ms() / 1000 + delay.as_secs() as i64),
-            ),
-            Outcome::Dead { error, abort } => (
-                if *abort { "Killed" } else { "Failed" },
-                serde_json::json!({ "Err": error }),
-                None,
-            ),
-        };
-        // The row stays taken by this worker until this lands: a write lost to a short outage
-        // would leave it waiting for the worker's end, so a few tries are worth their wait.
-        let mut pause = Duration::from_millis(100);
-        for attempt in 1..=SETTLE_TRIES {
-            match apalis_sql::settle_taken(
-                &rt.jobs.db,
-                &task_id,
-                &rt.generation.name,
-                status,
-                &result.to_string(),
-                retry_at,
-            )
-            .await
-            {
-                Ok(()) => break,
-                Err(e) if attempt == SETTLE_TRIES => {
-                    tracing::error!(error = %e, job = %kind, task_id = %task_id, "could not record the outcome of a job run right after the one that pushed it; it runs again when this worker stops");
-                }
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 4;
-                }
+        settle(rt, &task_id, &kind, &outcome).await;
+    }
+}
+
+/// Records the outcome of a first run of taken job `task_id` in its row, as apalis'
+/// acknowledgement does for a fetched one.
+async fn settle(rt: &Runtime, task_id: &str, kind: &str, outcome: &Outcome) {
+    let (status, result, retry_at) = match outcome {
+        Outcome::Done => ("Done", serde_json::json!({ "Ok": null }), None),
+        Outcome::Retry { error, delay } => (
+            "Failed",
+            serde_json::json!({ "Err": error }),
+            Some(now_ms() / 1000 + delay.as_secs() as i64),
+        ),
+        Outcome::Dead { error, abort } => (
+            if *abort { "Killed" } else { "Failed" },
+            serde_json::json!({ "Err": error }),
+            None,
+        ),
+    };
+    // The row stays taken by this worker until this lands: a write lost to a short outage
+    // would leave it waiting for the worker's end, so a few tries are worth their wait.
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=SETTLE_TRIES {
+        match apalis_sql::settle_taken(
+            &rt.jobs.db,
+            task_id,
+            &rt.generation.name,
+            status,
+            &result.to_string(),
+            retry_at,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) if attempt == SETTLE_TRIES => {
+                tracing::error!(error = %e, job = %kind, task_id = %task_id, "could not record the outcome of a job run without a fetch; it runs again when this worker stops");
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause *= 4;
             }
         }
     }
@@ -604,19 +693,27 @@ pub async fn run_workers(
         let generation = Generation::new();
         tokio::spawn(keep_lease(jobs.clone(), generation.clone()));
         let began = Instant::now();
-        let result = run_worker(
-            &jobs,
-            Runtime {
-                registry: registry.clone(),
-                jobs: jobs.clone(),
-                generation: generation.clone(),
-            },
-            concurrency,
-            stopped(stop.clone()),
-        )
-        .await;
+        let rt = Runtime {
+            registry: registry.clone(),
+            jobs: jobs.clone(),
+            generation: generation.clone(),
+        };
+        let (send, handed) = tokio::sync::mpsc::unbounded_channel();
+        let lane = tokio::spawn(run_lane(rt.clone(), handed));
+        *jobs.lane.lock().expect("lane lock") = Some(Lane {
+            worker: generation.name.clone(),
+            generation: generation.clone(),
+            room: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            send,
+        });
+        let result = run_worker(&jobs, rt, concurrency, stopped(stop.clone())).await;
+        // No new job for the lane, before the worker counts as gone (its jobs' rows are
+        // handed back once none runs).
+        jobs.lane.lock().expect("lane lock").take();
         generation.retired.store(true, Ordering::SeqCst);
         if *stop.borrow() {
+            // In-flight jobs finish first, the lane's as the fetched ones.
+            let _ = lane.await;
             break result;
         }
         if began.elapsed() >= RESTART_RESET {
