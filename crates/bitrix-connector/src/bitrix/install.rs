@@ -158,6 +158,7 @@ async fn accept_grant(s: &Relay, posted: &Grant) -> Result<Grant, Error> {
     oauth::store(&s.core, &grant)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
+    s.bitrix.oauth.forget();
     Ok(grant)
 }
 
