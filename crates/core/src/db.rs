@@ -67,6 +67,20 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "this database is PostgreSQL: back it up with its own tools (pg_dump, or your provider's snapshots)"
+    )]
+    Postgres,
+    #[error("{0} exists already; choose a new file name")]
+    Exists(String),
+    #[error("{0} is not a usable file name")]
+    Path(String),
+    #[error("writing the backup to {0}: {1}")]
+    Write(String, #[source] sqlx::Error),
+}
+
 /// Our migrations. On SQLite the job queue's migrations share the `_sqlx_migrations` table, so
 /// each migrator must ignore the other's versions instead of calling them "missing".
 fn migrator(engine: &Db) -> sqlx::migrate::Migrator {
@@ -81,6 +95,16 @@ fn migrator(engine: &Db) -> sqlx::migrate::Migrator {
 impl Db {
     /// Opens the database named by `url`, creating an SQLite file (and its folder) on first run.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Self::open(url, true).await
+    }
+
+    /// Opens the database named by `url` as it is: no SQLite file is created (commands that
+    /// only read it, such as a backup, must not leave an empty database behind a typo).
+    pub async fn connect_existing(url: &str) -> Result<Self, DbError> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Self, DbError> {
         let redacted = redact_url(url);
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
@@ -88,7 +112,7 @@ impl Db {
                     url: redacted.clone(),
                     source,
                 })?
-                .create_if_missing(true)
+                .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: an acknowledged webhook survives power loss, not just a process crash.
                 .synchronous(SqliteSynchronous::Full)
@@ -96,6 +120,7 @@ impl Db {
                 .foreign_keys(true);
             if let Some(parent) = Path::new(opts.get_filename()).parent()
                 && !parent.as_os_str().is_empty()
+                && create
             {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| DbError::Folder(redacted.clone(), e))?;
@@ -160,6 +185,28 @@ impl Db {
                 Ok(ProcessLock { held: Some(tx) })
             }
         }
+    }
+
+    /// Writes a consistent copy of the whole SQLite database to a new file at `to`, while
+    /// the product keeps running: a read transaction of its own (WAL: writers go on), so every
+    /// write committed before it began is in the copy. The file must not exist yet. PostgreSQL
+    /// has its own tools for this ([`BackupError::Postgres`]).
+    pub async fn backup_into(&self, to: &Path) -> Result<u64, BackupError> {
+        let Db::Sqlite(pool) = self else {
+            return Err(BackupError::Postgres);
+        };
+        if to.exists() {
+            return Err(BackupError::Exists(to.display().to_string()));
+        }
+        let target = to
+            .to_str()
+            .ok_or_else(|| BackupError::Path(to.display().to_string()))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(target)
+            .execute(pool)
+            .await
+            .map_err(|e| BackupError::Write(target.to_string(), e))?;
+        Ok(std::fs::metadata(to).map(|m| m.len()).unwrap_or(0))
     }
 
     /// Cheap liveness probe for `/health`.

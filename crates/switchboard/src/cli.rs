@@ -34,10 +34,28 @@ enum Command {
         #[arg(long)]
         no_workers: bool,
     },
-    /// Run job workers and the scheduler only (no HTTP), for split deployments.
-    Worker,
+    /// Run job workers and the scheduler only (no bridge routes), for split deployments.
+    Worker {
+        /// Also answer /health and /metrics on this address (host:port), for probes and
+        /// metrics scrapers.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Apply database migrations and exit (serve and worker also apply them on start).
     Migrate,
+    /// Copy the SQLite database to a new file while the product runs: everything committed
+    /// before the copy began is in it. Take one before every upgrade.
+    Backup {
+        /// The new file (it must not exist yet).
+        path: PathBuf,
+    },
+    /// Exit 0 when the server at SWITCHBOARD_LISTEN answers `/health` with 200, 1 otherwise
+    /// (with the reason): a health probe for images without a shell or curl.
+    Health {
+        /// Ask this URL instead (default: http://<SWITCHBOARD_LISTEN>/health).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Master key management for the encrypted credential store.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -178,7 +196,17 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             };
             serve(config, workers).await
         }
-        Command::Worker => switchboard::work(config, shutdown_signal()).await,
+        Command::Worker { listen } => {
+            let probe = match listen {
+                Some(at) => Some(
+                    tokio::net::TcpListener::bind(at)
+                        .await
+                        .with_context(|| format!("binding {at}"))?,
+                ),
+                None => None,
+            };
+            switchboard::work(config, probe, shutdown_signal()).await
+        }
         Command::Migrate => {
             let core = start(config).await?;
             println!("migrations applied ({})", core.db.backend());
@@ -197,6 +225,16 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Backup { path } => {
+            let db = switchboard_core::db::Db::connect_existing(config.database_url())
+                .await
+                .context("opening the database")?;
+            let bytes = db.backup_into(&path).await?;
+            db.close().await;
+            println!("backup written to {} ({bytes} bytes)", path.display());
+            Ok(())
+        }
+        Command::Health { url } => health_probe(&config, url).await,
         Command::Credentials(c) => credentials(config, c).await,
         Command::Events(e) => events(config, e).await,
         Command::Jobs(j) => jobs_command(config, j).await,
@@ -223,6 +261,38 @@ async fn bitrix_command(config: Config, command: BitrixCommand) -> anyhow::Resul
         }
     };
     println!("{report}");
+    Ok(())
+}
+
+/// `health`: the server's own answer decides, so the probe says what `/health` says.
+async fn health_probe(config: &Config, url: Option<String>) -> anyhow::Result<()> {
+    let url = url.unwrap_or_else(|| {
+        let listen = config.listen();
+        // A server bound to every interface is asked on the loopback one.
+        let host = match listen.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("http://{host}:{}/health", listen.port())
+    });
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "{url} answered {status}: {}",
+        body.chars().take(500).collect::<String>()
+    );
+    println!("{url}: {status}");
     Ok(())
 }
 

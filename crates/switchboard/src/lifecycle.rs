@@ -84,16 +84,38 @@ pub async fn run(
 
 /// `switchboard worker`: the workers and the scheduler only (no HTTP), until `shutdown`
 /// resolves and the jobs in flight have drained.
+/// With `probe`, it also answers `/health` and `/metrics` there, for an orchestrator's probes
+/// and a metrics scraper: the jobs' figures are this process's own.
 pub async fn work(
     config: Config,
+    probe: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = start(config).await?;
     let wiring = crate::app::Wiring::new(&core);
     let stop = Stop::on(shutdown);
     inbox::spawn_dispatcher(core.inbox.clone(), core.jobs.clone());
+    let probe = match probe {
+        Some(listener) => {
+            let listen = listener
+                .local_addr()
+                .context("the probe listener's address")?;
+            tracing::info!(%listen, "worker health and metrics listening");
+            let app = switchboard_core::ops::probe_router(&core, crate::app::bridges(&wiring));
+            let stopped = stop.wait();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }))
+        }
+        None => None,
+    };
     tracing::info!(database = core.db.backend(), "switchboard worker running");
     run_workers(&wiring, &stop).await;
+    if let Some(probe) = probe {
+        probe.abort();
+    }
     close_database(&core).await;
     Ok(())
 }

@@ -220,6 +220,18 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         })
 }
 
+/// `/health` and `/metrics` only: what a worker process, which serves no bridge, shows its
+/// orchestrator and its metrics scraper.
+pub fn probe_router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState {
+            core: core.clone(),
+            bridges: Arc::new(bridges),
+        })
+}
+
 async fn health(State(s): State<OpsState>) -> Response {
     let db_ok = s.core.db.ping().await;
     let stats = if db_ok {

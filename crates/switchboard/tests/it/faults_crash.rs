@@ -487,3 +487,110 @@ async fn kill_9_during_mixed_traffic_to_all_three_bridges() {
     );
     assert_eq!(dead, vec![], "no dead letters");
 }
+
+/// `switchboard backup`, taken while webhooks keep arriving: the copy is a whole database that
+/// holds every event acknowledged before the backup began, and the product starts on it. On
+/// PostgreSQL the command refuses and names the tool to use instead.
+#[tokio::test]
+async fn a_backup_taken_under_write_load_holds_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let (_subscriber, sub_url) = Subscriber::default().start().await;
+    let env = env_for(&url, &config_file(dir.path(), &sub_url));
+    let copy = dir.path().join("copy.db");
+    let copy_arg = copy.display().to_string();
+
+    if !url.starts_with("sqlite:") {
+        let out = cli(dir.path(), &env, &["backup", &copy_arg]).await;
+        assert_eq!(out.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("pg_dump"), "{said}");
+        assert!(!copy.exists());
+        return;
+    }
+
+    let server = spawn(dir.path(), "server", &["serve"], &env);
+    healthy(&server).await;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for lane in 0..4 {
+        let (acked, stop, base) = (acked.clone(), stop.clone(), server.base.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut i = lane;
+            while !stop.load(Ordering::SeqCst) {
+                let r = client
+                    .post(format!("{base}/wabridges/hooks/crash?token=crash-token"))
+                    .header("content-type", "application/json")
+                    .body(wabridges_message(i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                acked.lock().unwrap().push(i);
+                i += 4;
+            }
+        }));
+    }
+    eventually("load under way", 30, || async {
+        acked.lock().unwrap().len() >= 200
+    })
+    .await;
+    let acked_before: Vec<usize> = acked.lock().unwrap().clone();
+    let out = cli(dir.path(), &env, &["backup", &copy_arg]).await;
+    let acked_during = acked.lock().unwrap().len() - acked_before.len();
+    stop.store(true, Ordering::SeqCst);
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        acked_during > 0,
+        "the backup ran while events were acknowledged"
+    );
+    // A second backup onto the same file is refused rather than overwriting it.
+    let again = cli(dir.path(), &env, &["backup", &copy_arg]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=ro", copy.display()))
+        .await
+        .unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM inbox_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let stored: std::collections::HashSet<String> = stored
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let missing: Vec<usize> = acked_before
+        .iter()
+        .copied()
+        .filter(|i| !stored.contains(&wabridges_message(*i)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events missing from the backup: {:?}",
+        missing.len(),
+        acked_before.len(),
+        &missing[..missing.len().min(10)]
+    );
+
+    // The copy is a database the product runs on.
+    let mut on_copy = env.clone();
+    on_copy[0].1 = format!("sqlite:{}", copy.display());
+    let restored = spawn(dir.path(), "restored", &["serve", "--no-workers"], &on_copy);
+    healthy(&restored).await;
+}

@@ -62,7 +62,9 @@ mod postgres_only {
         }
         assert_eq!(subscriber.counts(), (0, 0), "nothing runs without workers");
 
-        let w1 = spawn(dir.path(), "worker1", &["worker"], &env);
+        // One worker also answers probes and scrapes on a port of its own.
+        let probe = format!("127.0.0.1:{}", free_port());
+        let w1 = spawn(dir.path(), "worker1", &["worker", "--listen", &probe], &env);
         let w2 = spawn(dir.path(), "worker2", &["worker"], &env);
         eventually("all 1,000 events forwarded", 120, || async {
             subscriber.counts().0 == N
@@ -80,6 +82,26 @@ mod postgres_only {
         assert_eq!(subscriber.duplicates(), vec![], "a job ran twice");
         assert_eq!((distinct, total), (N, N));
         assert_eq!(health(&web).await["queue"]["dead_letters"], 0);
+        let probe_health = client
+            .get(format!("http://{probe}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(probe_health.status(), 200);
+        let probe_health: serde_json::Value = probe_health.json().await.unwrap();
+        assert_eq!(probe_health["database"]["reachable"], true);
+        let scraped = client
+            .get(format!("http://{probe}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            scraped.contains("switchboard_jobs_total{"),
+            "the worker's own job counts are scraped:\n{scraped}"
+        );
         for w in [&w1, &w2] {
             assert!(
                 w.log_text().contains("switchboard worker running"),

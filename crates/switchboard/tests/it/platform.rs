@@ -113,6 +113,42 @@ async fn runs_with_no_configuration_on_embedded_sqlite() {
     assert!(r.text().await.unwrap().contains("switchboard_"));
 }
 
+/// `switchboard health`, the probe for images without a shell: exit 0 while the server at
+/// SWITCHBOARD_LISTEN answers `/health` 200, 1 with the reason when nothing answers.
+#[tokio::test]
+async fn the_health_command_probes_the_configured_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = serve(dir.path(), &[]).await;
+    let listen = server.base.trim_start_matches("http://").to_string();
+    let up = run(dir.path(), &[("SWITCHBOARD_LISTEN", &listen)], &["health"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("200"));
+    // Bound to every interface, the server is asked on the loopback.
+    let port = listen.rsplit(':').next().unwrap();
+    let any = run(
+        dir.path(),
+        &[("SWITCHBOARD_LISTEN", &format!("0.0.0.0:{port}"))],
+        &["health"],
+    );
+    assert!(
+        any.status.success(),
+        "{}",
+        String::from_utf8_lossy(&any.stderr)
+    );
+    drop(server);
+    let down = run(dir.path(), &[("SWITCHBOARD_LISTEN", &listen)], &["health"]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains(&format!("http://{listen}/health")),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}
+
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
