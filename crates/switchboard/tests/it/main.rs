@@ -21,6 +21,9 @@ mod faults_order;
 mod faults_outage;
 /// Several processes on one PostgreSQL database behave like one.
 mod faults_scale;
+/// The alert rules and the dashboard under deploy/monitoring name only series the product
+/// exports, in the shape it exports them.
+mod monitoring;
 /// The operator pages in a real browser: sign-in, secrets, set-up, replay, retry, CSRF.
 mod pages;
 /// The PBX bridge: an MSG91 click-to-call reaches the PBX and the log keeps its secrets.
