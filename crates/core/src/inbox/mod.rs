@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{
     db::{Db, now_ms},
+    jobs::EnqueueInTx,
     on_pool,
 };
 
@@ -467,25 +468,48 @@ impl Inbox {
         })
     }
 
-    /// Records the outcome of processing and releases the claim.
+    /// Records the outcome of processing and releases the claim. Called from the job that
+    /// processed the event, it also writes the jobs that processing pushed to run next
+    /// ([`crate::jobs::Jobs::push_once_here`]) in the same transaction: the outcome and the
+    /// work it leads to are committed together, in one commit instead of one each.
     pub async fn finish(
         &self,
         id: i64,
         status: Status,
         error: Option<&str>,
     ) -> Result<(), InboxError> {
+        const SQL: &str = "UPDATE inbox_events SET status = $1, error = $2, processed_at = $3, claimed_until = NULL WHERE id = $4";
         let processed_at = (status != Status::Failed).then(now_ms);
-        on_pool!(&self.db, |p| {
-            sqlx::query(
-            "UPDATE inbox_events SET status = $1, error = $2, processed_at = $3, claimed_until = NULL WHERE id = $4"
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(processed_at)
-        .bind(id)
-        .execute(p)
-        .await.map(|r| r.rows_affected())
+        // Taken out now: if this fails, the event is processed again and pushes them again.
+        let carried = crate::jobs::take_unwritten();
+        let written = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(SQL)
+                .bind(status.as_str())
+                .bind(error)
+                .bind(processed_at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let mut written = Vec::new();
+            if let Some((worker, jobs)) = &carried {
+                for (i, u) in jobs.iter().enumerate() {
+                    if tx.enqueue_taken(&u.job, &u.key, &u.task_id, worker).await? {
+                        written.push(i);
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(written)
         })?;
+        if let Some((_, jobs)) = carried {
+            let mut jobs: Vec<_> = jobs.into_iter().map(Some).collect();
+            for i in written {
+                if let Some(u) = jobs[i].take() {
+                    crate::jobs::hold(u.task_id, u.job);
+                }
+            }
+        }
         metrics::counter!("switchboard_events_processed_total", "status" => status.as_str())
             .increment(1);
         Ok(())

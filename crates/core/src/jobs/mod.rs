@@ -26,6 +26,7 @@ mod worker;
 pub(crate) use apalis_sql::{EnqueueInTx, migrate};
 pub use queue::{JobRow, Jobs, QueueError, QueueStats};
 pub use worker::{LEASE, LEASE_MARGIN, WorkersHealth, run_workers};
+pub(crate) use worker::{hold, take_unwritten};
 
 /// Queue name in apalis' table, shared by every process of one deployment.
 pub const QUEUE: &str = "switchboard";

@@ -7,7 +7,7 @@
 //! A job a handler pushes with [`Jobs::push_once_here`] skips the pickup: it runs right after
 //! that handler, in the same task. So does the processing of a stored event: the dispatcher
 //! writes its job already taken by this process's worker and hands it to the worker's
-//! [`Lane`], while the lane has room (as many jobs as the worker's concurrency); the rest go
+//! [`Lane`], while the lane has room (a quarter of the worker's concurrency); the rest go
 //! through the queue. A single message went through fetch and lock writes of its own, a third
 //! of its way from the webhook to Bitrix24.
 //!
@@ -386,6 +386,14 @@ impl Lane {
     }
 }
 
+/// How many jobs a worker's [`Lane`] runs at once, beside the `concurrency` it fetches: enough
+/// that a message arriving alone, or a few at once, starts at once; few enough that a burst
+/// goes through the queue and its jobs do not crowd the acknowledgements out of the database
+/// pool they share.
+fn lane_room(concurrency: usize) -> usize {
+    (concurrency / 4).max(1)
+}
+
 /// Runs what a worker's [`Lane`] is handed until every sender is gone, then lets the jobs
 /// still running finish.
 async fn run_lane(
@@ -417,12 +425,12 @@ async fn run_handed(rt: &Runtime, task_id: String, job: Job) {
     // No wake-up of the fetcher when done: this job held none of its slots.
     let taking = Taking {
         worker: rt.generation.name.clone(),
-        taken: std::sync::Mutex::default(),
+        ..Taking::default()
     };
     TAKING
         .scope(taking, async {
             let kind = job.kind.clone();
-            let outcome = run_handler(rt, job, 1, &task_id).await;
+            let outcome = run_pushing(rt, job, 1, &task_id).await;
             // What it pushed runs first, as after a fetched job: its outcome is one more write
             // that the next relay need not wait for.
             run_taken(rt).await;
@@ -443,11 +451,11 @@ async fn run_job(
     let _wake_after = WakeOnDrop(rt.jobs.clone());
     let taking = Taking {
         worker: rt.generation.name.clone(),
-        taken: std::sync::Mutex::default(),
+        ..Taking::default()
     };
     TAKING
         .scope(taking, async {
-            let outcome = run_handler(&rt, job, attempt, &task_id).await;
+            let outcome = run_pushing(&rt, job, attempt, &task_id).await;
             run_taken(&rt).await;
             match outcome {
                 Outcome::Done => Ok(()),
@@ -555,9 +563,45 @@ tokio::task_local! {
     static TAKING: Taking;
 }
 
+#[derive(Default)]
 struct Taking {
     worker: String,
     taken: std::sync::Mutex<std::collections::VecDeque<(String, Job)>>,
+    /// Pushed and not written yet: written with the write that ends the pushing job's work
+    /// ([`take_unwritten`]), or else just before they run.
+    unwritten: std::sync::Mutex<Vec<Unwritten>>,
+}
+
+/// A job pushed with [`Jobs::push_once_here`] whose row is not written yet.
+pub(crate) struct Unwritten {
+    pub(crate) task_id: String,
+    pub(crate) job: Job,
+    pub(crate) key: String,
+}
+
+/// Keeps `job` to be written taken by this task's worker, and run after the current handler.
+/// `false` when this task runs no job.
+pub(super) fn defer(task_id: String, job: Job, key: String) -> bool {
+    TAKING
+        .try_with(|t| {
+            t.unwritten
+                .lock()
+                .expect("unwritten jobs lock")
+                .push(Unwritten { task_id, job, key })
+        })
+        .is_ok()
+}
+
+/// The jobs this task pushed and has not written, with the worker to write them taken by:
+/// the caller writes them in its own transaction, then hands the ones written to [`hold`].
+pub(crate) fn take_unwritten() -> Option<(String, Vec<Unwritten>)> {
+    TAKING
+        .try_with(|t| {
+            let jobs = std::mem::take(&mut *t.unwritten.lock().expect("unwritten jobs lock"));
+            (t.worker.clone(), jobs)
+        })
+        .ok()
+        .filter(|(_, jobs)| !jobs.is_empty())
 }
 
 /// The worker running the job of this task, if this task runs one.
@@ -565,8 +609,8 @@ pub(super) fn held_by_current() -> Option<String> {
     TAKING.try_with(|t| t.worker.clone()).ok()
 }
 
-/// Queues the taken job `task_id` to run in this task after the current handler.
-pub(super) fn hold(task_id: String, job: Job) {
+/// Queues the taken job `task_id`, written, to run in this task after the current handler.
+pub(crate) fn hold(task_id: String, job: Job) {
     let _ = TAKING.try_with(|t| {
         t.taken
             .lock()
@@ -585,9 +629,37 @@ async fn run_taken(rt: &Runtime) {
             return;
         };
         let kind = job.kind.clone();
-        let outcome = run_handler(rt, job, 1, &task_id).await;
+        let outcome = run_pushing(rt, job, 1, &task_id).await;
         settle(rt, &task_id, &kind, &outcome).await;
     }
+}
+
+/// [`run_handler`], then the jobs it pushed and did not write with a write of its own are
+/// written, so they are rows of the queue before they run. If that fails, the run is a failure
+/// to retry: the handler runs again and pushes them again.
+async fn run_pushing(rt: &Runtime, job: Job, attempt: usize, task_id: &str) -> Outcome {
+    let outcome = run_handler(rt, job, attempt, task_id).await;
+    let Some((worker, jobs)) = take_unwritten() else {
+        return outcome;
+    };
+    for Unwritten { task_id, job, key } in jobs {
+        match apalis_sql::insert_taken(&rt.jobs.db, &job, &key, &task_id, &worker).await {
+            Ok(true) => hold(task_id, job),
+            // Pushed before under this key: that job runs, or ran, on its own.
+            Ok(false) => {}
+            Err(e) if matches!(outcome, Outcome::Done) => {
+                let error = format!("writing the job it pushed ({}): {e}", job.kind);
+                tracing::warn!(error = %error, "job will retry");
+                return Outcome::Retry {
+                    delay: retry_delay(attempt),
+                    error,
+                };
+            }
+            // Failed anyway: it runs again and pushes again.
+            Err(_) => {}
+        }
+    }
+    outcome
 }
 
 /// Records the outcome of a first run of taken job `task_id` in its row, as apalis'
@@ -703,7 +775,7 @@ pub async fn run_workers(
         *jobs.lane.lock().expect("lane lock") = Some(Lane {
             worker: generation.name.clone(),
             generation: generation.clone(),
-            room: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            room: Arc::new(tokio::sync::Semaphore::new(lane_room(concurrency))),
             send,
         });
         let result = run_worker(&jobs, rt, concurrency, stopped(stop.clone())).await;
