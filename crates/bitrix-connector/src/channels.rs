@@ -91,7 +91,11 @@ impl ChannelRow {
 /// message's destination a guess.
 pub fn parse_channels(value: toml::Value) -> Result<Rows, String> {
     let rows = parse_rows::<ChannelRow>(value)?;
-    let channels: Vec<Channel> = rows.get::<ChannelRow>().iter().map(ChannelRow::channel).collect();
+    let channels: Vec<Channel> = rows
+        .get::<ChannelRow>()
+        .iter()
+        .map(ChannelRow::channel)
+        .collect();
     for (i, c) in channels.iter().enumerate() {
         for (j, o) in channels[..i].iter().enumerate() {
             if o.phone_number_id == c.phone_number_id {
@@ -127,10 +131,7 @@ impl Channel {
     /// How the pages and the CLI name it: `Support (number 1065…, line 3)`.
     pub fn label(&self) -> String {
         match &self.name {
-            Some(n) => format!(
-                "{n} (number {}, line {})",
-                self.phone_number_id, self.line
-            ),
+            Some(n) => format!("{n} (number {}, line {})", self.phone_number_id, self.line),
             None => format!("number {} → line {}", self.phone_number_id, self.line),
         }
     }
@@ -249,7 +250,8 @@ async fn adopt_once(relay: &Relay, channels: &[Channel]) -> Result<(), Error> {
 /// Moves the empty-key rows to `phone_number_id`; a window already kept under it keeps the
 /// later of the two times.
 pub async fn adopt(db: &Db, phone_number_id: &str) -> Result<(), sqlx::Error> {
-    on_pool!(db, |p| sqlx::query(
+    on_pool!(db, |p| {
+        sqlx::query(
         "INSERT INTO bitrix_windows (channel, wa_id, last_inbound_at, updated_at)
          SELECT $1, wa_id, last_inbound_at, $2 FROM bitrix_windows WHERE channel = ''
          ON CONFLICT (channel, wa_id) DO UPDATE SET
@@ -260,11 +262,14 @@ pub async fn adopt(db: &Db, phone_number_id: &str) -> Result<(), sqlx::Error> {
     .bind(now_ms())
     .execute(p)
     .await
+    .map(|r| r.rows_affected())
+    })?;
+    on_pool!(db, |p| sqlx::query(
+        "DELETE FROM bitrix_windows WHERE channel = ''"
+    )
+    .execute(p)
+    .await
     .map(|r| r.rows_affected()))?;
-    on_pool!(db, |p| sqlx::query("DELETE FROM bitrix_windows WHERE channel = ''")
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
     on_pool!(db, |p| sqlx::query(
         "UPDATE bitrix_inbound SET channel = $1 WHERE channel = ''"
     )
@@ -318,7 +323,11 @@ mod tests {
              [[c]]\nphone_number_id = 2\nline_id = \"7\"\nname = \"Sales\"",
         )
         .unwrap();
-        let cs: Vec<Channel> = rows.get::<ChannelRow>().iter().map(ChannelRow::channel).collect();
+        let cs: Vec<Channel> = rows
+            .get::<ChannelRow>()
+            .iter()
+            .map(ChannelRow::channel)
+            .collect();
         assert_eq!(cs[0].line, "3");
         assert_eq!(cs[1].phone_number_id, "2");
         assert_eq!(cs[1].name.as_deref(), Some("Sales"));
@@ -328,7 +337,13 @@ mod tests {
         assert!(e.starts_with("entry 2: phone_number_id"), "{e}");
         let e = parse("[[c]]\nphone_number_id = \"1\"\nline_id = 1\n[[c]]\nphone_number_id = \"2\"\nline_id = 1").unwrap_err();
         assert!(e.contains("entries 1 and 2 both have line_id 1"), "{e}");
-        let e = parse("[[c]]\nphone_number_id = 5\nline_id = 1\n[[c]]\nphone_number_id = \"5\"\nline_id = 2").unwrap_err();
-        assert!(e.contains("entries 1 and 2 both have phone_number_id \"5\""), "{e}");
+        let e = parse(
+            "[[c]]\nphone_number_id = 5\nline_id = 1\n[[c]]\nphone_number_id = \"5\"\nline_id = 2",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("entries 1 and 2 both have phone_number_id \"5\""),
+            "{e}"
+        );
     }
 }

@@ -63,10 +63,7 @@ const REQUIRED: &[&Setting] = &[
 ];
 
 /// The settings that form the one channel when the config file lists none.
-const SINGLE_CHANNEL: &[&Setting] = &[
-    catalogue::META_PHONE_NUMBER_ID,
-    catalogue::BITRIX_LINE_ID,
-];
+const SINGLE_CHANNEL: &[&Setting] = &[catalogue::META_PHONE_NUMBER_ID, catalogue::BITRIX_LINE_ID];
 
 pub use relay::Relay;
 

@@ -25,9 +25,8 @@ pub struct Relay {
     pub(crate) adopted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub(crate) type LineSettings = std::sync::Arc<
-    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
->;
+pub(crate) type LineSettings =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>>;
 
 impl Relay {
     /// Build it once per process (the binary does) and hand clones around.

@@ -418,8 +418,14 @@ impl FakeBitrix {
         text_bbcode: &str,
         files: Vec<OperatorFile>,
     ) -> OperatorReply {
-        events::operator_reply(&self.shared, Some(line), external_chat_id, text_bbcode, files)
-            .await
+        events::operator_reply(
+            &self.shared,
+            Some(line),
+            external_chat_id,
+            text_bbcode,
+            files,
+        )
+        .await
     }
 
     /// A link on the portal, shaped like a file's short link, that answers 302 to `location`:

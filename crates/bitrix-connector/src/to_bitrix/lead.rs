@@ -117,7 +117,12 @@ const LINE_SETTINGS_FOR: Duration = Duration::from_secs(60);
 /// Whether the Open Channel creates leads by itself, read from the line's settings at most
 /// once per [`LINE_SETTINGS_FOR`].
 async fn line_creates_leads(relay: &Relay, line: &str) -> Result<bool, BitrixError> {
-    if let Some((at, creates)) = relay.line_settings.lock().expect("line cache").get(line).copied()
+    if let Some((at, creates)) = relay
+        .line_settings
+        .lock()
+        .expect("line cache")
+        .get(line)
+        .copied()
         && at.elapsed() < LINE_SETTINGS_FOR
     {
         return Ok(creates);

@@ -31,9 +31,8 @@ pub async fn process_meta_event(
     }
     let total = units.messages.len() + units.statuses.len();
     let served = channels::routing(relay).await.map_err(config_error)?;
-    let served_by = |number: &str| -> Option<&Channel> {
-        served.iter().find(|c| c.phone_number_id == number)
-    };
+    let served_by =
+        |number: &str| -> Option<&Channel> { served.iter().find(|c| c.phone_number_id == number) };
     let mut unknown: Vec<String> = Vec::new();
     let (mut fresh, mut routed) = (0, 0);
     for (seq, unit) in units.messages.into_iter().enumerate() {
@@ -49,9 +48,15 @@ pub async fn process_meta_event(
             inbox_id: event.id,
             seq: seq as i64,
         };
-        if store::record_inbound(db, &unit.wamid, &channel.phone_number_id, &unit.customer, place)
-            .await
-            .map_err(retry_db)?
+        if store::record_inbound(
+            db,
+            &unit.wamid,
+            &channel.phone_number_id,
+            &unit.customer,
+            place,
+        )
+        .await
+        .map_err(retry_db)?
         {
             fresh += 1;
         }

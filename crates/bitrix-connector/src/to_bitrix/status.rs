@@ -69,7 +69,11 @@ pub async fn relay_status_to_bitrix(
         .map_err(BitrixError::into_job_error)?;
     // The status comes from the number that sent the reply: its channel's line is the chat's.
     let channel = if unit.phone_number_id.is_empty() {
-        Some(crate::channels::v1(relay).await.map_err(super::split::config_error)?)
+        Some(
+            crate::channels::v1(relay)
+                .await
+                .map_err(super::split::config_error)?,
+        )
     } else {
         crate::channels::for_number(relay, &unit.phone_number_id)
             .await

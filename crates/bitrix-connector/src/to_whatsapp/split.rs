@@ -47,7 +47,9 @@ pub async fn process_bitrix_event(
         else {
             // Sending it from some other number would reach the customer from a stranger.
             let line = m.line.as_deref().unwrap_or("?");
-            let why = format!("reply in Open Channel line {line}, which no WhatsApp number is bound to: not sent");
+            let why = format!(
+                "reply in Open Channel line {line}, which no WhatsApp number is bound to: not sent"
+            );
             notes::post(&relay.bitrix, &m.chat_id, &format!("⚠ This reply was not sent: Open Channel line {line} has no WhatsApp number. Add it to [[bitrix.channels]] in Switchboard's config file with its phone_number_id, restart, and send the reply again."))
                 .await
                 .map_err(|e| e.into_job_error())?;
