@@ -23,9 +23,8 @@ pub async fn record_inbound(
     customer: &str,
     place: Place,
 ) -> Result<bool, sqlx::Error> {
-    let n =
-        on_pool!(db, |p| {
-            sqlx::query(
+    let n = on_pool!(db, |p| {
+        sqlx::query(
         "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (wamid) DO NOTHING"
@@ -40,7 +39,7 @@ pub async fn record_inbound(
     .execute(p)
     .await
     .map(|r| r.rows_affected())
-        })?;
+    })?;
     Ok(n == 1)
 }
 
