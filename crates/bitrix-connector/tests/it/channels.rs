@@ -166,6 +166,9 @@ async fn a_customer_writing_to_both_numbers_has_two_chats_and_one_lead() {
             delivered_replies(&app, 3) == 1 && delivered_replies(&app, SALES_LINE) == 1
         })
         .await;
+        // Meta's statuses of both replies are handled before the workers stop.
+        eventually("all work finished", 10, || app.idle()).await;
+        assert!(app.dead_letters().await.is_empty());
     })
     .await;
 }
@@ -308,6 +311,42 @@ async fn with_one_number_a_message_to_another_number_is_not_relayed_into_its_lin
 }
 
 #[tokio::test]
+async fn a_reply_in_a_line_without_a_number_is_not_sent_and_the_operator_is_told() {
+    let app = two_channels().await;
+    app.bitrix.add_line(7);
+    bitrix_connector::commands::activate_connector(&app.relay, Some("7".into()))
+        .await
+        .expect("activate line 7");
+    dialog_on(&app, 7, "hello via some other route").await;
+    with_workers(&app.core, app.registry(), async {
+        app.bitrix
+            .operator_reply_on(7, ANNA, "which number am I?", vec![])
+            .await;
+        eventually("the note in line 7's chat", 20, || async {
+            app.bitrix.chat_on(7, ANNA).unwrap().messages.iter().any(|m| {
+                matches!(m, ChatMessage::System(n) if n.text.contains("line 7 has no WhatsApp number"))
+            })
+        })
+        .await;
+        eventually("all work finished", 10, || app.idle()).await;
+        assert!(app.meta.sent_messages().is_empty(), "sent from no number");
+        let skipped = app
+            .core
+            .inbox
+            .list(Some("bitrix"), Some("skipped"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].error.as_deref().unwrap_or("").contains("line 7"),
+            "{:?}",
+            skipped[0].error
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn activate_connector_activates_every_channels_line() {
     let app = TestApp::start_with_file(two_numbers(), CHANNELS).await;
     app.bitrix.add_line(SALES_LINE);
@@ -360,42 +399,48 @@ async fn write_v1_rows(db: &switchboard_core::Db, wrote_at_ms: i64) {
     }
 }
 
-/// What the single-number connector had put into the portal for Anna: her dialog on line 3
-/// and her lead, made through the portal's REST API with the install's token.
-async fn put_v1_portal_state(app: &TestApp) {
+/// `method` called on the fake portal with the install's token, as another client would; its
+/// `result`.
+async fn portal_call(app: &TestApp, method: &str, mut params: Value) -> Value {
     let grant = app.bitrix.current_tokens().expect("installed");
-    let call = |method: &str, params: Value| {
-        let url = format!("{}{method}.json", app.bitrix.client_endpoint());
-        let mut params = params;
-        params["auth"] = json!(grant.access_token);
-        async move {
-            let answer: Value = reqwest::Client::new()
-                .post(url)
-                .json(&params)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["result"].clone()
-        }
-    };
-    let sent = call(
+    params["auth"] = json!(grant.access_token);
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}{method}.json", app.bitrix.client_endpoint()))
+        .json(&params)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["result"].clone()
+}
+
+/// A dialog with Anna on `line`, opened by a message that did not come through Switchboard.
+async fn dialog_on(app: &TestApp, line: i64, text: &str) -> Value {
+    portal_call(
+        app,
         "imconnector.send.messages",
-        json!({"CONNECTOR": "switchboard_whatsapp", "LINE": 3, "MESSAGES": [{
+        json!({"CONNECTOR": "switchboard_whatsapp", "LINE": line, "MESSAGES": [{
             "user": {"id": ANNA, "name": "Anna", "last_name": "Schmidt"},
-            "message": {"id": "wamid.V1-FIRST", "text": "first, before channels"},
+            "message": {"id": format!("wamid.ELSEWHERE-{line}"), "text": text},
             "chat": {"id": ANNA},
         }]}),
     )
-    .await;
+    .await
+}
+
+/// What the single-number connector had put into the portal for Anna: her dialog on line 3
+/// and her lead.
+async fn put_v1_portal_state(app: &TestApp) {
+    let sent = dialog_on(app, 3, "first, before channels").await;
     assert_eq!(
         sent.pointer("/DATA/RESULT/0/session/CHAT_ID"),
         Some(&json!(V1_CHAT)),
         "{sent}"
     );
-    let lead = call(
+    let lead = portal_call(
+        app,
         "crm.lead.add",
         json!({"fields": {"TITLE": "WhatsApp: Anna Schmidt", "PHONE": [{"VALUE": format!("+{ANNA}")}]}}),
     )
