@@ -8,6 +8,12 @@ DROP INDEX bitrix_inbound_unrelayed;
 CREATE INDEX bitrix_inbound_unrelayed ON bitrix_inbound (channel, wa_id, sent_at, inbox_id, seq)
     WHERE relayed_at IS NULL;
 
+-- The channel of each operator reply (the number it is sent from), and the times the
+-- per-channel traffic on / is counted over.
+ALTER TABLE bitrix_messages ADD COLUMN channel TEXT NOT NULL DEFAULT '';
+CREATE INDEX bitrix_inbound_received ON bitrix_inbound (received_at);
+CREATE INDEX bitrix_messages_created ON bitrix_messages (created_at);
+
 -- When the customer last wrote to the channel's number (the message's own timestamp, Unix
 -- ms): WhatsApp's 24-hour window is per business number.
 CREATE TABLE bitrix_windows (

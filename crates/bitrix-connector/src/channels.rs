@@ -280,6 +280,41 @@ pub async fn adopt(db: &Db, phone_number_id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The window `/` counts traffic over.
+const TRAFFIC_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// One line per channel for `/`: messages in and replies out over the last 24 hours. `/` is
+/// public, so a channel is named by its `name` or its line, never by its number.
+pub async fn traffic(relay: &Relay) -> Vec<String> {
+    let Ok(channels) = all(relay).await else {
+        return Vec::new();
+    };
+    let Ok((inbound, outbound)) =
+        crate::store::traffic_since(&relay.core.db, now_ms() - TRAFFIC_WINDOW_MS).await
+    else {
+        return Vec::new();
+    };
+    let count = |rows: &[(String, i64)], number: &str| {
+        rows.iter()
+            .find(|(c, _)| c == number)
+            .map_or(0, |(_, n)| *n)
+    };
+    channels
+        .iter()
+        .map(|c| {
+            let name = match &c.name {
+                Some(n) => format!("{n} (line {})", c.line),
+                None => format!("Line {}", c.line),
+            };
+            format!(
+                "{name} — last 24 h: {} in, {} out",
+                count(&inbound, &c.phone_number_id),
+                count(&outbound, &c.phone_number_id)
+            )
+        })
+        .collect()
+}
+
 /// Remembers a number Meta posted for that has no channel, for its row on `/setup`.
 pub async fn record_unknown(db: &Db, phone_number_id: &str) -> Result<(), sqlx::Error> {
     let now = now_ms();

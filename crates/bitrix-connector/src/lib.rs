@@ -76,6 +76,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     let settings = relay.core.settings.clone();
     let listed = channels::listed(relay);
     let probing = relay.clone();
+    let counting = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -108,6 +109,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     .with_checks(move || {
         let relay = probing.clone();
         async move { setup::checks(&relay).await }
+    })
+    .with_traffic(move || {
+        let relay = counting.clone();
+        async move { channels::traffic(&relay).await }
     })
 }
 

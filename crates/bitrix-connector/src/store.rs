@@ -424,16 +424,29 @@ pub async fn record_outbound(
     bitrix_chat_id: &str,
     wa_id: &str,
 ) -> Result<bool, sqlx::Error> {
+    record_outbound_from(db, bitrix_message_id, bitrix_chat_id, wa_id, "").await
+}
+
+/// [`record_outbound`] of a reply that goes out from `channel`'s number (empty when its line
+/// has none), which the traffic on `/` counts it under.
+pub async fn record_outbound_from(
+    db: &Db,
+    bitrix_message_id: &str,
+    bitrix_chat_id: &str,
+    wa_id: &str,
+    channel: &str,
+) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     let n = on_pool!(db, |p| {
         sqlx::query(
-        "INSERT INTO bitrix_messages (bitrix_message_id, bitrix_chat_id, wa_id, state, created_at, updated_at)
-         VALUES ($1, $2, $3, 'received', $4, $4) ON CONFLICT (bitrix_message_id) DO NOTHING"
+        "INSERT INTO bitrix_messages (bitrix_message_id, bitrix_chat_id, wa_id, state, created_at, updated_at, channel)
+         VALUES ($1, $2, $3, 'received', $4, $4, $5) ON CONFLICT (bitrix_message_id) DO NOTHING"
     )
     .bind(bitrix_message_id)
     .bind(bitrix_chat_id)
     .bind(wa_id)
     .bind(now)
+    .bind(channel)
     .execute(p)
     .await
     .map(|r| r.rows_affected())
@@ -466,4 +479,26 @@ pub async fn set_outbound(
     .map(|r| r.rows_affected())
     })?;
     Ok(())
+}
+
+/// Per channel (number): customer messages received and operator replies taken since `since_ms`.
+pub async fn traffic_since(
+    db: &Db,
+    since_ms: i64,
+) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), sqlx::Error> {
+    let inbound = on_pool!(db, |p| sqlx::query_as(
+        "SELECT channel, CAST(COUNT(*) AS BIGINT) FROM bitrix_inbound
+         WHERE received_at > $1 GROUP BY channel"
+    )
+    .bind(since_ms)
+    .fetch_all(p)
+    .await)?;
+    let outbound = on_pool!(db, |p| sqlx::query_as(
+        "SELECT channel, CAST(COUNT(*) AS BIGINT) FROM bitrix_messages
+         WHERE created_at > $1 GROUP BY channel"
+    )
+    .bind(since_ms)
+    .fetch_all(p)
+    .await)?;
+    Ok((inbound, outbound))
 }

@@ -32,7 +32,11 @@ pub async fn process_bitrix_event(
     let mut blocked = None;
     let mut unrouted = None;
     for m in msgs {
-        store::record_outbound(db, &m.message_id, &m.chat_id, &m.customer)
+        let channel = crate::channels::for_reply(relay, m.line.as_deref())
+            .await
+            .map_err(crate::to_bitrix::split::config_error)?;
+        let number = channel.as_ref().map_or("", |c| c.phone_number_id.as_str());
+        store::record_outbound_from(db, &m.message_id, &m.chat_id, &m.customer, number)
             .await
             .map_err(retry_db)?;
         let row = store::outbound_by_message(db, &m.message_id)
@@ -41,10 +45,7 @@ pub async fn process_bitrix_event(
         if row.is_some_and(|r| r.state != "received") {
             continue;
         }
-        let Some(channel) = crate::channels::for_reply(relay, m.line.as_deref())
-            .await
-            .map_err(crate::to_bitrix::split::config_error)?
-        else {
+        let Some(channel) = channel else {
             // Sending it from some other number would reach the customer from a stranger.
             let line = m.line.as_deref().unwrap_or("?");
             let why = format!(

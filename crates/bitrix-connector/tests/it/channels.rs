@@ -169,6 +169,15 @@ async fn a_customer_writing_to_both_numbers_has_two_chats_and_one_lead() {
         // Meta's statuses of both replies are handled before the workers stop.
         eventually("all work finished", 10, || app.idle()).await;
         assert!(app.dead_letters().await.is_empty());
+        // `/` shows each channel's traffic, by name and line, never by number.
+        let traffic = bitrix_connector::info(&app.relay).traffic().await;
+        assert_eq!(
+            traffic,
+            [
+                "Support (line 3) — last 24 h: 1 in, 1 out",
+                "Sales (line 5) — last 24 h: 1 in, 1 out"
+            ]
+        );
     })
     .await;
 }

@@ -812,4 +812,20 @@ async fn kill_9_during_mixed_traffic_to_two_channels() {
         );
     }
     assert_eq!(inbound_lines(&bitrix).len(), lines.len(), "relayed nowhere");
+    // `/` shows each channel's traffic.
+    let landing = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sales_in = inbound_lines(&bitrix)
+        .values()
+        .filter(|l| l[0] == 5)
+        .count();
+    assert!(
+        landing.contains(&format!("Sales (line 5) — last 24 h: {sales_in} in,")),
+        "{landing}"
+    );
+    assert!(!landing.contains(SALES), "no number on the public page");
 }
