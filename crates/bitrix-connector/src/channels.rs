@@ -315,15 +315,17 @@ pub async fn traffic(relay: &Relay) -> Vec<String> {
         .collect()
 }
 
-/// Remembers a number Meta posted for that has no channel, for its row on `/setup`.
+/// Remembers a number Meta posted for that has no channel, for its row on `/setup`. Only
+/// signed notifications get here, but a number is kept no longer than any real one.
 pub async fn record_unknown(db: &Db, phone_number_id: &str) -> Result<(), sqlx::Error> {
+    let phone_number_id: String = phone_number_id.chars().take(32).collect();
     let now = now_ms();
     on_pool!(db, |p| sqlx::query(
         "INSERT INTO bitrix_unknown_numbers (phone_number_id, first_seen_at, last_seen_at)
          VALUES ($1, $2, $2)
          ON CONFLICT (phone_number_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
     )
-    .bind(phone_number_id)
+    .bind(&phone_number_id)
     .bind(now)
     .execute(p)
     .await

@@ -1,5 +1,6 @@
-//! This bridge's rows on `/setup`: each says whether one step of the seed's setup is done and,
-//! if not, the concrete fix. Live probes (Meta token, connector status) go through a short
+//! This bridge's rows on `/setup`: each says whether one step of the setup is done and,
+//! if not, the concrete fix. Each channel has its own token and line rows, and each number
+//! Meta posts for without a channel a ✗ row. Live probes (Meta token, connector status) go through a short
 //! cache so the page never hammers Meta or Bitrix, and a changed credential is probed at once.
 
 use std::{

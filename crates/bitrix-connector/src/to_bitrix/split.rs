@@ -33,6 +33,7 @@ pub async fn process_meta_event(
     let served = channels::routing(relay).await.map_err(config_error)?;
     let served_by =
         |number: &str| -> Option<&Channel> { served.iter().find(|c| c.phone_number_id == number) };
+    // The numbers without a channel, and the units routed to one.
     let mut unknown: Vec<String> = Vec::new();
     let (mut fresh, mut routed) = (0, 0);
     for (seq, unit) in units.messages.into_iter().enumerate() {
@@ -108,7 +109,9 @@ pub async fn process_meta_event(
                 .await
                 .map_err(retry_db)?;
         }
-        metrics::counter!("switchboard_bitrix_unknown_number_total").increment(1);
+        // Messages and statuses not relayed for want of a channel.
+        metrics::counter!("switchboard_bitrix_unknown_number_total")
+            .increment((total - routed) as u64);
         let why = unknown_reason(&unknown);
         tracing::warn!(numbers = ?unknown, "{why}");
         // A notification partly for served numbers is judged by that part below.
