@@ -208,5 +208,11 @@ pub const TEMPLATES: &Table = &Table {
     parse: crate::to_whatsapp::template::parse_templates,
 };
 
+/// `[[bitrix.channels]]`: each WhatsApp number and the Open Channel line it relays into.
+pub const CHANNELS: &Table = &Table {
+    key: "bitrix.channels",
+    parse: crate::channels::parse_channels,
+};
+
 /// This bridge's config-file tables.
-pub const TABLES: &[&Table] = &[TEMPLATES];
+pub const TABLES: &[&Table] = &[TEMPLATES, CHANNELS];

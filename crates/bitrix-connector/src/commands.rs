@@ -118,24 +118,47 @@ pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, Co
     Ok(report.join("\n"))
 }
 
-/// `switchboard bitrix activate-connector [--line ID]`.
+/// `switchboard bitrix activate-connector [--line ID]`: the one line given, else every
+/// channel's line.
 pub async fn activate_connector(
     relay: &Relay,
     line: Option<String>,
 ) -> Result<String, CommandFailed> {
-    let (core, b) = (&relay.core, &relay.bitrix);
+    let core = &relay.core;
     let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
-    let configured =
-        crate::setting_values::optional(core, crate::catalogue::BITRIX_LINE_ID).await?;
-    let line = match line.or(configured.clone()) {
-        Some(l) => l,
-        None => {
+    let served = crate::channels::all(relay).await?;
+    let lines: Vec<String> = match line {
+        Some(l) => vec![l],
+        None if served.is_empty() => {
             return Err(CommandFailed(
-                "no line: pass --line ID or save the Open Channel (LINE) ID as bitrix.line_id"
+                "no line: pass --line ID, save the Open Channel (LINE) ID as bitrix.line_id, or list the lines as [[bitrix.channels]]"
                     .into(),
             ));
         }
+        None => served.iter().map(|c| c.line.clone()).collect(),
     };
+    let mut report = Vec::new();
+    for line in &lines {
+        report.push(activate_line(relay, &connector, line).await?);
+    }
+    if let [line] = lines.as_slice()
+        && !served.iter().any(|c| &c.line == line)
+    {
+        report.push(if crate::channels::listed(relay) {
+            format!("note: line {line} is in no [[bitrix.channels]] entry, so nothing is relayed into it until one names it")
+        } else {
+            format!("note: save {line} as bitrix.line_id (`switchboard credentials set bitrix.line_id {line}`) so relays use this line")
+        });
+    }
+    Ok(report.join("\n"))
+}
+
+async fn activate_line(
+    relay: &Relay,
+    connector: &str,
+    line: &str,
+) -> Result<String, CommandFailed> {
+    let (core, b) = (&relay.core, &relay.bitrix);
     b.call(
         "imconnector.activate",
         json!({"CONNECTOR": connector, "LINE": line, "ACTIVE": 1}),
@@ -164,19 +187,38 @@ pub async fn activate_connector(
              Check that line {line} exists and the connector is registered (`switchboard bitrix register-connector`)."
         )));
     }
-    let mut report =
-        format!("connector {connector} active on line {line}: STATUS:true, CONFIGURED:true");
-    if configured.as_deref() != Some(line.as_str()) {
-        report.push_str(&format!(
-            "\nnote: save {line} as bitrix.line_id (`switchboard credentials set bitrix.line_id {line}`) so relays use this line"
-        ));
-    }
-    Ok(report)
+    Ok(format!(
+        "connector {connector} active on line {line}: STATUS:true, CONFIGURED:true"
+    ))
 }
 
-/// `switchboard whatsapp check-token`.
+/// `switchboard whatsapp check-token`: the token against every channel's number (with one
+/// number, `meta.phone_number_id`).
 pub async fn check_token(relay: &Relay) -> Result<String, CommandFailed> {
-    let meta = MetaClient::from_settings(&relay.core).await?;
+    let served = crate::channels::all(relay).await?;
+    if served.is_empty() {
+        // Says which setting is missing.
+        return check_with(MetaClient::from_settings(&relay.core).await?).await;
+    }
+    let mut report = Vec::new();
+    for c in &served {
+        let checked = check_number(relay, &c.phone_number_id).await;
+        match checked {
+            Ok(r) if served.len() == 1 => return Ok(r),
+            Ok(r) => report.push(format!("{}: {r}", c.label())),
+            Err(e) if served.len() == 1 => return Err(e),
+            Err(e) => return Err(CommandFailed(format!("{}: {e}", c.label()))),
+        }
+    }
+    Ok(report.join("\n"))
+}
+
+/// The token against one business number: Meta answers its node only if the token may use it.
+pub async fn check_number(relay: &Relay, phone_number_id: &str) -> Result<String, CommandFailed> {
+    check_with(MetaClient::for_number(&relay.core, phone_number_id).await?).await
+}
+
+async fn check_with(meta: MetaClient) -> Result<String, CommandFailed> {
     let node = meta
         .phone_number()
         .await

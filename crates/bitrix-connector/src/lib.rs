@@ -9,6 +9,7 @@
 //!
 //! - `routes`: the HTTP route table, its body limits and `/media/{id}`; start here.
 //! - [`relay`]: what both directions share: handler state, inbox sources, idempotency keys.
+//! - [`channels`]: which WhatsApp number relays into which Open Channel line.
 //! - [`to_bitrix`]: WhatsApp → Bitrix24: Meta's webhook, the customer-order gate, the relay
 //!   of messages into the Open Channel, CRM leads, Meta's statuses reported to Bitrix.
 //! - [`to_whatsapp`]: Bitrix24 → WhatsApp: operator events, the 24-hour window, sends to
@@ -25,6 +26,7 @@
 
 pub mod bitrix;
 pub mod catalogue;
+pub mod channels;
 pub mod commands;
 mod error;
 pub mod media;
@@ -60,6 +62,9 @@ const REQUIRED: &[&Setting] = &[
     catalogue::BITRIX_LINE_ID,
 ];
 
+/// The settings that form the one channel when the config file lists none.
+const SINGLE_CHANNEL: &[&Setting] = &[catalogue::META_PHONE_NUMBER_ID, catalogue::BITRIX_LINE_ID];
+
 pub use relay::Relay;
 
 /// `/webhook/whatsapp`, `/bitrix/install`, `/bitrix/events`, `/media/{id}`.
@@ -69,7 +74,9 @@ pub fn router(relay: &Relay) -> Router {
 
 pub fn info(relay: &Relay) -> BridgeInfo {
     let settings = relay.core.settings.clone();
+    let listed = channels::listed(relay);
     let probing = relay.clone();
+    let counting = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -84,6 +91,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
             async move {
                 let mut missing = Vec::new();
                 for setting in REQUIRED {
+                    // Listed channels name their numbers and lines themselves.
+                    if listed && SINGLE_CHANNEL.iter().any(|s| s.key == setting.key) {
+                        continue;
+                    }
                     if !matches!(settings.get(setting).await, Ok(Some(_))) {
                         missing.push(setting.env);
                     }
@@ -98,6 +109,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     .with_checks(move || {
         let relay = probing.clone();
         async move { setup::checks(&relay).await }
+    })
+    .with_traffic(move || {
+        let relay = counting.clone();
+        async move { channels::traffic(&relay).await }
     })
 }
 

@@ -19,12 +19,14 @@ pub struct Relay {
     pub core: Core,
     pub bitrix: Bitrix,
     pub(crate) probes: SetupProbes,
-    /// The Open Channel's CRM settings as last read: (when, line, creates leads itself).
+    /// Each Open Channel's CRM settings as last read: line → (when, creates leads itself).
     pub(crate) line_settings: LineSettings,
+    /// Whether this process handed the rows stored before channels to their channel.
+    pub(crate) adopted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) type LineSettings =
-    std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, String, bool)>>>;
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>>;
 
 impl Relay {
     /// Build it once per process (the binary does) and hand clones around.
@@ -34,6 +36,7 @@ impl Relay {
             bitrix: Bitrix::new(core),
             probes: SetupProbes::new(),
             line_settings: Default::default(),
+            adopted: Default::default(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! This bridge's tables (migrations `0003_bitrix.sql`, `0004_bitrix_parts.sql`), written once with `$n` placeholders
+//! This bridge's tables (migrations `0003_bitrix.sql`, `0004_bitrix_parts.sql`,
+//! `0007_bitrix_relay_order.sql`, `0008_bitrix_channels.sql`), written once with `$n` placeholders
 //! for both engines. Every "only once" guarantee here rests on a primary key or unique index
 //! and `ON CONFLICT DO NOTHING`, so it holds across worker tasks and across processes.
 
@@ -14,15 +15,18 @@ pub struct Place {
 }
 
 /// First sight of an inbound wamid? `false` for a redelivery or replay (its first place stays).
+/// `channel` is the business number it was sent to.
 pub async fn record_inbound(
     db: &Db,
     wamid: &str,
+    channel: &str,
     customer: &str,
     place: Place,
 ) -> Result<bool, sqlx::Error> {
-    let n = on_pool!(db, |p| sqlx::query(
-        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq)
-         VALUES ($1, $2, $3, $4, $5, $6)
+    let n = on_pool!(db, |p| {
+        sqlx::query(
+        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (wamid) DO NOTHING"
     )
     .bind(wamid)
@@ -31,9 +35,11 @@ pub async fn record_inbound(
     .bind(place.sent_at)
     .bind(place.inbox_id)
     .bind(place.seq)
+    .bind(channel)
     .execute(p)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(n == 1)
 }
 
@@ -55,40 +61,46 @@ pub async fn place_of(db: &Db, wamid: &str) -> Result<Option<Place>, sqlx::Error
     })
 }
 
-/// The customer's messages before `place` not yet in Bitrix (whether or not anything still
-/// tries to put them there).
+/// The customer's messages to `channel` before `place` not yet in Bitrix (whether or not
+/// anything still tries to put them there). Each channel is its own chat, with its own order.
 pub async fn unrelayed_before(
     db: &Db,
+    channel: &str,
     customer: &str,
     place: Place,
 ) -> Result<Vec<String>, sqlx::Error> {
     on_pool!(db, |p| sqlx::query_scalar(
         "SELECT wamid FROM bitrix_inbound
-         WHERE wa_id = $1 AND relayed_at IS NULL AND (sent_at, inbox_id, seq) < ($2, $3, $4)"
+         WHERE channel = $5 AND wa_id = $1 AND relayed_at IS NULL
+           AND (sent_at, inbox_id, seq) < ($2, $3, $4)"
     )
     .bind(customer)
     .bind(place.sent_at)
     .bind(place.inbox_id)
     .bind(place.seq)
+    .bind(channel)
     .fetch_all(p)
     .await)
 }
 
-/// The customer's first message after `place` not yet in Bitrix.
+/// The customer's first message to `channel` after `place` not yet in Bitrix.
 pub async fn next_unrelayed_after(
     db: &Db,
+    channel: &str,
     customer: &str,
     place: Place,
 ) -> Result<Option<String>, sqlx::Error> {
     on_pool!(db, |p| sqlx::query_scalar(
         "SELECT wamid FROM bitrix_inbound
-         WHERE wa_id = $1 AND relayed_at IS NULL AND (sent_at, inbox_id, seq) > ($2, $3, $4)
+         WHERE channel = $5 AND wa_id = $1 AND relayed_at IS NULL
+           AND (sent_at, inbox_id, seq) > ($2, $3, $4)
          ORDER BY sent_at, inbox_id, seq LIMIT 1"
     )
     .bind(customer)
     .bind(place.sent_at)
     .bind(place.inbox_id)
     .bind(place.seq)
+    .bind(channel)
     .fetch_optional(p)
     .await)
 }
@@ -116,10 +128,12 @@ pub async fn mark_relayed(db: &Db, wamid: &str, chat_id: Option<&str>) -> Result
     Ok(())
 }
 
-/// Remembers the customer and moves `last_inbound_at` forward only: a late redelivery of an old
-/// message must not shrink the 24-hour window.
+/// Remembers the customer and moves the 24-hour window of (`channel`, customer) forward only: a
+/// late redelivery of an old message must not shrink it. The customer's own row keeps the
+/// name, shared by every channel.
 pub async fn record_customer(
     db: &Db,
+    channel: &str,
     customer: &str,
     name: Option<&str>,
     message_at_ms: i64,
@@ -141,14 +155,47 @@ pub async fn record_customer(
     .await
     .map(|r| r.rows_affected())
     })?;
+    on_pool!(db, |p| {
+        sqlx::query(
+        "INSERT INTO bitrix_windows (channel, wa_id, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (channel, wa_id) DO UPDATE SET
+           last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_windows.last_inbound_at
+                                  THEN excluded.last_inbound_at ELSE bitrix_windows.last_inbound_at END,
+           updated_at = excluded.updated_at"
+    )
+    .bind(channel)
+    .bind(customer)
+    .bind(message_at_ms)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
-/// When the customer last wrote (Unix ms of the message timestamp), for the 24-hour guard.
+/// When the customer last wrote to any of the numbers (Unix ms of the message timestamp).
 pub async fn last_inbound_at(db: &Db, customer: &str) -> Result<Option<i64>, sqlx::Error> {
     let row: Option<(i64,)> = on_pool!(db, |p| sqlx::query_as(
         "SELECT last_inbound_at FROM bitrix_customers WHERE wa_id = $1"
     )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.map(|(t,)| t))
+}
+
+/// When the customer last wrote to `channel`'s number (Unix ms of the message timestamp), for
+/// the 24-hour guard: a message to another number opens no window on this one.
+pub async fn last_inbound_to(
+    db: &Db,
+    channel: &str,
+    customer: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT last_inbound_at FROM bitrix_windows WHERE channel = $1 AND wa_id = $2"
+    )
+    .bind(channel)
     .bind(customer)
     .fetch_optional(p)
     .await)?;
@@ -377,16 +424,29 @@ pub async fn record_outbound(
     bitrix_chat_id: &str,
     wa_id: &str,
 ) -> Result<bool, sqlx::Error> {
+    record_outbound_from(db, bitrix_message_id, bitrix_chat_id, wa_id, "").await
+}
+
+/// [`record_outbound`] of a reply that goes out from `channel`'s number (empty when its line
+/// has none), which the traffic on `/` counts it under.
+pub async fn record_outbound_from(
+    db: &Db,
+    bitrix_message_id: &str,
+    bitrix_chat_id: &str,
+    wa_id: &str,
+    channel: &str,
+) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     let n = on_pool!(db, |p| {
         sqlx::query(
-        "INSERT INTO bitrix_messages (bitrix_message_id, bitrix_chat_id, wa_id, state, created_at, updated_at)
-         VALUES ($1, $2, $3, 'received', $4, $4) ON CONFLICT (bitrix_message_id) DO NOTHING"
+        "INSERT INTO bitrix_messages (bitrix_message_id, bitrix_chat_id, wa_id, state, created_at, updated_at, channel)
+         VALUES ($1, $2, $3, 'received', $4, $4, $5) ON CONFLICT (bitrix_message_id) DO NOTHING"
     )
     .bind(bitrix_message_id)
     .bind(bitrix_chat_id)
     .bind(wa_id)
     .bind(now)
+    .bind(channel)
     .execute(p)
     .await
     .map(|r| r.rows_affected())
@@ -419,4 +479,26 @@ pub async fn set_outbound(
     .map(|r| r.rows_affected())
     })?;
     Ok(())
+}
+
+/// Per channel (number): customer messages received and operator replies taken since `since_ms`.
+pub async fn traffic_since(
+    db: &Db,
+    since_ms: i64,
+) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), sqlx::Error> {
+    let inbound = on_pool!(db, |p| sqlx::query_as(
+        "SELECT channel, CAST(COUNT(*) AS BIGINT) FROM bitrix_inbound
+         WHERE received_at > $1 GROUP BY channel"
+    )
+    .bind(since_ms)
+    .fetch_all(p)
+    .await)?;
+    let outbound = on_pool!(db, |p| sqlx::query_as(
+        "SELECT channel, CAST(COUNT(*) AS BIGINT) FROM bitrix_messages
+         WHERE created_at > $1 GROUP BY channel"
+    )
+    .bind(since_ms)
+    .fetch_all(p)
+    .await)?;
+    Ok((inbound, outbound))
 }

@@ -166,6 +166,17 @@ impl Db {
         Ok(())
     }
 
+    /// Applies Switchboard's own migrations up to `version` only: the schema an older release
+    /// left behind, for tests of what the later migrations do to its rows.
+    pub async fn migrate_own_tables_to(&self, version: i64) -> Result<(), DbError> {
+        let ours = migrator(self);
+        match self {
+            Db::Sqlite(p) => ours.run_to(version, p).await?,
+            Db::Postgres(p) => ours.run_to(version, p).await?,
+        }
+        Ok(())
+    }
+
     /// Waits until no other process on this database holds the lock `name`, then holds it until
     /// [`ProcessLock::release`] (or drop). For work that must not run twice at once across
     /// processes, such as redeeming a refresh token that the other side rotates on use.

@@ -65,6 +65,17 @@ impl TestDb {
         Self { url, db, _dir: dir }
     }
 
+    /// A fresh database with Switchboard's own migrations applied up to `version` only, as an
+    /// older release left it; `Core::migrate` then brings it up to date as start-up does.
+    pub async fn at_version(version: i64) -> Self {
+        let (url, dir) = fresh_database_url().await;
+        let db = Db::connect(&url).await.expect("connect test database");
+        db.migrate_own_tables_to(version)
+            .await
+            .expect("migrate test database part way");
+        Self { url, db, _dir: dir }
+    }
+
     /// A `Core` over this database with `config` (its database URL is replaced).
     pub fn core(&self, mut config: Config) -> Core {
         config

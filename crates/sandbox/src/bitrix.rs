@@ -369,6 +369,16 @@ impl FakeBitrix {
             .cloned()
     }
 
+    /// The dialog of `external_chat_id` on Open Channel `line`.
+    pub fn chat_on(&self, line: i64, external_chat_id: &str) -> Option<Chat> {
+        self.shared
+            .portal()
+            .chats
+            .iter()
+            .find(|c| c.external_chat_id == external_chat_id && c.line == line)
+            .cloned()
+    }
+
     pub fn messages_in_chat(&self, external_chat_id: &str) -> Vec<ChatMessage> {
         self.chat(external_chat_id)
             .map(|c| c.messages)
@@ -396,7 +406,26 @@ impl FakeBitrix {
         text_bbcode: &str,
         files: Vec<OperatorFile>,
     ) -> OperatorReply {
-        events::operator_reply(&self.shared, external_chat_id, text_bbcode, files).await
+        events::operator_reply(&self.shared, None, external_chat_id, text_bbcode, files).await
+    }
+
+    /// [`FakeBitrix::operator_reply`] in the dialog of `external_chat_id` on Open Channel
+    /// `line`: a customer who wrote to two numbers has a dialog on each of their lines.
+    pub async fn operator_reply_on(
+        &self,
+        line: i64,
+        external_chat_id: &str,
+        text_bbcode: &str,
+        files: Vec<OperatorFile>,
+    ) -> OperatorReply {
+        events::operator_reply(
+            &self.shared,
+            Some(line),
+            external_chat_id,
+            text_bbcode,
+            files,
+        )
+        .await
     }
 
     /// A link on the portal, shaped like a file's short link, that answers 302 to `location`:

@@ -1,8 +1,9 @@
 //! `switchboard-sandbox`: the fakes outside the test suite.
 //!
-//! - `demo`: starts the fakes and the product, sends a WhatsApp message in, shows it arrive in
-//!   the fake Bitrix chat, sends an operator reply back to the fake Meta, places a PBX
-//!   click-to-call through the bridge, and prints where to look. No account anywhere.
+//! - `demo`: starts the fakes and the product with two WhatsApp numbers on two Open Channel
+//!   lines, sends a WhatsApp message to each, shows each arrive in its own line's chat, sends an
+//!   operator reply back from the right number, places a PBX click-to-call through the bridge,
+//!   and prints where to look. No account anywhere.
 //! - `serve`: runs the fakes on fixed loopback ports until Ctrl-C, for trying the product by hand.
 
 use std::process::Command;
@@ -11,7 +12,7 @@ use anyhow::Context;
 use sandbox::{
     bitrix::{BitrixConfig, ChatMessage, FakeBitrix},
     harness::{fakes_env, free_port, poll, sibling, start, switchboard},
-    meta::{Customer, FakeMeta, InboundMessage, MetaConfig},
+    meta::{BusinessNumber, Customer, FakeMeta, InboundMessage, MetaConfig},
     pbx::FakePbx,
 };
 
@@ -43,13 +44,28 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::
         .with_context(|| format!("timed out waiting for {what}"))
 }
 
+/// The demo's second WhatsApp number and the Open Channel line it is bound to.
+const SALES_NUMBER: &str = "998877665544332";
+const SALES_LINE: i64 = 5;
+
 async fn demo() -> anyhow::Result<()> {
     println!(
         "Switchboard demo: every outside service is a local fake; nothing leaves this machine."
     );
-    let meta_cfg = MetaConfig::default();
+    // Two numbers of one Meta app, as a team with support and sales has: each relays into its
+    // own Open Channel line.
+    let sales = BusinessNumber::new(SALES_NUMBER, "4930999888777");
+    let meta_cfg = MetaConfig {
+        extra_numbers: vec![sales],
+        ..MetaConfig::default()
+    };
+    let support_number = meta_cfg.phone_number_id.clone();
     let meta = FakeMeta::start(meta_cfg.clone()).await;
-    let bitrix_cfg = BitrixConfig::default();
+    let bitrix_cfg = BitrixConfig {
+        extra_lines: vec![SALES_LINE],
+        ..BitrixConfig::default()
+    };
+    let support_line = bitrix_cfg.line_id;
     let bitrix = FakeBitrix::start(bitrix_cfg.clone()).await;
     let pbx = FakePbx::start().await;
     pbx.add_org("org_1938b7c2", "secret_demo", "GrandEstancia");
@@ -59,6 +75,15 @@ async fn demo() -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("switchboard-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let config = dir.join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[bitrix.channels]]\nphone_number_id = \"{support_number}\"\nline_id = {support_line}\nname = \"Support\"\n\n\
+             [[bitrix.channels]]\nphone_number_id = \"{SALES_NUMBER}\"\nline_id = {SALES_LINE}\nname = \"Sales\"\n"
+        ),
+    )?;
+    let config_path = config.display().to_string();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let admin = "demo-admin-token";
@@ -73,13 +98,23 @@ async fn demo() -> anyhow::Result<()> {
         ("SWITCHBOARD_META_VERIFY_TOKEN", "demo-verify"),
         ("SWITCHBOARD_PBX_BASE_URL", &pbx.url()),
         ("SWITCHBOARD_WABRIDGES_TOKEN", "demo-hook-token"),
+        ("SWITCHBOARD_CONFIG", &config_path),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .chain(fakes_env(&meta, &bitrix))
     .collect();
 
-    step(1, "Start switchboard (SQLite in a scratch folder)");
+    step(
+        1,
+        "Start switchboard (SQLite in a scratch folder, two WhatsApp numbers on two lines)",
+    );
+    println!(
+        "   {}",
+        std::fs::read_to_string(&config)?
+            .trim()
+            .replace('\n', "\n   ")
+    );
     let product = start(switchboard(&dir, port, &env), port, "/health")
         .await
         .context("starting the switchboard binary (build it first: cargo build -p switchboard)")?;
@@ -122,56 +157,69 @@ async fn demo() -> anyhow::Result<()> {
         );
     }
 
-    step(3, "A customer writes on WhatsApp");
+    step(3, "Customers write to each WhatsApp number");
     meta.set_webhook_target(format!("{base}/webhook/whatsapp"));
-    let customer = Customer::new("4917612345678", "Anna Schmidt");
-    let sent = meta
-        .webhooks()
-        .send_inbound(
-            &customer,
-            InboundMessage::text("Hi, has order 1042 shipped?"),
-        )
+    let anna = Customer::new("4917612345678", "Anna Schmidt");
+    let ben = Customer::new("4915198765432", "Ben Weber");
+    let hooks = meta.webhooks();
+    for (customer, number, line, text) in [
+        (
+            &anna,
+            support_number.as_str(),
+            support_line,
+            "Hi, has order 1042 shipped?",
+        ),
+        (&ben, SALES_NUMBER, SALES_LINE, "Do you ship to Vienna?"),
+    ] {
+        let payload = hooks
+            .payload_to(number)
+            .message(customer, InboundMessage::text(text));
+        let status = hooks.deliver(&payload).await?.status();
+        println!(
+            "   {} → number {number}: POST /webhook/whatsapp answered {status}",
+            customer.wa_id
+        );
+        let arrived = eventually("the message in its line's chat", || {
+            bitrix
+                .chat_on(line, &customer.wa_id)?
+                .messages
+                .into_iter()
+                .find_map(|m| match m {
+                    ChatMessage::Customer(c) => c.text,
+                    _ => None,
+                })
+        })
         .await?;
-    println!(
-        "   Meta → POST /webhook/whatsapp ({}), answered {}",
-        sent.wamid, sent.status
-    );
-    let arrived = eventually("the message in the Bitrix chat", || {
-        bitrix
-            .messages_in_chat("4917612345678")
-            .into_iter()
-            .find_map(|m| match m {
-                ChatMessage::Customer(c) => c.text,
-                _ => None,
-            })
-    })
-    .await?;
-    println!("   Bitrix Open Channel chat now shows: \"{arrived}\"");
-    let leads = bitrix.leads();
-    println!("   CRM leads created: {}", leads.len());
+        println!("   Bitrix Open Channel line {line} shows: \"{arrived}\"");
+    }
+    println!("   CRM leads created: {}", bitrix.leads().len());
 
-    step(4, "The operator answers in Bitrix24 (BBCode)");
-    let reply = "[b]Yes![/b] Order 1042 ships [i]today[/i].";
+    step(4, "The sales operator answers in line 5 (BBCode)");
+    let reply = "[b]Yes![/b] We ship to Vienna [i]every day[/i].";
     let op = bitrix
-        .operator_reply("4917612345678", reply, Vec::new())
+        .operator_reply_on(SALES_LINE, &ben.wa_id, reply, Vec::new())
         .await;
     println!(
-        "   Bitrix → POST /bitrix/events (OnImConnectorMessageAdd), message {}",
+        "   Bitrix → POST /bitrix/events (OnImConnectorMessageAdd, LINE {SALES_LINE}), message {}",
         op.message_id
     );
-    let out = eventually("the reply at Meta", || {
+    let (out, from) = eventually("the reply at Meta", || {
         meta.sent_messages()
             .into_iter()
             .find(|m| m.kind == "text")
             .map(|m| {
-                m.body["text"]["body"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
+                (
+                    m.body["text"]["body"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    m.from_phone_number_id,
+                )
             })
     })
     .await?;
-    println!("   Meta Graph received the WhatsApp text: \"{out}\"");
+    println!("   Meta Graph received from number {from}: \"{out}\"");
+    anyhow::ensure!(from == SALES_NUMBER, "the reply left from the wrong number");
 
     step(5, "A WhatsApp button asks for a call back (PBX bridge)");
     let resp = reqwest::Client::new()

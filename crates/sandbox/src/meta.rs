@@ -57,6 +57,51 @@ pub struct MetaConfig {
     pub subscribed: bool,
     /// Approved templates; any other name/language is refused with 132001.
     pub templates: Vec<Template>,
+    /// Further business numbers of the same WABA and app (a team with sales and support
+    /// numbers): each takes sends at its own `/{phone_number_id}/messages` and keeps its own
+    /// 24-hour windows, as Meta does.
+    pub extra_numbers: Vec<BusinessNumber>,
+}
+
+/// A business phone number besides the main one.
+#[derive(Debug, Clone)]
+pub struct BusinessNumber {
+    pub phone_number_id: String,
+    /// Bare digits, as in webhook `metadata`.
+    pub display_phone_number: String,
+    pub verified_name: String,
+}
+
+impl BusinessNumber {
+    pub fn new(phone_number_id: &str, display_phone_number: &str) -> Self {
+        Self {
+            phone_number_id: phone_number_id.into(),
+            display_phone_number: display_phone_number.into(),
+            verified_name: "Zuse GmbH".into(),
+        }
+    }
+}
+
+impl MetaConfig {
+    /// Whether `phone_number_id` is one of this account's numbers.
+    pub fn owns_number(&self, phone_number_id: &str) -> bool {
+        self.phone_number_id == phone_number_id
+            || self
+                .extra_numbers
+                .iter()
+                .any(|n| n.phone_number_id == phone_number_id)
+    }
+
+    /// The bare display digits of one of this account's numbers.
+    pub fn display_number_of(&self, phone_number_id: &str) -> Option<&str> {
+        if self.phone_number_id == phone_number_id {
+            return Some(&self.display_phone_number);
+        }
+        self.extra_numbers
+            .iter()
+            .find(|n| n.phone_number_id == phone_number_id)
+            .map(|n| n.display_phone_number.as_str())
+    }
 }
 
 impl Default for MetaConfig {
@@ -77,6 +122,7 @@ impl Default for MetaConfig {
             subscribed: true,
             // Every new WhatsApp Business Account comes with Meta's `hello_world` template.
             templates: vec![Template::new("hello_world", "en_US", 0)],
+            extra_numbers: Vec::new(),
         }
     }
 }
@@ -222,16 +268,28 @@ impl FakeMeta {
         self.shared.state().auto_statuses = on;
     }
 
-    /// Pretends the customer last wrote at `unix_secs` (moves the window either way).
-    pub fn set_last_inbound(&self, wa_id: &str, unix_secs: u64) {
+    /// When `wa_id` last wrote to `phone_number_id`, for that number's 24-hour window.
+    pub fn set_last_inbound_on(&self, phone_number_id: &str, wa_id: &str, unix_secs: u64) {
         self.shared
             .state()
             .last_inbound
-            .insert(wa_id.to_string(), unix_secs);
+            .insert((phone_number_id.to_string(), wa_id.to_string()), unix_secs);
+    }
+
+    /// Pretends the customer last wrote to the main number at `unix_secs` (moves the window
+    /// either way).
+    pub fn set_last_inbound(&self, wa_id: &str, unix_secs: u64) {
+        let number = self.shared.cfg.phone_number_id.clone();
+        self.set_last_inbound_on(&number, wa_id, unix_secs);
     }
 
     pub fn last_inbound(&self, wa_id: &str) -> Option<u64> {
-        self.shared.state().last_inbound.get(wa_id).copied()
+        let number = &self.shared.cfg.phone_number_id;
+        self.shared
+            .state()
+            .last_inbound
+            .get(&(number.clone(), wa_id.to_string()))
+            .copied()
     }
 
     /// The fake's clock (Unix seconds), used for timestamps, the window and URL expiry.

@@ -17,6 +17,10 @@ pub struct OperatorMessage {
     pub customer: String,
     pub text: String,
     pub files: Vec<OperatorFile>,
+    /// The Open Channel line the operator wrote in (`data[LINE]`): the reply goes out from
+    /// that line's number. `None` in a job queued before channels, or an event without it.
+    #[serde(default)]
+    pub line: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +34,7 @@ pub struct OperatorFile {
 
 /// Every message in the event, in index order; incomplete ones are left out.
 pub fn messages(form: &Value) -> Vec<OperatorMessage> {
+    let line = id_text(form.pointer("/data/LINE"));
     php_form::items(form.pointer("/data/MESSAGES"))
         .into_iter()
         .filter_map(|m| {
@@ -54,6 +59,7 @@ pub fn messages(form: &Value) -> Vec<OperatorMessage> {
                     .unwrap_or("")
                     .to_string(),
                 files,
+                line: line.clone(),
             })
         })
         .collect()

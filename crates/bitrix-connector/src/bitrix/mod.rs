@@ -118,14 +118,12 @@ impl Bitrix {
         Ok(parsed.get("result").cloned().unwrap_or(Value::Null))
     }
 
-    /// `(connector id, line id)` from settings.
-    pub async fn connector_and_line(&self) -> Result<(String, String), BitrixError> {
-        let connector =
+    /// The connector id from settings; the line is the channel's.
+    pub async fn connector(&self) -> Result<String, BitrixError> {
+        Ok(
             crate::setting_values::required(&self.core, crate::catalogue::BITRIX_CONNECTOR_ID)
-                .await?;
-        let line =
-            crate::setting_values::required(&self.core, crate::catalogue::BITRIX_LINE_ID).await?;
-        Ok((connector, line))
+                .await?,
+        )
     }
 }
 

@@ -103,6 +103,13 @@ impl MetaClient {
         })
     }
 
+    /// The client of one channel: sends and probes go to `phone_number_id`.
+    pub async fn for_number(core: &Core, phone_number_id: &str) -> Result<Self, crate::Error> {
+        let mut client = Self::from_settings(core).await?;
+        client.phone_number_id = Some(phone_number_id.to_string());
+        Ok(client)
+    }
+
     fn phone_number_id(&self) -> Result<&str, MetaError> {
         self.phone_number_id.as_deref().ok_or_else(|| {
             MetaError::Unexpected("SWITCHBOARD_META_PHONE_NUMBER_ID is not configured".into())

@@ -87,6 +87,10 @@ pub struct StatusUnit {
     /// `biz_opaque_callback_data` echoed from the send: which operator message and part.
     #[serde(default)]
     pub callback_data: Option<String>,
+    /// The business number that sent the message (`metadata.phone_number_id`); empty in a
+    /// job queued before channels, which belongs to the single-number channel.
+    #[serde(default)]
+    pub phone_number_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +176,7 @@ pub fn units(env: &Envelope) -> Units {
                     .cloned()
                     .unwrap_or_default(),
                 callback_data: str_of(s, "biz_opaque_callback_data"),
+                phone_number_id: phone_number_id.clone(),
             });
         }
         out.errors.extend(v.errors.iter().cloned());

@@ -117,9 +117,12 @@ const LINE_SETTINGS_FOR: Duration = Duration::from_secs(60);
 /// Whether the Open Channel creates leads by itself, read from the line's settings at most
 /// once per [`LINE_SETTINGS_FOR`].
 async fn line_creates_leads(relay: &Relay, line: &str) -> Result<bool, BitrixError> {
-    if let Some((at, cached_line, creates)) =
-        relay.line_settings.lock().expect("line cache").clone()
-        && cached_line == line
+    if let Some((at, creates)) = relay
+        .line_settings
+        .lock()
+        .expect("line cache")
+        .get(line)
+        .copied()
         && at.elapsed() < LINE_SETTINGS_FOR
     {
         return Ok(creates);
@@ -137,7 +140,10 @@ async fn line_creates_leads(relay: &Relay, line: &str) -> Result<bool, BitrixErr
             return Ok(false);
         }
     };
-    *relay.line_settings.lock().expect("line cache") =
-        Some((Instant::now(), line.to_string(), creates));
+    relay
+        .line_settings
+        .lock()
+        .expect("line cache")
+        .insert(line.to_string(), (Instant::now(), creates));
     Ok(creates)
 }

@@ -67,11 +67,23 @@ async fn relay_in_turn(
         return Ok(Relayed::Nothing);
     };
     let db = &relay.core.db;
-    let (connector, line) = relay
+    let connector = relay
         .bitrix
-        .connector_and_line()
+        .connector()
         .await
         .map_err(BitrixError::into_job_error)?;
+    let line = crate::channels::for_number(relay, &unit.phone_number_id)
+        .await
+        .map_err(super::split::config_error)?
+        .map(|c| c.line)
+        .ok_or_else(|| {
+            // The channel was removed after the message was accepted: a dead letter that a
+            // replay relays once the number has a channel again.
+            JobError::Permanent(format!(
+                "no channel for WhatsApp number (phone_number_id) {}: add it as [[bitrix.channels]], then retry",
+                unit.phone_number_id
+            ))
+        })?;
     let mut relayed = Relayed::Nothing;
     if !store::is_relayed(db, &unit.wamid).await.map_err(retry_db)? {
         if let Some(wait) = order::wait_for_turn(relay, unit).await? {
@@ -97,7 +109,7 @@ async fn relay_in_turn(
         }
         let mut files = Vec::new();
         if let Some(m) = &rendered.media {
-            let meta = MetaClient::from_settings(&relay.core)
+            let meta = MetaClient::for_number(&relay.core, &unit.phone_number_id)
                 .await
                 .map_err(|e| JobError::Permanent(e.to_string()))?;
             let (bytes, mime) = meta

@@ -1,5 +1,6 @@
 //! A customer's messages reach Bitrix in Meta's order: a relay job asks whether its message
-//! is next before sending, and a message that is done with wakes the one after it.
+//! is next before sending, and a message that is done with wakes the one after it. The order
+//! is per channel (the number written to), since each channel is its own chat.
 
 use switchboard_core::JobError;
 
@@ -36,12 +37,13 @@ pub(super) async fn wait_for_turn(
     {
         return Ok(Some(TURN_SPLITTING));
     }
-    let earlier: Vec<String> = store::unrelayed_before(db, &unit.customer, place)
-        .await
-        .map_err(retry_db)?
-        .iter()
-        .map(|w| relay_key(w))
-        .collect();
+    let earlier: Vec<String> =
+        store::unrelayed_before(db, &unit.phone_number_id, &unit.customer, place)
+            .await
+            .map_err(retry_db)?
+            .iter()
+            .map(|w| relay_key(w))
+            .collect();
     if jobs.any_live(&earlier).await.map_err(queue)? {
         return Ok(Some(TURN_SENDING));
     }
@@ -53,7 +55,9 @@ pub(super) async fn wait_for_turn(
 pub(super) async fn wake_next(relay: &Relay, unit: &InboundUnit) {
     let db = &relay.core.db;
     let next = match store::place_of(db, &unit.wamid).await {
-        Ok(Some(place)) => store::next_unrelayed_after(db, &unit.customer, place).await,
+        Ok(Some(place)) => {
+            store::next_unrelayed_after(db, &unit.phone_number_id, &unit.customer, place).await
+        }
         Ok(None) => return,
         Err(e) => Err(e),
     };

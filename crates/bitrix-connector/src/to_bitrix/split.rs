@@ -1,5 +1,7 @@
 //! The `meta` processor: one stored notification becomes one job per message and per status,
 //! each recorded first (the customer's order, the status seen) and pushed once under its key.
+//! Each goes to the channel of the number it was sent to; a number without a channel is
+//! answered (the notification is authentic) but nothing of it is relayed.
 
 use switchboard_core::{
     JobContext, JobError,
@@ -8,6 +10,7 @@ use switchboard_core::{
 
 use super::{message::RelayToBitrix, status::RelayStatusToBitrix};
 use crate::{
+    channels::{self, Channel},
     meta::payload as meta_payload,
     relay::{Relay, relay_key, retry_db, status_key},
     store,
@@ -27,21 +30,40 @@ pub async fn process_meta_event(
         tracing::warn!(error = %e, "Meta reported an error not tied to a message");
     }
     let total = units.messages.len() + units.statuses.len();
-    let mut fresh = 0;
+    let served = channels::routing(relay).await.map_err(config_error)?;
+    let served_by =
+        |number: &str| -> Option<&Channel> { served.iter().find(|c| c.phone_number_id == number) };
+    // The numbers without a channel, and the units routed to one.
+    let mut unknown: Vec<String> = Vec::new();
+    let (mut fresh, mut routed) = (0, 0);
     for (seq, unit) in units.messages.into_iter().enumerate() {
+        let Some(channel) = served_by(&unit.phone_number_id) else {
+            if !unknown.contains(&unit.phone_number_id) {
+                unknown.push(unit.phone_number_id.clone());
+            }
+            continue;
+        };
+        routed += 1;
         let place = store::Place {
             sent_at: unit.timestamp,
             inbox_id: event.id,
             seq: seq as i64,
         };
-        if store::record_inbound(db, &unit.wamid, &unit.customer, place)
-            .await
-            .map_err(retry_db)?
+        if store::record_inbound(
+            db,
+            &unit.wamid,
+            &channel.phone_number_id,
+            &unit.customer,
+            place,
+        )
+        .await
+        .map_err(retry_db)?
         {
             fresh += 1;
         }
         store::record_customer(
             db,
+            &channel.phone_number_id,
             &unit.customer,
             unit.name.as_deref(),
             unit.timestamp * 1000,
@@ -60,6 +82,13 @@ pub async fn process_meta_event(
             .map_err(|e| JobError::Retry(e.to_string()))?;
     }
     for unit in units.statuses {
+        if served_by(&unit.phone_number_id).is_none() {
+            if !unknown.contains(&unit.phone_number_id) {
+                unknown.push(unit.phone_number_id.clone());
+            }
+            continue;
+        }
+        routed += 1;
         if store::record_status(db, &unit.wamid, &unit.status)
             .await
             .map_err(retry_db)?
@@ -74,6 +103,22 @@ pub async fn process_meta_event(
             .await
             .map_err(|e| JobError::Retry(e.to_string()))?;
     }
+    if !unknown.is_empty() {
+        for number in &unknown {
+            channels::record_unknown(db, number)
+                .await
+                .map_err(retry_db)?;
+        }
+        // Messages and statuses not relayed for want of a channel.
+        metrics::counter!("switchboard_bitrix_unknown_number_total")
+            .increment((total - routed) as u64);
+        let why = unknown_reason(&unknown);
+        tracing::warn!(numbers = ?unknown, "{why}");
+        // A notification partly for served numbers is judged by that part below.
+        if routed == 0 {
+            return Ok(ProcessOutcome::Skipped(why));
+        }
+    }
     Ok(match (total, fresh) {
         (0, _) => ProcessOutcome::Skipped("no messages or statuses in this notification".into()),
         (_, 0) => {
@@ -81,4 +126,32 @@ pub async fn process_meta_event(
         }
         _ => ProcessOutcome::Processed,
     })
+}
+
+/// The audit reason for a notification to numbers no channel serves: names them, says what to do.
+fn unknown_reason(numbers: &[String]) -> String {
+    let shown: Vec<String> = numbers
+        .iter()
+        .take(5)
+        .map(|n| {
+            if n.is_empty() {
+                "(none given)".to_string()
+            } else {
+                n.chars().take(40).collect()
+            }
+        })
+        .collect();
+    format!(
+        "not relayed: no channel for WhatsApp number (phone_number_id) {}. Add it as [[bitrix.channels]] with its Open Channel's line_id, or, with a single number, set meta.phone_number_id to it",
+        shown.join(", ")
+    )
+}
+
+/// A channel that can't be resolved: unset settings are the operator's to fix (a dead letter
+/// naming them, replayable once set); anything else may pass.
+pub(crate) fn config_error(e: crate::Error) -> JobError {
+    match e {
+        crate::Error::NotConfigured { .. } => JobError::Permanent(e.to_string()),
+        other => JobError::Retry(other.to_string()),
+    }
 }

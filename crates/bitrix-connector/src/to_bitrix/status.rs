@@ -62,11 +62,27 @@ pub async fn relay_status_to_bitrix(
         // Bitrix (protocol §5.2). Reporting now would mark it delivered with a partial id list.
         return Ok(());
     }
-    let (connector, line) = relay
+    let connector = relay
         .bitrix
-        .connector_and_line()
+        .connector()
         .await
         .map_err(BitrixError::into_job_error)?;
+    // The status comes from the number that sent the reply: its channel's line is the chat's.
+    let channel = if unit.phone_number_id.is_empty() {
+        Some(
+            crate::channels::v1(relay)
+                .await
+                .map_err(super::split::config_error)?,
+        )
+    } else {
+        crate::channels::for_number(relay, &unit.phone_number_id)
+            .await
+            .map_err(super::split::config_error)?
+    };
+    let Some(line) = channel.map(|c| c.line) else {
+        tracing::warn!(phone_number_id = %unit.phone_number_id, "a status for a number that has no channel any more; not reported");
+        return Ok(());
+    };
     // All of the message's wamids, not just this part's: Bitrix replaces the message's
     // CONNECTOR_MID with what it is given.
     let wamids = store::wamids_of(db, &row).await.map_err(retry_db)?;

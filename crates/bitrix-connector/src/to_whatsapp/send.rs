@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     bitrix::events::OperatorMessage,
+    channels::Channel,
     meta::{MetaClient, MetaError},
     relay::{Relay, retry_db},
     store,
@@ -67,6 +68,19 @@ pub async fn relay_to_whatsapp(
     confirm_delivery(relay, &m, &wamids).await
 }
 
+/// The channel the reply goes out through: the one of the line the operator wrote in.
+async fn channel_of(relay: &Relay, m: &OperatorMessage) -> Result<Channel, JobError> {
+    crate::channels::for_reply(relay, m.line.as_deref())
+        .await
+        .map_err(crate::to_bitrix::split::config_error)?
+        .ok_or_else(|| {
+            JobError::Permanent(format!(
+                "Open Channel line {} has no WhatsApp number: add it to [[bitrix.channels]], then retry",
+                m.line.as_deref().unwrap_or("?")
+            ))
+        })
+}
+
 /// One send to Meta: `part` 0 is text on its own (or the template), `n` the n-th file.
 struct Part {
     index: i64,
@@ -82,7 +96,8 @@ async fn send(
     row: &store::OutboundRow,
 ) -> Result<bool, JobError> {
     let db = &relay.core.db;
-    let meta = MetaClient::from_settings(&relay.core)
+    let channel = channel_of(relay, m).await?;
+    let meta = MetaClient::for_number(&relay.core, &channel.phone_number_id)
         .await
         .map_err(|e| JobError::Permanent(e.to_string()))?;
     let done: Vec<i64> = store::sent_parts(db, &m.message_id)
@@ -247,11 +262,12 @@ async fn confirm_delivery(
     m: &OperatorMessage,
     wamids: &[String],
 ) -> Result<(), JobError> {
-    let (connector, line) = relay
+    let connector = relay
         .bitrix
-        .connector_and_line()
+        .connector()
         .await
         .map_err(|e| e.into_job_error())?;
+    let line = channel_of(relay, m).await?.line;
     relay
         .bitrix
         .call(

@@ -1,6 +1,7 @@
 //! The `bitrix` processor: a stored event becomes one send job per operator message, each
 //! deduped on its Bitrix id, except replies the 24-hour window guard stops (the audit status
-//! `blocked_window` plus a note in the chat).
+//! `blocked_window` plus a note in the chat). The window is the one of the channel the operator
+//! wrote in: the customer's message to another number opened no window on this one.
 
 use switchboard_core::{
     JobContext, JobError,
@@ -29,8 +30,13 @@ pub async fn process_bitrix_event(
     let msgs = events::messages(&form);
     let mut pushed = 0;
     let mut blocked = None;
+    let mut unrouted = None;
     for m in msgs {
-        store::record_outbound(db, &m.message_id, &m.chat_id, &m.customer)
+        let channel = crate::channels::for_reply(relay, m.line.as_deref())
+            .await
+            .map_err(crate::to_bitrix::split::config_error)?;
+        let number = channel.as_ref().map_or("", |c| c.phone_number_id.as_str());
+        store::record_outbound_from(db, &m.message_id, &m.chat_id, &m.customer, number)
             .await
             .map_err(retry_db)?;
         let row = store::outbound_by_message(db, &m.message_id)
@@ -39,7 +45,22 @@ pub async fn process_bitrix_event(
         if row.is_some_and(|r| r.state != "received") {
             continue;
         }
-        let last = store::last_inbound_at(db, &m.customer)
+        let Some(channel) = channel else {
+            // Sending it from some other number would reach the customer from a stranger.
+            let line = m.line.as_deref().unwrap_or("?");
+            let why = format!(
+                "reply in Open Channel line {line}, which no WhatsApp number is bound to: not sent"
+            );
+            notes::post(&relay.bitrix, &m.chat_id, &format!("⚠ This reply was not sent: Open Channel line {line} has no WhatsApp number. Add it to [[bitrix.channels]] in Switchboard's config file with its phone_number_id, restart, and send the reply again."))
+                .await
+                .map_err(|e| e.into_job_error())?;
+            store::set_outbound(db, &m.message_id, "failed", None, Some(&why))
+                .await
+                .map_err(retry_db)?;
+            unrouted = Some(why);
+            continue;
+        };
+        let last = store::last_inbound_to(db, &channel.phone_number_id, &m.customer)
             .await
             .map_err(retry_db)?;
         let open = last.is_some_and(|t| now_ms() - t < WINDOW_MS);
@@ -65,6 +86,7 @@ pub async fn process_bitrix_event(
     }
     Ok(match (blocked, pushed) {
         (Some(why), _) => ProcessOutcome::BlockedWindow(why),
+        (None, 0) if let Some(why) = unrouted => ProcessOutcome::Skipped(why),
         (None, 0) => ProcessOutcome::Skipped("duplicate: every message was handled before".into()),
         _ => ProcessOutcome::Processed,
     })

@@ -5,6 +5,9 @@
 //!
 //! - `burst`: bursts under the portal's rate limit, coalesced into `batch` calls; one refresh
 //!   however many calls find the token expired, in one process or two.
+//! - `channels`: two WhatsApp numbers on two Open Channel lines — each message in its number's
+//!   line, each reply from its line's number, windows per number, one lead per customer, an
+//!   unknown number answered and not relayed, a database from before channels carried over.
 //! - `inbound`: WhatsApp to Bitrix24 — signatures, dedupe, one lead per number, media
 //!   re-hosting, OAuth refresh and installs, outages and dead letters.
 //! - `outbound`: operator replies to WhatsApp — the event gate, BBCode, files sent once across
@@ -16,6 +19,7 @@
 //!   other modules share.
 
 mod burst;
+mod channels;
 mod inbound;
 mod outbound;
 mod setup;

@@ -68,13 +68,26 @@ impl TestApp {
 
     /// `omit` lists env names to leave unset (to test "not configured").
     pub async fn start_with(bitrix_cfg: BitrixConfig, omit: &[&str]) -> Self {
-        Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None).await
+        Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None, None).await
+    }
+
+    /// Over `db` (say, one an older release left behind, already brought up to date), with a
+    /// config file holding `file_toml` when given.
+    pub async fn start_on(db: TestDb, meta_cfg: MetaConfig, file_toml: Option<&str>) -> Self {
+        Self::start_full(meta_cfg, BitrixConfig::default(), &[], file_toml, Some(db)).await
     }
 
     /// With a config file holding `file_toml` (say, `[[bitrix.templates]]`), loaded the way
     /// the binary loads it, and a fake Meta configured as `meta_cfg`.
     pub async fn start_with_file(meta_cfg: MetaConfig, file_toml: &str) -> Self {
-        Self::start_full(meta_cfg, BitrixConfig::default(), &[], Some(file_toml)).await
+        Self::start_full(
+            meta_cfg,
+            BitrixConfig::default(),
+            &[],
+            Some(file_toml),
+            None,
+        )
+        .await
     }
 
     async fn start_full(
@@ -82,6 +95,7 @@ impl TestApp {
         bitrix_cfg: BitrixConfig,
         omit: &[&str],
         file_toml: Option<&str>,
+        db: Option<TestDb>,
     ) -> Self {
         let meta = FakeMeta::start(meta_cfg).await;
         let bitrix = FakeBitrix::start(bitrix_cfg).await;
@@ -116,7 +130,10 @@ impl TestApp {
             None => config(&pairs),
             Some(toml) => config_with_file(&pairs, toml),
         };
-        let db = TestDb::new().await;
+        let db = match db {
+            Some(db) => db,
+            None => TestDb::new().await,
+        };
         let core = db.core(config);
         let relay = bitrix_connector::Relay::new(&core);
         let app = bitrix_connector::router(&relay);

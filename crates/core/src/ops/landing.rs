@@ -18,7 +18,8 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
     };
     let mut bridges = Vec::with_capacity(s.bridges.len());
     for b in s.bridges.iter() {
-        bridges.push((b, (b.readiness)().await));
+        let traffic = if db_ok { b.traffic().await } else { Vec::new() };
+        bridges.push((b, (b.readiness)().await, traffic));
     }
     let uptime = s.core.started_at.elapsed().as_secs();
     let body = html! {
@@ -42,7 +43,7 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
         }
         h2 { "Bridges" }
         div.grid {
-            @for (b, r) in &bridges {
+            @for (b, r, traffic) in &bridges {
                 div.card data-bridge=(b.name) {
                     h2 { (layout::mark(r.configured)) (b.title) }
                     @if r.configured {
@@ -51,6 +52,7 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
                         p { span.badge.bad { "not configured" } }
                         p.muted { "Missing: " @for (i, m) in r.missing.iter().enumerate() { @if i > 0 { ", " } code { (m) } } }
                     }
+                    @for line in traffic { p { (line) } }
                     p.muted { "Routes: " @for (i, route) in b.routes.iter().enumerate() { @if i > 0 { ", " } code { (route) } } }
                 }
             }

@@ -73,7 +73,11 @@ pub struct BridgeInfo {
     pub routes: &'static [&'static str],
     pub readiness: ReadinessFn,
     checks: Option<ChecksFn>,
+    traffic: Option<TrafficFn>,
 }
+
+/// Lines of recent traffic a bridge shows in its card on `/`.
+pub type TrafficFn = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
 
 impl BridgeInfo {
     pub fn new<F, Fut>(
@@ -96,6 +100,7 @@ impl BridgeInfo {
                 Box::pin(async move { r().await })
             }),
             checks: None,
+            traffic: None,
         }
     }
 
@@ -133,6 +138,31 @@ impl BridgeInfo {
             Box::pin(async move { f().await })
         }));
         self
+    }
+
+    /// Adds lines of recent traffic to the bridge's card on `/` (say, messages per channel in
+    /// the last 24 hours). `/` is public: a line must hold counts and names an operator chose,
+    /// never a value, a payload or a customer's number, and `f` must be cheap (it runs on every
+    /// view).
+    pub fn with_traffic<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<String>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.traffic = Some(Arc::new(move || {
+            let f = f.clone();
+            Box::pin(async move { f().await })
+        }));
+        self
+    }
+
+    /// The bridge's traffic lines (none unless it called [`BridgeInfo::with_traffic`]).
+    pub async fn traffic(&self) -> Vec<String> {
+        match &self.traffic {
+            Some(f) => f().await,
+            None => Vec::new(),
+        }
     }
 
     /// The bridge's own checklist rows (none unless it called [`BridgeInfo::with_checks`]).

@@ -184,6 +184,7 @@ pub(crate) fn im_message_add(s: &Shared, params: &Value, caller: &Caller) -> Met
 
 pub(crate) async fn operator_reply(
     s: &Shared,
+    line: Option<i64>,
     external_chat_id: &str,
     text: &str,
     files: Vec<OperatorFile>,
@@ -195,7 +196,9 @@ pub(crate) async fn operator_reply(
         let chat_pos = portal
             .chats
             .iter()
-            .position(|c| c.external_chat_id == external_chat_id)
+            .position(|c| {
+                c.external_chat_id == external_chat_id && line.is_none_or(|l| c.line == l)
+            })
             .unwrap_or_else(|| {
                 panic!("operator_reply: no chat with external id {external_chat_id}")
             });

@@ -109,7 +109,7 @@ pub fn check_phone_path(
 ) -> Result<(), GraphError> {
     authorize(s, headers, query)?;
     check_version(s, version, verb)?;
-    if id != s.cfg.phone_number_id {
+    if !s.cfg.owns_number(id) {
         return Err(GraphError::unknown_object(verb, id));
     }
     Ok(())
@@ -127,7 +127,10 @@ async fn send_message(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match validate::parse(&body, &s.cfg.templates)? {
         Request::MarkRead { message_id } => mark_read(&s, message_id),
-        Request::Send(send) => accept_send(&s, version, body, send),
+        Request::Send(mut send) => {
+            send.from_phone_number_id = id;
+            accept_send(&s, version, body, send)
+        }
     }
 }
 
@@ -163,7 +166,7 @@ fn accept_send(
         }
         let in_window = st
             .last_inbound
-            .get(&send.wa_id)
+            .get(&(send.from_phone_number_id.clone(), send.wa_id.clone()))
             .is_some_and(|last| now < last + WINDOW_SECS);
         if send.template_category.is_none() && !in_window {
             Fate::Fail {
@@ -201,6 +204,7 @@ fn accept_send(
         kind: send.kind.clone(),
         body,
         graph_version: version,
+        from_phone_number_id: send.from_phone_number_id.clone(),
     });
     tokio::spawn(sender::report_outcome(s.clone(), wamid, send, fate));
     Ok(Json(response))
@@ -223,6 +227,25 @@ async fn get_object(
             PHONE_DEFAULT_FIELDS,
             phone_field,
         );
+    }
+    if let Some(extra) = s.cfg.extra_numbers.iter().find(|n| n.phone_number_id == id) {
+        // Another number of the same account: its own id, digits and name over the main one's.
+        let mut answer = node(
+            &s,
+            "WhatsAppBusinessPhoneNumber",
+            &fields,
+            PHONE_DEFAULT_FIELDS,
+            phone_field,
+        )?;
+        let out = &mut answer.0;
+        out["id"] = json!(extra.phone_number_id);
+        if out.get("display_phone_number").is_some() {
+            out["display_phone_number"] = json!(format!("+{}", extra.display_phone_number));
+        }
+        if out.get("verified_name").is_some() {
+            out["verified_name"] = json!(extra.verified_name);
+        }
+        return Ok(answer);
     }
     if id == s.cfg.waba_id {
         return node(

@@ -126,7 +126,7 @@ pub async fn upload_media(
 pub fn media_node(s: &Shared, id: &str, query: Option<&str>) -> Result<Value, GraphError> {
     let owner_ok = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "phone_number_id")
-        .is_none_or(|(_, v)| v == s.cfg.phone_number_id.as_str());
+        .is_none_or(|(_, v)| s.cfg.owns_number(&v));
     let media = s
         .state()
         .media

@@ -46,6 +46,11 @@ impl WebhookPayload {
         }
     }
 
+    /// The business number the payload is for (`metadata.phone_number_id`).
+    pub fn phone_number_id(&self) -> &str {
+        self.metadata["phone_number_id"].as_str().unwrap_or("")
+    }
+
     /// Adds a change with `messages[]` from one customer and its `contacts[]` entry.
     pub fn messages(
         mut self,

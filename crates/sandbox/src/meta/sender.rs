@@ -106,10 +106,18 @@ impl WebhookSender {
     /// An empty payload carrying this fake's WABA id, phone number id and display number.
     pub fn payload(&self) -> WebhookPayload {
         let c = &self.shared.cfg;
+        self.payload_to(&c.phone_number_id)
+    }
+
+    /// An empty payload for one of the account's numbers (a customer writing to that number);
+    /// a number the account does not have gets the main number's display digits.
+    pub fn payload_to(&self, phone_number_id: &str) -> WebhookPayload {
+        let c = &self.shared.cfg;
         WebhookPayload::new(
             &c.waba_id,
-            &c.phone_number_id,
-            &c.display_phone_number,
+            phone_number_id,
+            c.display_number_of(phone_number_id)
+                .unwrap_or(&c.display_phone_number),
             self.shared.clock.now(),
         )
     }
@@ -221,9 +229,13 @@ impl WebhookSender {
     /// the window (by its own timestamp, §6) and becomes markable as read.
     fn remember_inbound(&self, payload: &WebhookPayload) {
         let mut st = self.shared.state();
+        let number = payload.phone_number_id().to_string();
         for r in payload.inbound() {
             st.inbound.insert(r.wamid.clone(), r.wa_id.clone());
-            let last = st.last_inbound.entry(r.wa_id.clone()).or_insert(0);
+            let last = st
+                .last_inbound
+                .entry((number.clone(), r.wa_id.clone()))
+                .or_insert(0);
             *last = (*last).max(r.timestamp);
         }
     }
@@ -335,7 +347,7 @@ pub(super) async fn report_outcome(shared: Arc<Shared>, wamid: String, send: Sen
     // Meta notifies each status change in its own POST.
     for status in statuses {
         let payload = sender
-            .payload()
+            .payload_to(&send.from_phone_number_id)
             .statuses([status.with_callback_data(send.callback_data.clone())]);
         let body = payload.to_bytes();
         let outcome = sender

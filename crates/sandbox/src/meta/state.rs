@@ -50,6 +50,8 @@ pub struct SentMessage {
     pub body: Value,
     /// The Graph version segment of the request path.
     pub graph_version: String,
+    /// The business number it was sent from (`/{phone_number_id}/messages`).
+    pub from_phone_number_id: String,
 }
 
 /// Where a media object came from: uploaded by the product, or "sent" by a customer.
@@ -93,8 +95,9 @@ pub struct State {
     pub media: Vec<StoredMedia>,
     /// Inbound wamid → sender wa_id, for every message delivered through the webhook sender.
     pub inbound: HashMap<String, String>,
-    /// wa_id → Unix seconds of that customer's newest inbound message.
-    pub last_inbound: HashMap<String, u64>,
+    /// (business number, wa_id) → Unix seconds of that customer's newest inbound message to
+    /// that number: each number has its own 24-hour windows.
+    pub last_inbound: HashMap<(String, String), u64>,
     pub sync_failures: VecDeque<u32>,
     /// Send attempts so far (refused ones included), and failures due at a given attempt.
     pub send_attempts: usize,

@@ -41,6 +41,8 @@ pub struct Send {
     /// Category of the approved template, for template sends.
     pub template_category: Option<String>,
     pub callback_data: Option<String>,
+    /// The business number the send was posted to; filled in by the route.
+    pub from_phone_number_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +145,7 @@ fn parse_send(body: &Value, templates: &[Template]) -> Result<Send, GraphError> 
         media,
         template_category,
         callback_data,
+        from_phone_number_id: String::new(),
     })
 }
 

@@ -17,7 +17,9 @@ use axum::{
 use hmac::{Hmac, Mac};
 use sandbox::{
     harness::poll,
-    meta::{Customer, FakeMeta, InboundMessage, MetaConfig, Signature, Status, Template},
+    meta::{
+        BusinessNumber, Customer, FakeMeta, InboundMessage, MetaConfig, Signature, Status, Template,
+    },
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -504,6 +506,90 @@ async fn out_of_window_send_is_accepted_then_fails_with_131047_by_webhook() {
         1,
         "no sent/delivered after a failure"
     );
+}
+
+#[tokio::test]
+async fn a_second_number_takes_sends_keeps_its_own_window_and_reports_from_itself() {
+    const SALES: &str = "998877665544332";
+    let meta = FakeMeta::start(MetaConfig {
+        extra_numbers: vec![BusinessNumber::new(SALES, "4930999888777")],
+        ..MetaConfig::default()
+    })
+    .await;
+    let (receiver, served) = Receiver::start(&[]).await;
+    meta.set_webhook_target(format!("{}/webhook/whatsapp", served.url()));
+    let anna = Customer::new(CUSTOMER, "Anna Schmidt");
+    // Anna writes to the sales number only.
+    let hooks = meta.webhooks();
+    let payload = hooks
+        .payload_to(SALES)
+        .message(&anna, InboundMessage::text("hi sales"));
+    assert_eq!(hooks.deliver(&payload).await.unwrap().status(), 200);
+    let inbound = receiver.wait_for(1).await;
+    let metadata = &inbound[0]["entry"][0]["changes"][0]["value"]["metadata"];
+    assert_eq!(metadata["phone_number_id"], SALES);
+    assert_eq!(metadata["display_phone_number"], "4930999888777");
+
+    let sales_url = format!("{}/{SALES}/messages", meta.graph_url());
+    let (status, resp) = post_json(&meta, &sales_url, &text_to(CUSTOMER, "from sales")).await;
+    assert_eq!(status, 200);
+    let (status, _) = post_json(
+        &meta,
+        &messages_url(&meta),
+        &text_to(CUSTOMER, "from support"),
+    )
+    .await;
+    assert_eq!(status, 200, "accepted first, as always");
+    let bodies = receiver.wait_for(4).await;
+    let statuses: Vec<(String, String, String)> = bodies[1..]
+        .iter()
+        .map(|v| {
+            let value = &v["entry"][0]["changes"][0]["value"];
+            (
+                value["metadata"]["phone_number_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                value["statuses"][0]["id"].as_str().unwrap().to_string(),
+                value["statuses"][0]["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let sales_wamid = resp["messages"][0]["id"].as_str().unwrap();
+    // The sales send is delivered from the sales number; the support number has no window.
+    assert!(
+        statuses.contains(&(SALES.into(), sales_wamid.into(), "delivered".into())),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(
+            |(number, _, status)| number == &meta.config().phone_number_id && status == "failed"
+        ),
+        "{statuses:?}"
+    );
+    let sent = meta.sent_messages();
+    assert_eq!(sent[0].from_phone_number_id, SALES);
+    assert_eq!(sent[1].from_phone_number_id, meta.config().phone_number_id);
+
+    let node: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/{SALES}?fields=display_phone_number",
+            meta.graph_url()
+        ))
+        .bearer_auth(&meta.config().access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        node,
+        json!({"display_phone_number": "+4930999888777", "id": SALES})
+    );
+    let stranger = format!("{}/555000111222333/messages", meta.graph_url());
+    let (status, body) = post_json(&meta, &stranger, &text_to(CUSTOMER, "x")).await;
+    assert_eq!((status, body["error"]["code"].as_u64()), (400, Some(100)));
 }
 
 #[tokio::test]

@@ -6,6 +6,9 @@ mod support;
 /// The Bitrix24 connector through the real binary: install, the `bitrix` and `whatsapp`
 /// commands, and an acknowledged message delivered after a `kill -9` and a restart.
 mod bitrix;
+/// `kill -9` during traffic to two WhatsApp numbers on two Open Channel lines: every
+/// acknowledged message in the right line, every reply from the right number, none lost.
+mod faults_channels;
 /// Stalled, trickled, unread and surplus connections are cut off or shed after their timeouts;
 /// a stop still ends the process; guessed PBX credentials are throttled; tokens stay out of logs.
 mod faults_connections;

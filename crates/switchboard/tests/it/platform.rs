@@ -203,6 +203,28 @@ fn bad_configuration_exits_2_naming_the_setting() {
             "[[bitrix.templates]]",
             "missing field `language`",
         ),
+        (
+            "[[bitrix.channels]]\nphone_number_id = \"106540352242922\"\nline_id = \"support\"\n",
+            "[[bitrix.channels]]",
+            "entry 1: line_id \"support\" must be the Open Channel's numeric id",
+        ),
+        (
+            "[[bitrix.channels]]\nphone_number_id = \"106540352242922\"\nline_id = 3\n\
+             [[bitrix.channels]]\nphone_number_id = \"106540352242922\"\nline_id = 5\n",
+            "[[bitrix.channels]]",
+            "entries 1 and 2 both have phone_number_id \"106540352242922\"",
+        ),
+        (
+            "[[bitrix.channels]]\nphone_number_id = \"106540352242922\"\nline_id = 3\n\
+             [[bitrix.channels]]\nphone_number_id = \"998877665544332\"\nline_id = 3\n",
+            "[[bitrix.channels]]",
+            "entries 1 and 2 both have line_id 3",
+        ),
+        (
+            "[[bitrix.channels]]\nphone_number_id = \"+49 30 123\"\nline_id = 3\n",
+            "[[bitrix.channels]]",
+            "entry 1: phone_number_id \"+49 30 123\" must be Meta's numeric id",
+        ),
     ];
     for (text, name, problem) in files {
         std::fs::write(dir.path().join("bad.toml"), text).unwrap();
