@@ -14,33 +14,58 @@ pub struct Place {
     pub seq: i64,
 }
 
-/// First sight of an inbound wamid? `false` for a redelivery or replay (its first place stays).
-/// `channel` is the business number it was sent to.
-pub async fn record_inbound(
-    db: &Db,
-    wamid: &str,
-    channel: &str,
-    customer: &str,
-    place: Place,
-) -> Result<bool, sqlx::Error> {
-    let n = on_pool!(db, |p| {
-        sqlx::query(
-        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (wamid) DO NOTHING"
-    )
-    .bind(wamid)
-    .bind(customer)
-    .bind(now_ms())
-    .bind(place.sent_at)
-    .bind(place.inbox_id)
-    .bind(place.seq)
-    .bind(channel)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
-    })?;
-    Ok(n == 1)
+/// What an inbound message says about its customer, recorded with it.
+pub struct Inbound<'a> {
+    pub wamid: &'a str,
+    /// The business number it was sent to.
+    pub channel: &'a str,
+    pub customer: &'a str,
+    /// The customer's profile name, when the message carried one.
+    pub name: Option<&'a str>,
+    pub place: Place,
+}
+
+/// Records an inbound message: its place in the customer's order, the customer, and the
+/// 24-hour window of (channel, customer), in one transaction (one commit on a message's way to
+/// the operator, not three). `true` at first sight of the wamid; `false` for a redelivery or
+/// replay, whose first place stays.
+pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Error> {
+    let message_at_ms = m.place.sent_at * 1000;
+    let now = now_ms();
+    on_pool!(db, |p| {
+        let mut tx = p.begin().await?;
+        let n = sqlx::query(
+            "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (wamid) DO NOTHING",
+        )
+        .bind(m.wamid)
+        .bind(m.customer)
+        .bind(now)
+        .bind(m.place.sent_at)
+        .bind(m.place.inbox_id)
+        .bind(m.place.seq)
+        .bind(m.channel)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(CUSTOMER_SEEN)
+            .bind(m.customer)
+            .bind(m.name)
+            .bind(message_at_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(WINDOW_OPENED)
+            .bind(m.channel)
+            .bind(m.customer)
+            .bind(message_at_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    })
 }
 
 /// The place of an inbound message; `None` for one stored before places were recorded.
@@ -105,14 +130,30 @@ pub async fn next_unrelayed_after(
     .await)
 }
 
-pub async fn is_relayed(db: &Db, wamid: &str) -> Result<bool, sqlx::Error> {
-    let row: Option<(Option<i64>,)> = on_pool!(db, |p| sqlx::query_as(
-        "SELECT relayed_at FROM bitrix_inbound WHERE wamid = $1"
+/// Whether the inbound message is in Bitrix already, and its place (`None` for one stored
+/// before places were recorded): one read for what a relay asks first.
+pub async fn relay_state(db: &Db, wamid: &str) -> Result<(bool, Option<Place>), sqlx::Error> {
+    type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    let row: Option<Row> = on_pool!(db, |p| {
+        sqlx::query_as(
+        "SELECT relayed_at, sent_at, inbox_id, CAST(seq AS BIGINT) FROM bitrix_inbound WHERE wamid = $1"
     )
     .bind(wamid)
     .fetch_optional(p)
-    .await)?;
-    Ok(matches!(row, Some((Some(_),))))
+    .await
+    })?;
+    Ok(match row {
+        Some((relayed, Some(sent_at), Some(inbox_id), Some(seq))) => (
+            relayed.is_some(),
+            Some(Place {
+                sent_at,
+                inbox_id,
+                seq,
+            }),
+        ),
+        Some((relayed, ..)) => (relayed.is_some(), None),
+        None => (false, None),
+    })
 }
 
 pub async fn mark_relayed(db: &Db, wamid: &str, chat_id: Option<&str>) -> Result<(), sqlx::Error> {
@@ -128,51 +169,21 @@ pub async fn mark_relayed(db: &Db, wamid: &str, chat_id: Option<&str>) -> Result
     Ok(())
 }
 
-/// Remembers the customer and moves the 24-hour window of (`channel`, customer) forward only: a
-/// late redelivery of an old message must not shrink it. The customer's own row keeps the
-/// name, shared by every channel.
-pub async fn record_customer(
-    db: &Db,
-    channel: &str,
-    customer: &str,
-    name: Option<&str>,
-    message_at_ms: i64,
-) -> Result<(), sqlx::Error> {
-    on_pool!(db, |p| {
-        sqlx::query(
-        "INSERT INTO bitrix_customers (wa_id, name, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (wa_id) DO UPDATE SET
-           name = COALESCE(excluded.name, bitrix_customers.name),
-           last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_customers.last_inbound_at
-                                  THEN excluded.last_inbound_at ELSE bitrix_customers.last_inbound_at END,
-           updated_at = excluded.updated_at"
-    )
-    .bind(customer)
-    .bind(name)
-    .bind(message_at_ms)
-    .bind(now_ms())
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
-    })?;
-    on_pool!(db, |p| {
-        sqlx::query(
-        "INSERT INTO bitrix_windows (channel, wa_id, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (channel, wa_id) DO UPDATE SET
-           last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_windows.last_inbound_at
-                                  THEN excluded.last_inbound_at ELSE bitrix_windows.last_inbound_at END,
-           updated_at = excluded.updated_at"
-    )
-    .bind(channel)
-    .bind(customer)
-    .bind(message_at_ms)
-    .bind(now_ms())
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
-    })?;
-    Ok(())
-}
+/// Remembers the customer (the name is shared by every channel) and moves the 24-hour window
+/// forward only: a late redelivery of an old message must not shrink it.
+const CUSTOMER_SEEN: &str = "INSERT INTO bitrix_customers (wa_id, name, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (wa_id) DO UPDATE SET
+       name = COALESCE(excluded.name, bitrix_customers.name),
+       last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_customers.last_inbound_at
+                              THEN excluded.last_inbound_at ELSE bitrix_customers.last_inbound_at END,
+       updated_at = excluded.updated_at";
+
+/// The window of (channel, customer), moved forward only.
+const WINDOW_OPENED: &str = "INSERT INTO bitrix_windows (channel, wa_id, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (channel, wa_id) DO UPDATE SET
+       last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_windows.last_inbound_at
+                              THEN excluded.last_inbound_at ELSE bitrix_windows.last_inbound_at END,
+       updated_at = excluded.updated_at";
 
 /// When the customer last wrote to any of the numbers (Unix ms of the message timestamp).
 pub async fn last_inbound_at(db: &Db, customer: &str) -> Result<Option<i64>, sqlx::Error> {

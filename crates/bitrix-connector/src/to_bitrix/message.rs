@@ -85,8 +85,11 @@ async fn relay_in_turn(
             ))
         })?;
     let mut relayed = Relayed::Nothing;
-    if !store::is_relayed(db, &unit.wamid).await.map_err(retry_db)? {
-        if let Some(wait) = order::wait_for_turn(relay, unit).await? {
+    let (already_relayed, place) = store::relay_state(db, &unit.wamid)
+        .await
+        .map_err(retry_db)?;
+    if !already_relayed {
+        if let Some(wait) = order::wait_for_turn(relay, unit, place).await? {
             let queue = |e: switchboard_core::jobs::QueueError| JobError::Retry(e.to_string());
             relay
                 .core
@@ -96,7 +99,7 @@ async fn relay_in_turn(
                 .map_err(queue)?;
             // The message before may have finished between the look and the postponing, and
             // found no waiting job to wake: look once more now that it would find one.
-            if order::wait_for_turn(relay, unit).await?.is_none() {
+            if order::wait_for_turn(relay, unit, place).await?.is_none() {
                 relay
                     .core
                     .jobs

@@ -16,13 +16,15 @@ use crate::{
 const TURN_SPLITTING: std::time::Duration = std::time::Duration::from_secs(1);
 const TURN_SENDING: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `None`: the message is next in its customer's order; otherwise how long to wait.
+/// `None`: the message, at `place` in its customer's order, is next; otherwise how long to
+/// wait. A message without a place (stored before places were recorded) is always next.
 pub(super) async fn wait_for_turn(
     relay: &Relay,
     unit: &InboundUnit,
+    place: Option<store::Place>,
 ) -> Result<Option<std::time::Duration>, JobError> {
     let db = &relay.core.db;
-    let Some(place) = store::place_of(db, &unit.wamid).await.map_err(retry_db)? else {
+    let Some(place) = place else {
         return Ok(None);
     };
     let jobs = &relay.core.jobs;

@@ -49,27 +49,19 @@ pub async fn process_meta_event(
             inbox_id: event.id,
             seq: seq as i64,
         };
-        if store::record_inbound(
-            db,
-            &unit.wamid,
-            &channel.phone_number_id,
-            &unit.customer,
+        let recorded = store::Inbound {
+            wamid: &unit.wamid,
+            channel: &channel.phone_number_id,
+            customer: &unit.customer,
+            name: unit.name.as_deref(),
             place,
-        )
-        .await
-        .map_err(retry_db)?
+        };
+        if store::record_inbound(db, &recorded)
+            .await
+            .map_err(retry_db)?
         {
             fresh += 1;
         }
-        store::record_customer(
-            db,
-            &channel.phone_number_id,
-            &unit.customer,
-            unit.name.as_deref(),
-            unit.timestamp * 1000,
-        )
-        .await
-        .map_err(retry_db)?;
         // Pushed even when the wamid was known: the key makes it a no-op, and it covers a crash
         // between recording the unit and pushing its job. Held for this worker, the relay runs
         // as soon as this notification is split, without a second trip through the queue.
