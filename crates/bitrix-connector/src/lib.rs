@@ -99,6 +99,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
         let relay = probing.clone();
         async move { setup::checks(&relay).await }
     })
+    .with_work(
+        &[relay::META_SOURCE, relay::BITRIX_SOURCE],
+        Some("bitrix-connector."),
+    )
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

@@ -125,14 +125,23 @@ fn status_label(status: u16) -> metrics::SharedString {
 
 /// Every bridge's jobs and inbox processors, plus core's own.
 pub fn job_registry(w: &Wiring) -> JobRegistry {
-    let core = &w.core;
+    let (mut registry, processors) = registered(w);
+    processors.install(w.core.inbox.clone(), &mut registry);
+    registry
+}
+
+/// The inbox sources some bridge processes (`meta`, `bitrix`, `wabridges`…), sorted.
+pub fn event_sources(w: &Wiring) -> Vec<String> {
+    registered(w).1.sources()
+}
+
+fn registered(w: &Wiring) -> (JobRegistry, Processors) {
     let mut registry = JobRegistry::default();
     let mut processors = Processors::default();
-    pbx_bridge::register(core, &mut registry, &mut processors);
-    wabridges_hooks::register(core, &mut registry, &mut processors);
+    pbx_bridge::register(&w.core, &mut registry, &mut processors);
+    wabridges_hooks::register(&w.core, &mut registry, &mut processors);
     bitrix_connector::register(&w.bitrix, &mut registry, &mut processors);
-    processors.install(core.inbox.clone(), &mut registry);
-    registry
+    (registry, processors)
 }
 
 /// How long the daily prune keeps finished audit rows (`events prune --older-than 30d` by hand).

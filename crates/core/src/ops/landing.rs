@@ -16,10 +16,11 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
     } else {
         None
     };
-    let mut bridges = Vec::with_capacity(s.bridges.len());
-    for b in s.bridges.iter() {
-        bridges.push((b, (b.readiness)().await));
-    }
+    let bridges = if db_ok {
+        s.bridge_health().await
+    } else {
+        Vec::new()
+    };
     let uptime = s.core.started_at.elapsed().as_secs();
     let body = html! {
         h1 { "Switchboard" }
@@ -42,14 +43,18 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
         }
         h2 { "Bridges" }
         div.grid {
-            @for (b, r) in &bridges {
-                div.card data-bridge=(b.name) {
-                    h2 { (layout::mark(r.configured)) (b.title) }
-                    @if r.configured {
-                        p { span.badge.ok { "configured" } }
-                    } @else {
-                        p { span.badge.bad { "not configured" } }
-                        p.muted { "Missing: " @for (i, m) in r.missing.iter().enumerate() { @if i > 0 { ", " } code { (m) } } }
+            @for (b, h) in &bridges {
+                div.card data-bridge=(b.name) data-state=(h.state) {
+                    h2 { (layout::mark(h.state == "ready")) (b.title) }
+                    @match h.state {
+                        "ready" => p { span.badge.ok { "ready" } },
+                        "degraded" => p { span.badge.bad { "degraded" } },
+                        _ => p { span.badge.bad { "off" } },
+                    }
+                    @if !h.configured {
+                        p.muted { "Missing: " @for (i, m) in h.missing.iter().enumerate() { @if i > 0 { ", " } code { (m) } } }
+                    } @else if let Some(reason) = &h.reason {
+                        p.muted { (reason) }
                     }
                     p.muted { "Routes: " @for (i, route) in b.routes.iter().enumerate() { @if i > 0 { ", " } code { (route) } } }
                 }
