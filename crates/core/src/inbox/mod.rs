@@ -557,9 +557,8 @@ impl Inbox {
     ) -> Result<Vec<Traffic>, InboxError> {
         let mut out = Vec::with_capacity(sources.len());
         for source in sources {
-            let (day, hour): (i64, i64) =
-                on_pool!(&self.db, |p| {
-                    sqlx::query_as(
+            let (day, hour): (i64, i64) = on_pool!(&self.db, |p| {
+                sqlx::query_as(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN received_at >= $2 THEN 1 ELSE 0 END), 0)
                  FROM inbox_events WHERE source = $1 AND received_at >= $3"
             )
@@ -568,18 +567,17 @@ impl Inbox {
             .bind(day_ms)
             .fetch_one(p)
             .await
-                })?;
+            })?;
             // Ids grow with time: the newest row of a source is the first one met walking the
             // primary key down, with no scan of the whole table for a busy source.
-            let last: Option<(i64,)> =
-                on_pool!(&self.db, |p| {
-                    sqlx::query_as(
+            let last: Option<(i64,)> = on_pool!(&self.db, |p| {
+                sqlx::query_as(
                 "SELECT received_at FROM inbox_events WHERE source = $1 ORDER BY id DESC LIMIT 1"
             )
             .bind(*source)
             .fetch_optional(p)
             .await
-                })?;
+            })?;
             out.push(Traffic {
                 source: source.to_string(),
                 last_hour: hour,

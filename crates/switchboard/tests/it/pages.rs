@@ -355,6 +355,66 @@ async fn operator_pages_in_a_browser() {
     })
     .await;
 
+    // Search an event by its wamid, open the job it caused, and come back to the event.
+    let wamid = "wamid.HBgLMTU1NTAwMDQyNDIVAgASGBQzQUJDRA";
+    let body = format!(r#"{{"id":"{wamid}","from":"15550004242"}}"#);
+    let found = server
+        .core
+        .inbox
+        .record(
+            Incoming::new(
+                "req-wamid",
+                "test",
+                "/test",
+                body.as_bytes(),
+                &Default::default(),
+            )
+            .dedupe("k-wamid"),
+        )
+        .await
+        .unwrap()
+        .id();
+    let jobs = server.core.jobs.clone();
+    eventually("the event's job is done", 30, || async {
+        jobs.for_requests(&["req-wamid".to_string()])
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.state == "done")
+    })
+    .await;
+    b.open(&server, "/admin/events").await;
+    b.fill(r#"form.filters input[name="q"]"#, wamid).await;
+    b.submit(r#"form.filters button[type="submit"]"#).await;
+    let shown = b
+        .client
+        .find_all(Locator::Css("details.event"))
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), 1, "only the event with that wamid");
+    assert_eq!(
+        shown[0].attr("id").await.unwrap(),
+        Some(format!("event-{found}"))
+    );
+    b.click(&format!("#event-{found} summary")).await;
+    let job_id = b
+        .attr(&format!("#event-{found} ul.jobs li"), "data-job")
+        .await
+        .unwrap();
+    b.submit(&format!("#event-{found} ul.jobs a")).await;
+    let url = b.client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/admin/jobs");
+    assert_eq!(url.fragment(), Some(format!("job-{job_id}").as_str()));
+    let row = format!("tr#job-{job_id}");
+    assert!(b.text(&row).await.contains("core.process-event"));
+    assert_eq!(b.attr(&row, "data-state").await.as_deref(), Some("done"));
+    b.submit(&format!("{row} a.event-link")).await;
+    assert!(
+        b.text(&format!("#event-{found} summary"))
+            .await
+            .contains(&format!("#{found}"))
+    );
+
     // Retry a dead letter from /admin/jobs.
     server
         .core
