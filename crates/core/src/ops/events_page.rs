@@ -262,12 +262,19 @@ pub(super) async fn show_events(
             }
         }
         @if !traffic.is_empty() {
-            div.grid #traffic {
-                @for t in &traffic {
-                    div.card data-traffic=(t.source) {
-                        h2 { (t.bridge) " · " code { (t.source) } }
-                        p { span.stat { (t.last_hour) } " last hour · " (t.last_day) " last 24 h" }
-                        p.muted { "Last received: " @match t.last_received_at { Some(at) => (layout::time(at)), None => "never" } }
+            div.table-wrap {
+                table #traffic {
+                    thead { tr { th { "Bridge" } th { "Source" } th { "Last hour" } th { "Last 24 h" } th { "Last received" } } }
+                    tbody {
+                        @for t in &traffic {
+                            tr data-traffic=(t.source) {
+                                td { (t.bridge) }
+                                td { a href={ "/admin/events?source=" (t.source) } { code { (t.source) } } }
+                                td.hour { (t.last_hour) }
+                                td.day { (t.last_day) }
+                                td { @match t.last_received_at { Some(at) => (layout::time(at)), None => span.muted { "never" } } }
+                            }
+                        }
                     }
                 }
             }

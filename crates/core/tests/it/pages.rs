@@ -993,9 +993,12 @@ async fn events_are_found_by_phone_wamid_request_id_source_and_time() {
     }
     // Per-source traffic: the demo bridge's source had one event in the last hour.
     let (_, html) = app.get("/admin/events", &cookie).await;
-    let card_at = html.find(r#"data-traffic="demo""#).expect("traffic card");
-    let card = &html[card_at..card_at + html[card_at..].find("</div>").unwrap()];
-    assert!(card.contains("1</span> last hour · 1 last 24 h"), "{card}");
+    let card_at = html.find(r#"data-traffic="demo""#).expect("traffic row");
+    let card = &html[card_at..card_at + html[card_at..].find("</tr>").unwrap()];
+    assert!(
+        card.contains(r#"<td class="hour">1</td><td class="day">1</td>"#),
+        "{card}"
+    );
     assert!(!card.contains("never"), "{card}");
     let (_, html) = app.get("/admin/events?to=yesterday", &cookie).await;
     assert!(html.contains("is not a time"));
