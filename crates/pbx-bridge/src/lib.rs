@@ -97,7 +97,7 @@ pub fn info(core: &Core) -> BridgeInfo {
             vec![probes.get_or_probe(base.as_bytes(), probe).await]
         }
     })
-    .with_work(&[NAME], None)
+    .with_records(&[NAME])
 }
 
 /// Any HTTP answer from the PBX base URL counts as reachable: the probe has no org

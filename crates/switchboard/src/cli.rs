@@ -390,15 +390,26 @@ async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()
                 "queue: {} pending, {} running, {} dead",
                 stats.pending, stats.running, stats.dead
             );
+            let time = |ms: Option<i64>| {
+                ms.and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".to_string())
+            };
+            println!(
+                "{:<26}  {:<40} {:<11} {:<8} {:<19}  {:<19}  {:<19}  last error",
+                "id", "kind", "state", "attempts", "created", "last attempt", "next attempt"
+            );
             for j in core.jobs.list(dead, limit).await? {
                 println!(
-                    "{}  {:<36} {:<8} {}/{}  {}",
+                    "{:<26}  {:<40} {:<11} {:<8} {:<19}  {:<19}  {:<19}  {}",
                     j.id,
                     j.kind,
-                    j.status,
-                    j.attempts,
-                    j.max_attempts,
-                    j.last_error.unwrap_or_default()
+                    j.state,
+                    format!("{}/{}", j.attempts, j.max_attempts),
+                    time(j.created_at),
+                    time(j.last_attempt_at),
+                    time(j.next_attempt_at),
+                    j.last_error.as_deref().unwrap_or("")
                 );
             }
             Ok(())

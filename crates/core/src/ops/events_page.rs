@@ -308,7 +308,7 @@ pub(super) async fn show_events(
         @if events.is_empty() {
             p.card.muted { "No events" @if f.before().is_some() { " older than this" } " match." }
         }
-        @for e in &events { (event(e, &f, admin.csrf())) }
+        @for e in &events { (event(e, &f, admin.csrf(), s.replayable(&e.event.source))) }
         nav.pager {
             @if f.before().is_some() { a href={ "/admin/events?" (f.query(None)) } { "← Newest" } }
             @if let Some(b) = older { a href={ "/admin/events?" (f.query(Some(b))) } { "Older →" } }
@@ -363,7 +363,7 @@ pub(super) fn job_url(request_id: &str, id: &str) -> String {
     format!("/admin/jobs?{q}#job-{id}")
 }
 
-fn event(e: &EventView, f: &Filter, csrf: &str) -> Markup {
+fn event(e: &EventView, f: &Filter, csrf: &str, replayable: bool) -> Markup {
     let ev = &e.event;
     let whole = e.stored_len <= e.preview.len() as i64;
     let headers = serde_json::from_str::<serde_json::Value>(&ev.headers)
@@ -372,7 +372,7 @@ fn event(e: &EventView, f: &Filter, csrf: &str) -> Markup {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         })
         .unwrap_or_default();
-    let replayable = !matches!(e.stored_status.as_str(), "duplicate" | "rejected");
+    let replayable = replayable && !matches!(e.stored_status.as_str(), "duplicate" | "rejected");
     html! {
         details.event id={ "event-" (ev.id) } data-request=(ev.request_id) {
             summary {
@@ -498,6 +498,18 @@ pub(super) async fn replay_event(
             html! { p { a href="/admin/events" { "Back to events" } } },
         );
     };
+    let record_only = match s.core.inbox.get(id).await {
+        Ok(e) => e.is_some_and(|e| !s.replayable(&e.source)),
+        Err(e) => return layout::internal(e),
+    };
+    if record_only {
+        return layout::error_page(
+            axum::http::StatusCode::BAD_REQUEST,
+            "Not replayable",
+            "This event records a call that was answered at once; there is nothing to do again.",
+            html! { p { a href="/admin/events" { "Back to events" } } },
+        );
+    }
     let queued = match s.core.inbox.replay(&[id]).await {
         Ok(n) => n,
         Err(e) => return layout::internal(e),

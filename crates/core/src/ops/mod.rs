@@ -77,6 +77,8 @@ pub struct BridgeInfo {
     pub sources: &'static [&'static str],
     /// The prefix of its job kinds (`bitrix-connector.`): its failing jobs make it degraded.
     pub job_prefix: Option<&'static str>,
+    /// Its events are a record of calls already answered, not work: nothing replays them.
+    pub record_only: bool,
 }
 
 impl BridgeInfo {
@@ -102,6 +104,7 @@ impl BridgeInfo {
             checks: None,
             sources: &[],
             job_prefix: None,
+            record_only: false,
         }
     }
 
@@ -114,6 +117,14 @@ impl BridgeInfo {
     ) -> Self {
         self.sources = sources;
         self.job_prefix = job_prefix;
+        self
+    }
+
+    /// This bridge's events record calls it answered at once (`sources`): shown in the audit
+    /// log, never replayed.
+    pub fn with_records(mut self, sources: &'static [&'static str]) -> Self {
+        self.sources = sources;
+        self.record_only = true;
         self
     }
 
@@ -209,6 +220,16 @@ impl ProbeCache {
 struct OpsState {
     core: Core,
     bridges: Arc<Vec<BridgeInfo>>,
+}
+
+impl OpsState {
+    /// Whether events of `source` are work that a replay does again.
+    fn replayable(&self, source: &str) -> bool {
+        !self
+            .bridges
+            .iter()
+            .any(|b| b.record_only && b.sources.contains(&source))
+    }
 }
 
 /// Every ops route. The binary merges this with the bridges' routers.

@@ -64,7 +64,14 @@ const DEMO_SOURCE: &str = "demo";
 async fn app(env: &[(&str, &str)]) -> App {
     let db = TestDb::new().await;
     let core = db.core(config_with(bridge_settings::catalogue(), env));
-    let router = switchboard_core::ops::router(&core, vec![test_bridge(&core)]);
+    let records = BridgeInfo::new("calls", "Call bridge", &["POST /call"], || async {
+        Readiness {
+            configured: true,
+            missing: vec![],
+        }
+    })
+    .with_records(&["calls"]);
+    let router = switchboard_core::ops::router(&core, vec![test_bridge(&core), records]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -1002,4 +1009,33 @@ async fn events_are_found_by_phone_wamid_request_id_source_and_time() {
     assert!(!card.contains("never"), "{card}");
     let (_, html) = app.get("/admin/events?to=yesterday", &cookie).await;
     assert!(html.contains("is not a time"));
+}
+
+/// A bridge's record of a call it answered at once is shown but never replayed: no button,
+/// and a forged form is refused, the row left as it was.
+#[tokio::test]
+async fn records_of_answered_calls_are_not_replayed() {
+    let app = configured_app().await;
+    let cookie = app.sign_in().await;
+    let mut call = Incoming::new("req-call", "calls", "/call", b"{}", &HeaderMap::new());
+    call.status = switchboard_core::Status::Failed;
+    call.error = Some("the far side answered 502".into());
+    let id = app.core.inbox.record(call).await.unwrap().id();
+    let (_, html) = app.get("/admin/events?source=calls", &cookie).await;
+    assert!(html.contains(&format!("id=\"event-{id}\"")));
+    assert!(html.contains("the far side answered 502"));
+    assert!(!html.contains("/admin/events/replay"));
+    let csrf = app.csrf(&cookie).await;
+    let (status, _, _) = app
+        .post(
+            "/admin/events/replay",
+            &cookie,
+            &[("csrf", &csrf), ("id", &id.to_string())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.core.inbox.get(id).await.unwrap().unwrap().status,
+        "failed"
+    );
 }
