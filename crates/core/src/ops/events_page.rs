@@ -160,8 +160,14 @@ pub(super) fn effective_status(stored: &str, jobs: &[JobRow]) -> (String, Option
     (stored.to_string(), None)
 }
 
+/// A page of events with, when the page was full, the id the next page starts before.
+pub(super) struct Page {
+    pub events: Vec<EventView>,
+    pub older: Option<i64>,
+}
+
 /// The page of events `f` selects, each with its jobs and the status they earn it.
-pub(super) async fn load(s: &OpsState, f: &Filter) -> Result<Vec<EventView>, String> {
+pub(super) async fn load(s: &OpsState, f: &Filter) -> Result<Page, String> {
     let wanted = f.status();
     // Failed and processed depend on the jobs too: the dead letters' requests go into the
     // query so the page is filled with matching rows.
@@ -193,6 +199,11 @@ pub(super) async fn load(s: &OpsState, f: &Filter) -> Result<Vec<EventView>, Str
         .list_previews(&query, PAGE_SIZE)
         .await
         .map_err(|e| e.to_string())?;
+    // Paged by the rows read, not the rows kept: a page thinned by the jobs' statuses still
+    // leads on to older rows.
+    let older = (rows.len() as i64 == PAGE_SIZE)
+        .then(|| rows.last().map(|r| r.event.id))
+        .flatten();
     let request_ids: Vec<String> = rows.iter().map(|r| r.event.request_id.clone()).collect();
     let mut jobs = s
         .core
@@ -231,7 +242,7 @@ pub(super) async fn load(s: &OpsState, f: &Filter) -> Result<Vec<EventView>, Str
             preview,
         });
     }
-    Ok(out)
+    Ok(Page { events: out, older })
 }
 
 pub(super) async fn show_events(
@@ -239,8 +250,8 @@ pub(super) async fn show_events(
     admin: AdminSession,
     Query(f): Query<Filter>,
 ) -> Response {
-    let events = match load(&s, &f).await {
-        Ok(e) => e,
+    let Page { events, older } = match load(&s, &f).await {
+        Ok(p) => p,
         Err(e) => return layout::internal(e),
     };
     let traffic = s.traffic().await.unwrap_or_default();
@@ -249,9 +260,6 @@ pub(super) async fn show_events(
         .iter()
         .flat_map(|b| b.sources.iter().copied())
         .collect();
-    let older = (events.len() as i64 == PAGE_SIZE)
-        .then(|| events.last().map(|e| e.event.id))
-        .flatten();
     let body = html! {
         h1 { "Events" }
         @if let Some(id) = &f.replayed {
@@ -330,7 +338,7 @@ pub(super) async fn events_json(
         return refused;
     }
     match load(&s, &f).await {
-        Ok(events) => {
+        Ok(Page { events, older }) => {
             let events: Vec<serde_json::Value> = events
                 .iter()
                 .map(|e| {
@@ -349,7 +357,8 @@ pub(super) async fn events_json(
                     v
                 })
                 .collect();
-            Json(serde_json::json!({ "events": events })).into_response()
+            let next = older.map(|b| format!("/api/events?{}", f.query(Some(b))));
+            Json(serde_json::json!({ "events": events, "next": next })).into_response()
         }
         Err(e) => crate::http::internal_error(&e),
     }
