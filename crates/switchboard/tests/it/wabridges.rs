@@ -90,3 +90,68 @@ async fn events_posted_to_the_binary_end_up_in_the_state_api() {
     let contacts = api("/api/wabridges/bridges/front-desk/contacts").await;
     assert_eq!(contacts["contacts"][0]["name"], json!("Alice"));
 }
+
+/// A wabridges event whose forward to a subscriber fails is not `processed`: `processing` with
+/// the subscriber's error while the forward is retried, `failed` once it is a dead letter, and
+/// `processed` after the subscriber is back and the forward is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_forward_fails_is_not_processed_until_the_forward_is() {
+    use crate::support::{bind, wabridges_message, world::*};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let bound = bind();
+    let base = bound.base.clone();
+    let world = World::start(dir.path(), &url, &base).await;
+    let _server = bound.serve(&world.env, Workers::InProcess).await;
+    let http = reqwest::Client::new();
+    let status = || {
+        let req = http
+            .get(format!("{base}/api/events?source=wabridges"))
+            .bearer_auth(ADMIN_TOKEN);
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["events"][0].clone()
+        }
+    };
+
+    world.subscriber.set_down(true);
+    let acked = http
+        .post(format!("{base}/wabridges/hooks/b1?token={WABRIDGES_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(wabridges_message(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status(), 200);
+    eventually("the forward is being retried", 30, || async {
+        status().await["status"] == "processing"
+    })
+    .await;
+    let event = status().await;
+    assert_eq!(event["stored_status"], "processed");
+    assert!(
+        event["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("subscriber unavailable"),
+        "{event}"
+    );
+    eventually("the forward is a dead letter", 60, || async {
+        world.make_retries_due().await;
+        status().await["status"] == "failed"
+    })
+    .await;
+
+    world.subscriber.set_down(false);
+    let out = world.cli(dir.path(), &["jobs", "retry", "all"]).await;
+    assert!(out.status.success());
+    eventually("the forward is delivered", 30, || async {
+        world.subscriber.counts().0 == 1
+    })
+    .await;
+    eventually("the event is processed", 30, || async {
+        status().await["status"] == "processed"
+    })
+    .await;
+}
