@@ -1,7 +1,7 @@
 //! The operator pages at router level, over HTTP on a fresh database (SQLite, or PostgreSQL with
 //! `SWITCHBOARD_TEST_DATABASE=postgres`): the admin gate (503 / 401 / session cookie), CSRF
-//! refusals, the credentials form, the setup checklist, event replay with redaction, and
-//! dead-letter retry. The same flows in a real browser against the real binary are in
+//! refusals, the credentials form, the setup checklist, event replay with redaction,
+//! dead-letter retry, event statuses that follow their jobs, and the events search. The same flows in a real browser against the real binary are in
 //! `crates/switchboard/tests/pages.rs`.
 
 use crate::bridge_settings;
