@@ -304,22 +304,28 @@ impl OpsState {
                 })
                 .collect();
             let dead = mine.iter().filter(|j| j.is_dead()).count();
-            let error = |j: &&crate::jobs::JobRow| {
-                j.last_error
-                    .clone()
-                    .unwrap_or_else(|| "no error text".to_string())
+            // `/health` and `/` are public: the kinds of job only. A job's error can hold a host,
+            // a customer's number or worse; it is on `/admin/jobs`, behind the admin token.
+            let kinds = |dead_only: bool| {
+                let mut kinds: Vec<&str> = mine
+                    .iter()
+                    .filter(|j| !dead_only || j.is_dead())
+                    .map(|j| j.kind.as_str())
+                    .collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                kinds.join(", ")
             };
             let reason = if dead > 0 {
-                let last = mine.iter().find(|j| j.is_dead()).map(error);
                 Some(format!(
-                    "{dead} dead letter(s); last error: {}",
-                    last.unwrap_or_default()
+                    "{dead} dead letter(s) ({}); the errors are on /admin/jobs",
+                    kinds(true)
                 ))
-            } else if let Some(j) = mine.first() {
+            } else if !mine.is_empty() {
                 Some(format!(
-                    "{} job(s) failing and being retried; last error: {}",
+                    "{} job(s) failing and being retried ({}); the errors are on /admin/jobs",
                     mine.len(),
-                    error(j)
+                    kinds(false)
                 ))
             } else {
                 self.core
@@ -379,7 +385,7 @@ pub struct OutsideCalls(Arc<std::sync::Mutex<std::collections::HashMap<&'static 
 #[derive(Debug, Clone)]
 pub struct LastCall {
     pub ok: bool,
-    /// What failed, in words fit for a public page: no secrets, no payloads.
+    /// What failed, in words fit for a public page: no secrets, payloads, hosts or numbers.
     pub detail: String,
     pub at: Instant,
 }

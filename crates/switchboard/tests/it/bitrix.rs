@@ -186,7 +186,7 @@ async fn a_relay_dead_letter_fails_its_event_until_a_retry_succeeds() {
         health["bridges"]["bitrix"]["reason"]
             .as_str()
             .unwrap()
-            .contains("not installed")
+            .contains("bitrix-connector.relay-to-bitrix")
     );
 
     world.install(dir.path(), &base).await;
