@@ -124,24 +124,55 @@ async fn an_event_whose_forward_fails_is_not_processed_until_the_forward_is() {
         .await
         .unwrap();
     assert_eq!(acked.status(), 200);
+    // While the forward runs the event is `processing` too; once it has failed, with its error.
     eventually("the forward is being retried", 30, || async {
-        status().await["status"] == "processing"
+        let event = status().await;
+        event["status"] == "processing"
+            && event["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("subscriber unavailable"))
     })
     .await;
     let event = status().await;
     assert_eq!(event["stored_status"], "processed");
-    assert!(
-        event["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("subscriber unavailable"),
-        "{event}"
-    );
-    eventually("the forward is a dead letter", 60, || async {
+    let forward = event["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "wabridges-hooks.forward-event")
+        .expect("the event links its forward");
+    assert_eq!(forward["state"], "retrying", "{event}");
+    // One attempt after another, each made due once its failure is recorded (each time travel
+    // opens connections of its own: once per attempt, not on every poll).
+    let forward = || async {
+        let event = status().await;
+        let attempts = event["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "wabridges-hooks.forward-event")
+            .map(|j| (j["state"].clone(), j["attempts"].as_i64().unwrap()));
+        (event["status"].clone(), attempts)
+    };
+    let mut failed_attempts = 0;
+    while forward().await.0 != "failed" {
+        eventually("the next attempt has failed", 30, || async {
+            match forward().await {
+                (status, _) if status == "failed" => true,
+                (_, Some((state, attempts))) => state == "retrying" && attempts > failed_attempts,
+                _ => false,
+            }
+        })
+        .await;
+        if let (_, Some((_, attempts))) = forward().await {
+            failed_attempts = attempts;
+        }
+        assert!(
+            failed_attempts <= switchboard_core::jobs::MAX_ATTEMPTS as i64,
+            "more attempts than the schedule allows"
+        );
         world.make_retries_due().await;
-        status().await["status"] == "failed"
-    })
-    .await;
+    }
 
     world.subscriber.set_down(false);
     let out = world.cli(dir.path(), &["jobs", "retry", "all"]).await;
