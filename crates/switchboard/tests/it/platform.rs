@@ -440,7 +440,14 @@ async fn a_stored_secret_no_key_opens_stops_start_up_with_exit_2() {
         if let Some(key) = key {
             env.push(("SWITCHBOARD_MASTER_KEY", key));
         }
-        let out = run(dir.path(), &env, &[command]);
+        // A process that starts anyway runs until stopped: bounded, so that fails instead of
+        // hanging.
+        let mut cmd = tokio::process::Command::from(switchboard(dir.path(), &env));
+        cmd.arg(command).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("`{command}` started with a secret it can't decrypt"))
+            .unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{command} key={key:?}: {err}");
         let line = err
