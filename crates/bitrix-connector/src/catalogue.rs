@@ -1,7 +1,7 @@
 //! This bridge's entries in the settings catalogue (`[meta]` and `[bitrix]` in the config
 //! file); the binary joins them with core's and the other bridges' into the one catalogue.
 
-use switchboard_core::config::{Kind, Setting, Table};
+use switchboard_core::config::{Format, Kind, Setting, Table};
 
 pub const META_GROUP: &str = "Meta WhatsApp";
 pub const BITRIX_GROUP: &str = "Bitrix24";
@@ -17,10 +17,24 @@ pub const META_GRAPH_URL: &Setting = &Setting {
     help: "Graph API base URL.",
 };
 
+/// `v` and the version Meta publishes, as it appears in Graph API paths (`/v23.0/...`).
+const GRAPH_VERSION_FORM: Format = Format {
+    expected: "a Graph API version like v23.0",
+    check: |v| {
+        v.strip_prefix('v')
+            .and_then(|n| n.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                [major, minor]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+    },
+};
+
 pub const META_GRAPH_VERSION: &Setting = &Setting {
     key: "meta.graph_version",
     env: "SWITCHBOARD_META_GRAPH_VERSION",
-    kind: Kind::Text,
+    kind: Kind::Format(&GRAPH_VERSION_FORM),
     default: Some("v23.0"),
     storable: false,
     group: META_GROUP,
@@ -31,7 +45,7 @@ pub const META_GRAPH_VERSION: &Setting = &Setting {
 pub const META_APP_ID: &Setting = &Setting {
     key: "meta.app_id",
     env: "SWITCHBOARD_META_APP_ID",
-    kind: Kind::Text,
+    kind: Kind::Integer,
     default: None,
     storable: true,
     group: META_GROUP,
@@ -64,7 +78,7 @@ pub const META_ACCESS_TOKEN: &Setting = &Setting {
 pub const META_PHONE_NUMBER_ID: &Setting = &Setting {
     key: "meta.phone_number_id",
     env: "SWITCHBOARD_META_PHONE_NUMBER_ID",
-    kind: Kind::Text,
+    kind: Kind::Integer,
     default: None,
     storable: true,
     group: META_GROUP,
@@ -75,7 +89,7 @@ pub const META_PHONE_NUMBER_ID: &Setting = &Setting {
 pub const META_WABA_ID: &Setting = &Setting {
     key: "meta.waba_id",
     env: "SWITCHBOARD_META_WABA_ID",
-    kind: Kind::Text,
+    kind: Kind::Integer,
     default: None,
     storable: true,
     group: META_GROUP,
@@ -141,7 +155,7 @@ pub const BITRIX_CONNECTOR_ID: &Setting = &Setting {
 pub const BITRIX_LINE_ID: &Setting = &Setting {
     key: "bitrix.line_id",
     env: "SWITCHBOARD_BITRIX_LINE_ID",
-    kind: Kind::Text,
+    kind: Kind::Integer,
     default: None,
     storable: true,
     group: BITRIX_GROUP,

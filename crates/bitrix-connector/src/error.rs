@@ -56,7 +56,7 @@ pub mod fix {
     pub const INVALID_TOKEN: &str = "Stored OAuth grant isn't valid for the app/portal (never installed, reinstalled, or placeholder). Re-install the local app in Bitrix24, then retry (`switchboard jobs retry all`).";
     pub const INVALID_GRANT: &str = "The refresh token is fake, revoked or from another app. Re-install the local app to mint a fresh grant, and confirm bitrix.client_id / bitrix.client_secret match the current app.";
     pub const NOT_ACTIVE_LINE: &str = "Connector registered but not connected to the line. Run `switchboard bitrix activate-connector`.";
-    pub const NOT_INSTALLED: &str = "No Bitrix24 OAuth grant is stored: install the local application from inside Bitrix24 (install path {public_url}/bitrix/install).";
+    pub const NOT_INSTALLED: &str = "No Bitrix24 OAuth grant is stored: install the local application from inside Bitrix24 (/setup shows its install path).";
     pub const NO_PROVIDER: &str = "The connector is not registered on the portal (or bitrix.connector_id differs). Run `switchboard bitrix register-connector`, then `switchboard bitrix activate-connector`.";
     pub const SCOPE: &str = "The local application lacks a scope: give it crm, imconnector, imopenlines and im, then re-install it.";
     pub const WRONG_AUTH_TYPE: &str = "imconnector.* needs the local application's OAuth token, not an inbound webhook: install the local app and let the bridge use its grant.";

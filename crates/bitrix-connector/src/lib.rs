@@ -114,6 +114,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
         let relay = counting.clone();
         async move { channels::traffic(&relay).await }
     })
+    .with_work(
+        &[relay::META_SOURCE, relay::BITRIX_SOURCE],
+        Some("bitrix-connector."),
+    )
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

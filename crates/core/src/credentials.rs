@@ -32,15 +32,17 @@ pub enum CredentialError {
     )]
     NoMasterKey,
     #[error(
-        "stored secret `{name}` was encrypted with key id {key_id}, which is neither SWITCHBOARD_MASTER_KEY nor any of SWITCHBOARD_OLD_MASTER_KEYS: restore the original key (or add it to SWITCHBOARD_OLD_MASTER_KEYS)"
+        "stored secret `{name}` was encrypted with key id {key_id}, which is neither SWITCHBOARD_MASTER_KEY nor any of SWITCHBOARD_OLD_MASTER_KEYS: restore the original key (or add it to SWITCHBOARD_OLD_MASTER_KEYS), or clear the value with `switchboard credentials set {name} \"\"` and store it again"
     )]
     UnknownKey { name: String, key_id: String },
     #[error(
-        "stored secret `{name}` does not decrypt with key id {key_id}: the value was altered or the key is wrong"
+        "stored secret `{name}` does not decrypt with key id {key_id}: the value was altered or the key is wrong; restore the original SWITCHBOARD_MASTER_KEY (or add it to SWITCHBOARD_OLD_MASTER_KEYS), or clear the value with `switchboard credentials set {name} \"\"` and store it again"
     )]
     Corrupt { name: String, key_id: String },
-    #[error("`{0}` is not a setting the credential store holds")]
-    NotStorable(String),
+    #[error("`{key}` is not a setting the credential store holds; these are: {storable}")]
+    NotStorable { key: String, storable: String },
+    #[error("`{key}`: {problem}")]
+    Invalid { key: String, problem: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -84,6 +86,17 @@ impl Key {
 pub struct Keyring {
     current: Option<Key>,
     retired: Vec<Key>,
+}
+
+impl CredentialError {
+    /// A stored value this process can't read with its keys: a configuration fault the
+    /// operator must fix before the process can do its work.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            CredentialError::UnknownKey { .. } | CredentialError::Corrupt { .. }
+        )
+    }
 }
 
 impl Keyring {
@@ -225,15 +238,48 @@ impl SettingsResolver {
             .config
             .catalogue()
             .find(key)
-            .ok_or_else(|| CredentialError::NotStorable(key.to_string()))?;
+            .filter(|s| s.storable)
+            .ok_or_else(|| self.not_storable(key))?;
         self.set(setting, value).await
+    }
+
+    fn not_storable(&self, key: &str) -> CredentialError {
+        let storable: Vec<&str> = self
+            .config
+            .catalogue()
+            .iter()
+            .filter(|s| s.storable)
+            .map(|s| s.key)
+            .collect();
+        CredentialError::NotStorable {
+            key: key.to_string(),
+            storable: storable.join(", "),
+        }
+    }
+
+    /// Opens every stored value once, so a value sealed under a key this process lacks stops
+    /// start-up instead of failing each request that needs it.
+    pub async fn check_readable(&self) -> Result<(), CredentialError> {
+        let rows: Vec<(String, String)> = on_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT name, value FROM credentials ORDER BY name"
+        )
+        .fetch_all(p)
+        .await)?;
+        for (name, sealed) in rows {
+            self.keyring.open(&name, &sealed)?;
+        }
+        Ok(())
     }
 
     /// Stores `value` encrypted; an empty value removes the stored one (falls back to env/file).
     pub async fn set(&self, setting: &Setting, value: &str) -> Result<(), CredentialError> {
         if !setting.storable {
-            return Err(CredentialError::NotStorable(setting.key.to_string()));
+            return Err(self.not_storable(setting.key));
         }
+        crate::config::check_kind(setting, value).map_err(|problem| CredentialError::Invalid {
+            key: setting.key.to_string(),
+            problem,
+        })?;
         if value.is_empty() {
             on_pool!(&self.db, |p| sqlx::query(
                 "DELETE FROM credentials WHERE name = $1"

@@ -59,6 +59,8 @@ pub struct CoreParts {
     pub settings: SettingsResolver,
     /// One HTTP client for all outbound calls (connection reuse across bridges).
     pub http: reqwest::Client,
+    /// Each bridge's last outside call from this process, for `/health`.
+    pub calls: ops::OutsideCalls,
     pub started_at: std::time::Instant,
 }
 
@@ -96,6 +98,7 @@ impl Core {
             jobs,
             settings: SettingsResolver::new(db.clone(), config.clone()),
             http: http_client(),
+            calls: ops::OutsideCalls::default(),
             config,
             db,
             started_at: std::time::Instant::now(),

@@ -56,17 +56,21 @@ pub fn router(core: &Core) -> Router {
     // Checked when the configuration loaded.
     let trusted_proxies = TrustedProxies::parse(&config.list(TRUSTED_PROXIES)).unwrap_or_default();
     routes::router(routes::BridgeState {
+        core: core.clone(),
         proxy,
         trusted_proxies: Arc::new(trusted_proxies),
     })
 }
+
+/// The bridge's name on `/health` and its source in the audit log.
+pub const NAME: &str = "pbx";
 
 pub fn info(core: &Core) -> BridgeInfo {
     let probe_core = core.clone();
     let probes = ProbeCache::new(Duration::from_secs(30));
     let core = core.clone();
     BridgeInfo::new(
-        "pbx",
+        NAME,
         "PBX bridge (MSG91 → AstraPBX)",
         &["POST /whatsapp-bridge"],
         move || {
@@ -93,6 +97,7 @@ pub fn info(core: &Core) -> BridgeInfo {
             vec![probes.get_or_probe(base.as_bytes(), probe).await]
         }
     })
+    .with_records(&[NAME])
 }
 
 /// Any HTTP answer from the PBX base URL counts as reachable: the probe has no org

@@ -92,7 +92,6 @@ pub fn router(w: &Wiring) -> Router {
                 .on_request(())
                 .on_response(|resp: &Response<_>, latency: Duration, _span: &Span| {
                     let status = resp.status().as_u16();
-                    metrics::counter!("switchboard_http_requests_total", "status" => status_label(status)).increment(1);
                     metrics::histogram!("switchboard_http_request_duration_seconds").record(latency.as_secs_f64());
                     // Successful calls are logged at debug only: every webhook call already has
                     // its audit row (status, duration, request id), and a log line per ack cost
@@ -105,34 +104,53 @@ pub fn router(w: &Wiring) -> Router {
                 })
                 .on_failure(()),
         )
+        .layer(axum::middleware::from_fn(count_request))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }
 
-/// The status as a metric label, without formatting one per request for the common ones.
-fn status_label(status: u16) -> metrics::SharedString {
-    match status {
-        200 => "200".into(),
-        201 => "201".into(),
-        204 => "204".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        404 => "404".into(),
-        503 => "503".into(),
-        other => other.to_string().into(),
-    }
+/// Counts each request under its route template (`/wabridges/hooks/{bridge}`, never the path
+/// itself, which callers choose) and its status class.
+async fn count_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route: metrics::SharedString = match req.extensions().get::<MatchedPath>() {
+        Some(p) => p.as_str().to_string().into(),
+        None => "unmatched".into(),
+    };
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("switchboard_http_requests_total", "route" => route, "status" => class)
+        .increment(1);
+    resp
 }
 
 /// Every bridge's jobs and inbox processors, plus core's own.
 pub fn job_registry(w: &Wiring) -> JobRegistry {
-    let core = &w.core;
+    let (mut registry, processors) = registered(w);
+    processors.install(w.core.inbox.clone(), &mut registry);
+    registry
+}
+
+/// The inbox sources some bridge processes (`meta`, `bitrix`, `wabridges`…), sorted.
+pub fn event_sources(w: &Wiring) -> Vec<String> {
+    registered(w).1.sources()
+}
+
+fn registered(w: &Wiring) -> (JobRegistry, Processors) {
     let mut registry = JobRegistry::default();
     let mut processors = Processors::default();
-    pbx_bridge::register(core, &mut registry, &mut processors);
-    wabridges_hooks::register(core, &mut registry, &mut processors);
+    pbx_bridge::register(&w.core, &mut registry, &mut processors);
+    wabridges_hooks::register(&w.core, &mut registry, &mut processors);
     bitrix_connector::register(&w.bitrix, &mut registry, &mut processors);
-    processors.install(core.inbox.clone(), &mut registry);
-    registry
+    (registry, processors)
 }
 
 /// How long the daily prune keeps finished audit rows (`events prune --older-than 30d` by hand).

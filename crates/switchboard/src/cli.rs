@@ -5,7 +5,9 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchboard_core::{Config, Core, config::Source, inbox, telemetry};
+use switchboard_core::{
+    Config, Core, config::Source, credentials::CredentialError, inbox, telemetry,
+};
 
 #[derive(Parser)]
 #[command(
@@ -175,11 +177,38 @@ pub async fn run(cli: Cli) -> ExitCode {
     telemetry::init(config.log_format());
     match dispatch(cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_usage_error(&e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the operator must change before trying again (a setting, a key, an argument), as
+/// opposed to a failure that may pass by itself: exit code 2, like a configuration error.
+fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<CredentialError>().is_some_and(|c| {
+            c.is_unreadable()
+                || matches!(
+                    c,
+                    CredentialError::NotStorable { .. } | CredentialError::Invalid { .. }
+                )
+        }) || c.is::<UsageError>()
+    })
+}
+
+/// A command-line argument that names nothing there is, or is not in the form asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
 }
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
@@ -342,7 +371,11 @@ async fn credentials(config: Config, command: CredentialsCommand) -> anyhow::Res
                         .context("reading standard input")?;
                     v.trim_end_matches(['\n', '\r']).to_string()
                 }
-                _ => anyhow::bail!("give the value as an argument or with --stdin (not both)"),
+                _ => {
+                    return Err(usage(
+                        "give the value as an argument or with --stdin (not both)",
+                    ));
+                }
             };
             core.settings.set_by_key(&key, &value).await?;
             println!(
@@ -375,10 +408,28 @@ async fn events(config: Config, command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::Replay(args) => {
             let ids = match args.id {
-                Some(id) => vec![id],
+                Some(id) => {
+                    if core.inbox.get(id).await?.is_none() {
+                        return Err(usage(format!(
+                            "there is no stored event {id} (it may have been pruned)"
+                        )));
+                    }
+                    vec![id]
+                }
                 None => {
                     if args.source.is_none() && args.since.is_none() {
-                        anyhow::bail!("say what to replay: --id ID, or --source and/or --since");
+                        return Err(usage(
+                            "say what to replay: --id ID, or --source and/or --since",
+                        ));
+                    }
+                    if let Some(source) = &args.source {
+                        let known = switchboard::event_sources(&switchboard::Wiring::new(&core));
+                        if !known.iter().any(|k| k == source) {
+                            return Err(usage(format!(
+                                "`{source}` is not an event source; the sources are: {}",
+                                known.join(", ")
+                            )));
+                        }
                     }
                     let since = args.since.as_deref().map(parse_since).transpose()?;
                     core.inbox
@@ -409,15 +460,26 @@ async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()
                 "queue: {} pending, {} running, {} dead",
                 stats.pending, stats.running, stats.dead
             );
+            let time = |ms: Option<i64>| {
+                ms.and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".to_string())
+            };
+            println!(
+                "{:<26}  {:<40} {:<11} {:<8} {:<19}  {:<19}  {:<19}  last error",
+                "id", "kind", "state", "attempts", "created", "last attempt", "next attempt"
+            );
             for j in core.jobs.list(dead, limit).await? {
                 println!(
-                    "{}  {:<36} {:<8} {}/{}  {}",
+                    "{:<26}  {:<40} {:<11} {:<8} {:<19}  {:<19}  {:<19}  {}",
                     j.id,
                     j.kind,
-                    j.status,
-                    j.attempts,
-                    j.max_attempts,
-                    j.last_error.unwrap_or_default()
+                    j.state,
+                    format!("{}/{}", j.attempts, j.max_attempts),
+                    time(j.created_at),
+                    time(j.last_attempt_at),
+                    time(j.next_attempt_at),
+                    j.last_error.as_deref().unwrap_or("")
                 );
             }
             Ok(())
@@ -425,6 +487,13 @@ async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()
         JobsCommand::Retry { target } => {
             let id = (target != "all").then_some(target.as_str());
             let n = core.jobs.retry(id).await?;
+            if n == 0
+                && let Some(id) = id
+            {
+                return Err(usage(format!(
+                    "there is no dead letter `{id}`: give the id of a dead letter (`switchboard jobs list --dead`) or `all`"
+                )));
+            }
             println!("{n} dead letter(s) put back on the queue");
             Ok(())
         }
@@ -433,24 +502,33 @@ async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()
 
 /// `30d`, `12h`, `90m`, `45s` → milliseconds.
 fn parse_age(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("`{s}` is not an age like 30d"))?;
+    let t = s.trim();
+    let bad = || {
+        usage(format!(
+            "`{s}` is not an age: write a whole number and a unit, d, h, m or s (30d, 12h, 90m)"
+        ))
+    };
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = num.parse().map_err(|_| bad())?;
     let unit_ms = match unit {
         "d" => 86_400_000,
         "h" => 3_600_000,
         "m" => 60_000,
         "s" => 1000,
-        _ => anyhow::bail!("`{s}`: use d, h, m or s (e.g. 30d)"),
+        _ => return Err(bad()),
     };
-    Ok(n * unit_ms)
+    n.checked_mul(unit_ms).ok_or_else(bad)
 }
 
 fn parse_since(s: &str) -> anyhow::Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
     }
-    Ok(switchboard_core::db::now_ms() - parse_age(s)?)
+    parse_age(s)
+        .map(|age| switchboard_core::db::now_ms() - age)
+        .map_err(|_| {
+            usage(format!(
+                "`{s}` is neither a time like 2026-11-25T10:00:00Z nor an age like 2h or 7d"
+            ))
+        })
 }

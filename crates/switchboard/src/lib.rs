@@ -9,5 +9,5 @@ mod app;
 mod lifecycle;
 mod server;
 
-pub use app::{Wiring, bridges, catalogue, job_registry, router, scheduled};
+pub use app::{Wiring, bridges, catalogue, event_sources, job_registry, router, scheduled};
 pub use lifecycle::{Workers, run, work};

@@ -120,8 +120,12 @@ pub async fn work(
     Ok(())
 }
 
+/// The core, once every stored secret is known to decrypt: a process that could not read them
+/// would acknowledge webhooks it then fails to relay, or answer them 500 and lose them.
 async fn start(config: Config) -> anyhow::Result<Core> {
-    Core::start(config).await.context("starting the core")
+    let core = Core::start(config).await.context("starting the core")?;
+    core.settings.check_readable().await?;
+    Ok(core)
 }
 
 /// How long a stop waits for in-flight jobs. A job still running then is abandoned, not lost:

@@ -303,6 +303,12 @@ mod tests {
             max_attempts: 5,
             last_error: Some(err.into()),
             request_id: "r".into(),
+            state: "dead letter",
+            event_id: None,
+            source: None,
+            created_at: None,
+            last_attempt_at: None,
+            next_attempt_at: None,
         };
         assert!(is_redeliverable(&row(
             ForwardEvent::KIND,

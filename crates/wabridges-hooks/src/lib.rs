@@ -61,6 +61,7 @@ pub fn info(core: &Core) -> BridgeInfo {
             }
         },
     )
+    .with_work(&[SOURCE], Some("wabridges-hooks."))
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

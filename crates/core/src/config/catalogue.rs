@@ -20,7 +20,26 @@ pub enum Kind {
     Integer,
     /// Comma-separated list (a TOML array in the file).
     List,
+    /// Text of a form the crate that owns the setting defines (a version like `v23.0`).
+    Format(&'static Format),
 }
+
+/// A text form a bridge's setting must have, checked wherever the value is set: the config
+/// file, the environment, the credential store and the admin form.
+#[derive(Debug)]
+pub struct Format {
+    /// What a right value looks like, completing "is not …": "a Graph API version like v23.0".
+    pub expected: &'static str,
+    pub check: fn(&str) -> bool,
+}
+
+impl PartialEq for Format {
+    fn eq(&self, other: &Self) -> bool {
+        self.expected == other.expected
+    }
+}
+
+impl Eq for Format {}
 
 /// One entry of the catalogue. Code names a setting by the constant that holds its entry
 /// (`&'static Setting`), so a misspelt key fails to compile and its default lives here only.

@@ -13,7 +13,7 @@ use std::{any::Any, collections::BTreeMap, net::SocketAddr, path::PathBuf, sync:
 use serde::de::DeserializeOwned;
 
 use crate::secret::Secret;
-pub use catalogue::{Catalogue, Kind, Setting, Table};
+pub use catalogue::{Catalogue, Format, Kind, Setting, Table};
 use catalogue::{DATABASE_URL, JOBS_CONCURRENCY, LISTEN, LOG_FORMAT, PUBLIC_URL, TRUSTED_PROXIES};
 
 /// Where the value in force came from, shown on the admin form and by `credentials list`.
@@ -452,6 +452,7 @@ pub fn check_kind(s: &Setting, raw: &str) -> Result<(), String> {
         Kind::Integer if raw.trim().parse::<u64>().map(|n| n == 0).unwrap_or(true) => {
             Err(format!("`{raw}` is not a positive whole number"))
         }
+        Kind::Format(f) if !(f.check)(raw.trim()) => Err(format!("`{raw}` is not {}", f.expected)),
         _ => Ok(()),
     }
 }

@@ -203,6 +203,43 @@ pub struct StoredEvent {
     pub body_sha256: Option<String>,
 }
 
+/// What the event list selects; every part is optional.
+#[derive(Debug, Default, Clone)]
+pub struct EventQuery<'a> {
+    /// Compared without regard to case.
+    pub source: Option<&'a str>,
+    pub status: Option<Status>,
+    /// Request ids whose work failed for good (their jobs' dead letters): their events count
+    /// as `failed` whatever their own row says.
+    pub failed_requests: &'a [String],
+    /// Received at or after, Unix milliseconds.
+    pub since_ms: Option<i64>,
+    /// Received before, Unix milliseconds.
+    pub until_ms: Option<i64>,
+    /// A request id or dedupe key, or text anywhere in the stored body (a phone number, a
+    /// wamid, a Bitrix id).
+    pub text: Option<&'a str>,
+    /// Rows older than this id (paging).
+    pub before: Option<i64>,
+}
+
+/// A value bound into [`Inbox::list_previews`]'s statement.
+enum Bind {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+    List(Vec<String>),
+}
+
+/// One source's recent traffic.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Traffic {
+    pub source: String,
+    pub last_hour: i64,
+    pub last_day: i64,
+    pub last_received_at: Option<i64>,
+}
+
 /// A row as the event list shows it: `event.body` holds only the first bytes of the stored body.
 #[derive(Debug, Clone)]
 pub struct EventPreview {
@@ -372,25 +409,25 @@ impl Inbox {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, InboxError> {
-        let rows = self
-            .select_page("body", source, status, before, limit)
-            .await?;
+        let query = EventQuery {
+            source,
+            status: status.and_then(Status::parse),
+            before,
+            ..EventQuery::default()
+        };
+        let rows = self.select_page("body", &query, limit).await?;
         Ok(rows.into_iter().map(|(event, _)| event).collect())
     }
 
-    /// [`Inbox::list`] with only the first [`PREVIEW_BYTES`] of each body, cut by the database:
-    /// a page of large bodies costs the page's size, not the bodies'.
+    /// The rows `query` selects, newest first, with only the first [`PREVIEW_BYTES`] of each
+    /// body, cut by the database: a page of large bodies costs the page's size, not the bodies'.
     pub async fn list_previews(
         &self,
-        source: Option<&str>,
-        status: Option<&str>,
-        before: Option<i64>,
+        query: &EventQuery<'_>,
         limit: i64,
     ) -> Result<Vec<EventPreview>, InboxError> {
         let body = format!("substr(body, 1, {PREVIEW_BYTES}) AS body");
-        let rows = self
-            .select_page(&body, source, status, before, limit)
-            .await?;
+        let rows = self.select_page(&body, query, limit).await?;
         Ok(rows
             .into_iter()
             .map(|(event, stored_len)| EventPreview { event, stored_len })
@@ -402,29 +439,154 @@ impl Inbox {
     async fn select_page(
         &self,
         body_column: &str,
-        source: Option<&str>,
-        status: Option<&str>,
-        before: Option<i64>,
+        query: &EventQuery<'_>,
         limit: i64,
     ) -> Result<Vec<(StoredEvent, i64)>, InboxError> {
+        let postgres = matches!(self.db, Db::Postgres(_));
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        let param = |b: Bind, binds: &mut Vec<Bind>| {
+            binds.push(b);
+            format!("${}", binds.len())
+        };
+        let in_list = |p: &str| {
+            if postgres {
+                format!("request_id = ANY({p})")
+            } else {
+                format!("request_id IN (SELECT value FROM json_each({p}))")
+            }
+        };
+        if let Some(source) = query.source.map(str::trim).filter(|s| !s.is_empty()) {
+            let p = param(Bind::Text(source.to_lowercase()), &mut binds);
+            conditions.push(format!("lower(source) = {p}"));
+        }
+        match query.status {
+            // Failed: processing failed, or a job it caused is a dead letter.
+            Some(Status::Failed) if !query.failed_requests.is_empty() => {
+                let p = param(Bind::List(query.failed_requests.to_vec()), &mut binds);
+                conditions.push(format!("(status = 'failed' OR {})", in_list(&p)));
+            }
+            Some(Status::Processed) if !query.failed_requests.is_empty() => {
+                let p = param(Bind::List(query.failed_requests.to_vec()), &mut binds);
+                conditions.push(format!("status = 'processed' AND NOT {}", in_list(&p)));
+            }
+            Some(status) => {
+                let p = param(Bind::Text(status.as_str().to_string()), &mut binds);
+                conditions.push(format!("status = {p}"));
+            }
+            None => {}
+        }
+        if let Some(since) = query.since_ms {
+            let p = param(Bind::Int(since), &mut binds);
+            conditions.push(format!("received_at >= {p}"));
+        }
+        if let Some(until) = query.until_ms {
+            let p = param(Bind::Int(until), &mut binds);
+            conditions.push(format!("received_at < {p}"));
+        }
+        if let Some(text) = query.text.map(str::trim).filter(|s| !s.is_empty()) {
+            // A request id or dedupe key whole, or a phone number, wamid or Bitrix id
+            // anywhere in the stored body.
+            let exact = param(Bind::Text(text.to_string()), &mut binds);
+            let bytes = param(Bind::Bytes(text.as_bytes().to_vec()), &mut binds);
+            let contains = if postgres {
+                format!("position({bytes} IN body) > 0")
+            } else {
+                format!("instr(body, {bytes}) > 0")
+            };
+            conditions.push(format!(
+                "(request_id = {exact} OR dedupe_key = {exact} OR dedupe_ref = {exact} OR {contains})"
+            ));
+        }
+        if let Some(before) = query.before {
+            let p = param(Bind::Int(before), &mut binds);
+            conditions.push(format!("id < {p}"));
+        }
+        let limit = param(Bind::Int(limit.clamp(1, 500)), &mut binds);
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
         let sql = format!(
             "SELECT {EVENT_COLUMNS}, {body_column}, CAST(length(body) AS BIGINT) AS stored_len
-             FROM inbox_events
-             WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4"
+             FROM inbox_events {filter} ORDER BY id DESC LIMIT {limit}"
         );
-        Ok(on_pool!(&self.db, |p| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(source)
-                .bind(status)
-                .bind(before)
-                .bind(limit.clamp(1, 500))
-                .fetch_all(p)
-                .await?;
-            rows.iter()
-                .map(|r| Ok((event_from_row(r)?, sqlx::Row::try_get(r, "stored_len")?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-        }))
+        let sql = sqlx::AssertSqlSafe(sql);
+        let rows = match &self.db {
+            Db::Sqlite(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = match b {
+                        Bind::Int(v) => q.bind(v),
+                        Bind::Text(v) => q.bind(v),
+                        Bind::Bytes(v) => q.bind(v),
+                        Bind::List(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
+                    };
+                }
+                let rows = q.fetch_all(p).await?;
+                rows.iter()
+                    .map(|r| Ok((event_from_row(r)?, sqlx::Row::try_get(r, "stored_len")?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Db::Postgres(p) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = match b {
+                        Bind::Int(v) => q.bind(v),
+                        Bind::Text(v) => q.bind(v),
+                        Bind::Bytes(v) => q.bind(v),
+                        Bind::List(v) => q.bind(v),
+                    };
+                }
+                let rows = q.fetch_all(p).await?;
+                rows.iter()
+                    .map(|r| Ok((event_from_row(r)?, sqlx::Row::try_get(r, "stored_len")?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Per source: events received since `day_ms` and since `hour_ms`, and when the last one
+    /// arrived (at any time).
+    pub async fn traffic(
+        &self,
+        sources: &[&str],
+        hour_ms: i64,
+        day_ms: i64,
+    ) -> Result<Vec<Traffic>, InboxError> {
+        let mut out = Vec::with_capacity(sources.len());
+        for source in sources {
+            let (day, hour): (i64, i64) = on_pool!(&self.db, |p| {
+                sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN received_at >= $2 THEN 1 ELSE 0 END), 0)
+                 FROM inbox_events WHERE source = $1 AND received_at >= $3"
+            )
+            .bind(*source)
+            .bind(hour_ms)
+            .bind(day_ms)
+            .fetch_one(p)
+            .await
+            })?;
+            // Ids grow with time: the newest row of a source is the first one met walking the
+            // primary key down, with no scan of the whole table for a busy source.
+            let last: Option<(i64,)> = on_pool!(&self.db, |p| {
+                sqlx::query_as(
+                "SELECT received_at FROM inbox_events WHERE source = $1 ORDER BY id DESC LIMIT 1"
+            )
+            .bind(*source)
+            .fetch_optional(p)
+            .await
+            })?;
+            out.push(Traffic {
+                source: source.to_string(),
+                last_hour: hour,
+                last_day: day,
+                last_received_at: last.map(|(t,)| t),
+            });
+        }
+        Ok(out)
     }
 
     pub async fn count_by_status(&self) -> Result<HashMap<String, i64>, InboxError> {

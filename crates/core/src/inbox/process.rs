@@ -57,6 +57,13 @@ impl Processors {
         );
     }
 
+    /// The sources with a processor, sorted.
+    pub fn sources(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.by_source.keys().cloned().collect();
+        s.sort_unstable();
+        s
+    }
+
     /// Registers `core.process-event` in `registry`, dispatching to these processors.
     pub fn install(self, inbox: Inbox, registry: &mut JobRegistry) {
         let processors = Arc::new(self);

@@ -155,9 +155,134 @@ impl EnqueueInTx for sqlx::Transaction<'_, sqlx::Postgres> {
     }
 }
 
-/// A row of apalis' jobs table as `jobs list` reads it: id, the job as JSON text, status,
-/// attempts, max attempts and the last result as stored.
-pub(super) type ListedJob = (String, String, String, i64, i64, Option<String>);
+/// A row of apalis' jobs table as the admin view reads it. Times are Unix seconds.
+pub(super) struct ListedJob {
+    pub id: String,
+    /// The job as JSON text.
+    pub job: String,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    /// The last result as stored (JSON text).
+    pub last_result: Option<String>,
+    pub run_at: Option<i64>,
+    pub lock_at: Option<i64>,
+    pub done_at: Option<i64>,
+}
+
+/// Which jobs [`list`] reads.
+pub(super) enum Select<'a> {
+    All,
+    /// Dead letters only.
+    Dead,
+    /// Dead letters and jobs whose last attempt failed.
+    Failing,
+    /// The jobs that carry one of these request ids (the inbox events that caused them).
+    Requests(&'a [String]),
+}
+
+const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
+
+/// This queue's jobs, newest first.
+pub(super) async fn list(
+    db: &Db,
+    select: Select<'_>,
+    limit: i64,
+) -> Result<Vec<ListedJob>, sqlx::Error> {
+    let (table, columns, request_id) = match db {
+        Db::Sqlite(_) => (
+            "Jobs",
+            "id, CAST(job AS TEXT) AS job, status, CAST(attempts AS BIGINT) AS attempts,
+             CAST(max_attempts AS BIGINT) AS max_attempts, CAST(last_result AS TEXT) AS last_result,
+             run_at, lock_at, done_at",
+            "json_extract(CAST(job AS TEXT), '$.request_id') IN (SELECT value FROM json_each($3))",
+        ),
+        Db::Postgres(_) => (
+            "apalis.jobs",
+            "id, convert_from(job, 'UTF8') AS job, status, CAST(attempts AS BIGINT) AS attempts,
+             CAST(max_attempts AS BIGINT) AS max_attempts, last_result::text AS last_result,
+             CAST(EXTRACT(EPOCH FROM run_at) AS BIGINT) AS run_at,
+             CAST(EXTRACT(EPOCH FROM lock_at) AS BIGINT) AS lock_at,
+             CAST(EXTRACT(EPOCH FROM done_at) AS BIGINT) AS done_at",
+            "(convert_from(job, 'UTF8')::jsonb ->> 'request_id') = ANY($3)",
+        ),
+    };
+    let filter = match select {
+        Select::All => String::new(),
+        Select::Dead => format!("AND {DEAD}"),
+        Select::Failing => "AND status IN ('Failed', 'Killed')".to_string(),
+        Select::Requests(_) => format!("AND {request_id}"),
+    };
+    let order = match db {
+        Db::Sqlite(_) => "ORDER BY rowid DESC",
+        Db::Postgres(_) => "ORDER BY run_at DESC, id DESC",
+    };
+    let sql =
+        format!("SELECT {columns} FROM {table} WHERE job_type = $1 {filter} {order} LIMIT $2");
+    let ids: Option<Vec<String>> = match select {
+        Select::Requests(ids) => Some(ids.to_vec()),
+        _ => None,
+    };
+    let sql = sqlx::AssertSqlSafe(sql);
+    // Bound apart: the id list is a JSON array for SQLite, a text[] for PostgreSQL.
+    match db {
+        Db::Sqlite(p) => {
+            let mut q = sqlx::query(sql).bind(QUEUE).bind(limit);
+            if let Some(ids) = &ids {
+                q = q.bind(serde_json::to_string(ids).unwrap_or_default());
+            }
+            q.fetch_all(p).await?.iter().map(listed_from_row).collect()
+        }
+        Db::Postgres(p) => {
+            let mut q = sqlx::query(sql).bind(QUEUE).bind(limit);
+            if let Some(ids) = ids {
+                q = q.bind(ids);
+            }
+            q.fetch_all(p).await?.iter().map(listed_from_row).collect()
+        }
+    }
+}
+
+fn listed_from_row<R>(r: &R) -> Result<ListedJob, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ListedJob {
+        id: r.try_get("id")?,
+        job: r.try_get("job")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        last_result: r.try_get("last_result")?,
+        run_at: r.try_get("run_at")?,
+        lock_at: r.try_get("lock_at")?,
+        done_at: r.try_get("done_at")?,
+    })
+}
+
+/// The request ids of dead letters: the inbox events whose work failed for good.
+pub(super) async fn dead_request_ids(db: &Db, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => format!(
+            "SELECT DISTINCT json_extract(CAST(job AS TEXT), '$.request_id') FROM Jobs
+             WHERE job_type = $1 AND {DEAD} LIMIT $2"
+        ),
+        Db::Postgres(_) => format!(
+            "SELECT DISTINCT convert_from(job, 'UTF8')::jsonb ->> 'request_id' FROM apalis.jobs
+             WHERE job_type = $1 AND {DEAD} LIMIT $2"
+        ),
+    };
+    let rows: Vec<(Option<String>,)> =
+        on_pool!(db, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(QUEUE)
+            .bind(limit)
+            .fetch_all(p)
+            .await)?;
+    Ok(rows.into_iter().filter_map(|(r,)| r).collect())
+}
 
 /// Counts of this queue's jobs: waiting or due for a retry, running, dead.
 pub(super) async fn count_by_state(db: &Db) -> Result<(i64, i64, i64), sqlx::Error> {
@@ -174,40 +299,6 @@ pub(super) async fn count_by_state(db: &Db) -> Result<(i64, i64, i64), sqlx::Err
             FROM apalis.jobs WHERE job_type = $1",
     };
     on_pool!(db, |p| sqlx::query_as(sql).bind(QUEUE).fetch_one(p).await)
-}
-
-/// This queue's jobs, newest first; `dead_only` keeps the dead letters.
-pub(super) async fn list(
-    db: &Db,
-    dead_only: bool,
-    limit: i64,
-) -> Result<Vec<ListedJob>, sqlx::Error> {
-    let (table, job_text, err_text) = match db {
-        Db::Sqlite(_) => ("Jobs", "CAST(job AS TEXT)", "CAST(last_result AS TEXT)"),
-        Db::Postgres(_) => (
-            "apalis.jobs",
-            "convert_from(job, 'UTF8')",
-            "last_result::text",
-        ),
-    };
-    let filter = if dead_only {
-        "AND (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))"
-    } else {
-        ""
-    };
-    let order = match db {
-        Db::Sqlite(_) => "ORDER BY rowid DESC",
-        Db::Postgres(_) => "ORDER BY run_at DESC, id DESC",
-    };
-    let sql = format!(
-        "SELECT id, {job_text}, status, CAST(attempts AS BIGINT), CAST(max_attempts AS BIGINT), {err_text}
-         FROM {table} WHERE job_type = $1 {filter} {order} LIMIT $2"
-    );
-    on_pool!(db, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(QUEUE)
-        .bind(limit)
-        .fetch_all(p)
-        .await)
 }
 
 /// Puts dead letters (all, or the one with `id`) back to waiting with a fresh attempt budget.

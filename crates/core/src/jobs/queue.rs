@@ -49,12 +49,82 @@ pub enum QueueError {
 pub struct JobRow {
     pub id: String,
     pub kind: String,
+    /// The queue's own word for the state (`Pending`, `Failed`, `Killed`…).
     pub status: String,
+    /// The state in an operator's words: `waiting`, `running`, `done`, `retrying` or
+    /// `dead letter`.
+    pub state: &'static str,
     pub attempts: i64,
     pub max_attempts: i64,
+    /// The last attempt's error as the handler wrote it; `None` after a success.
     pub last_error: Option<String>,
+    /// The request that caused the job: the inbox event's request id.
     pub request_id: String,
+    /// The inbox event the job processes (inbox processing jobs only; others link by
+    /// `request_id`).
+    pub event_id: Option<i64>,
+    /// The inbox source of the event an inbox processing job processes.
+    pub source: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    /// When a waiting or retrying job runs next.
+    pub next_attempt_at: Option<i64>,
 }
+
+impl JobRow {
+    pub fn is_dead(&self) -> bool {
+        self.state == DEAD_LETTER
+    }
+
+    fn from_listed(l: apalis_sql::ListedJob) -> Self {
+        let job: Option<Job> = serde_json::from_str(&l.job).ok();
+        let dead = l.status == "Killed" || (l.status == "Failed" && l.attempts >= l.max_attempts);
+        let state = match l.status.as_str() {
+            _ if dead => DEAD_LETTER,
+            "Done" => "done",
+            "Failed" => "retrying",
+            "Queued" | "Running" => "running",
+            _ => "waiting",
+        };
+        let is_process_event = job
+            .as_ref()
+            .is_some_and(|j| j.kind == crate::inbox::ProcessEvent::KIND);
+        let payload = job
+            .as_ref()
+            .map(|j| &j.payload)
+            .filter(|_| is_process_event);
+        let secs = |s: Option<i64>| s.map(|s| s * 1000);
+        JobRow {
+            kind: job.as_ref().map(|j| j.kind.clone()).unwrap_or_default(),
+            request_id: job
+                .as_ref()
+                .map(|j| j.request_id.clone())
+                .unwrap_or_default(),
+            event_id: payload.and_then(|p| p.get("event_id")?.as_i64()),
+            source: payload.and_then(|p| Some(p.get("source")?.as_str()?.to_string())),
+            created_at: ulid::Ulid::from_string(&l.id)
+                .ok()
+                .map(|u| u.timestamp_ms() as i64),
+            last_attempt_at: match state {
+                "running" => secs(l.lock_at),
+                _ if l.attempts > 0 => secs(l.done_at),
+                _ => None,
+            },
+            next_attempt_at: matches!(state, "waiting" | "retrying")
+                .then(|| secs(l.run_at))
+                .flatten(),
+            last_error: l.last_result.as_deref().and_then(error_text),
+            id: l.id,
+            status: l.status,
+            state,
+            attempts: l.attempts,
+            max_attempts: l.max_attempts,
+        }
+    }
+}
+
+const DEAD_LETTER: &str = "dead letter";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -229,22 +299,40 @@ impl Jobs {
 
     /// Jobs, newest first; `dead_only` lists the dead letters.
     pub async fn list(&self, dead_only: bool, limit: i64) -> Result<Vec<JobRow>, QueueError> {
-        let rows = apalis_sql::list(&self.db, dead_only, limit.clamp(1, 1000)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, job, status, attempts, max_attempts, err)| {
-                let job: Option<Job> = serde_json::from_str(&job).ok();
-                JobRow {
-                    id,
-                    kind: job.as_ref().map(|j| j.kind.clone()).unwrap_or_default(),
-                    request_id: job.map(|j| j.request_id).unwrap_or_default(),
-                    status,
-                    attempts,
-                    max_attempts,
-                    last_error: err.map(|e| clean_error(&e)),
-                }
-            })
-            .collect())
+        let select = if dead_only {
+            apalis_sql::Select::Dead
+        } else {
+            apalis_sql::Select::All
+        };
+        self.select(select, limit).await
+    }
+
+    /// Dead letters and the jobs whose last attempt failed, newest first.
+    pub async fn failing(&self, limit: i64) -> Result<Vec<JobRow>, QueueError> {
+        self.select(apalis_sql::Select::Failing, limit).await
+    }
+
+    /// The jobs the inbox events with these request ids caused, newest first.
+    pub async fn for_requests(&self, request_ids: &[String]) -> Result<Vec<JobRow>, QueueError> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.select(apalis_sql::Select::Requests(request_ids), 1000)
+            .await
+    }
+
+    /// The request ids of the dead letters (at most `limit`): the events whose work failed.
+    pub async fn dead_request_ids(&self, limit: i64) -> Result<Vec<String>, QueueError> {
+        Ok(apalis_sql::dead_request_ids(&self.db, limit).await?)
+    }
+
+    async fn select(
+        &self,
+        select: apalis_sql::Select<'_>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, QueueError> {
+        let rows = apalis_sql::list(&self.db, select, limit.clamp(1, 1000)).await?;
+        Ok(rows.into_iter().map(JobRow::from_listed).collect())
     }
 
     /// Puts dead letters (all, or one id) back on the queue with a fresh attempt budget.
@@ -317,15 +405,50 @@ fn is_duplicate_key(msg: &str) -> bool {
     msg.contains("duplicate key") || msg.contains("idempotency")
 }
 
-/// apalis stores the handler's error as JSON (`{"Err": "..."}` or a quoted string); show the text.
-fn clean_error(raw: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(raw) {
+/// The error of a stored result, in the handler's words: apalis stores `{"Ok": null}` for a
+/// success and `{"Err": "..."}` for a failure, and may prefix its own error type's name.
+fn error_text(raw: &str) -> Option<String> {
+    let text = match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Null) => return None,
         Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(m)) => m
-            .get("Err")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| raw.to_string()),
+        Ok(serde_json::Value::Object(m)) if m.contains_key("Ok") => return None,
+        Ok(serde_json::Value::Object(m)) => match m.get("Err") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => raw.to_string(),
+        },
         _ => raw.to_string(),
+    };
+    let mut text = text.trim();
+    // apalis' wrappers say how it treated the error, which the job's state already shows.
+    for prefix in [
+        "AbortError: ",
+        "FailedError: ",
+        "RetryError: ",
+        "Abort: ",
+        "Failed: ",
+        "Task Failed: ",
+        "Task Aborted: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = rest.trim();
+        }
+    }
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn stored_results_read_as_the_handlers_words() {
+        assert_eq!(error_text(r#"{"Ok":null}"#), None);
+        assert_eq!(error_text("null"), None);
+        assert_eq!(
+            error_text(r#"{"Err":"AbortError: Bitrix24 app is not installed"}"#).as_deref(),
+            Some("Bitrix24 app is not installed")
+        );
+        assert_eq!(error_text(r#""timed out""#).as_deref(), Some("timed out"));
     }
 }

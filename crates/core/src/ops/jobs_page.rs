@@ -2,9 +2,10 @@
 //! one dead letter or all of them.
 
 use axum::{
-    Form,
+    Form, Json,
     extract::{Query, State},
-    response::Response,
+    http::{HeaderMap, Uri},
+    response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
 
@@ -18,6 +19,43 @@ use crate::jobs::JobRow;
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct Notice {
     retried: Option<u64>,
+    /// Show the jobs this request (an inbox event's request id) caused.
+    request: Option<String>,
+}
+
+impl Notice {
+    fn request(&self) -> Option<&str> {
+        self.request
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+    }
+}
+
+/// The page's data: the counts, the dead letters, recent jobs, and the jobs of the request
+/// asked for.
+async fn load(
+    s: &OpsState,
+    n: &Notice,
+) -> Result<
+    (
+        crate::jobs::QueueStats,
+        Vec<JobRow>,
+        Vec<JobRow>,
+        Vec<JobRow>,
+    ),
+    crate::jobs::QueueError,
+> {
+    let of_request = match n.request() {
+        Some(r) => s.core.jobs.for_requests(&[r.to_string()]).await?,
+        None => Vec::new(),
+    };
+    Ok((
+        s.core.jobs.stats().await?,
+        s.core.jobs.list(true, 200).await?,
+        s.core.jobs.list(false, 25).await?,
+        of_request,
+    ))
 }
 
 pub(super) async fn show_jobs(
@@ -25,14 +63,7 @@ pub(super) async fn show_jobs(
     admin: AdminSession,
     Query(notice): Query<Notice>,
 ) -> Response {
-    let loaded = async {
-        Ok::<_, crate::jobs::QueueError>((
-            s.core.jobs.stats().await?,
-            s.core.jobs.list(true, 200).await?,
-            s.core.jobs.list(false, 25).await?,
-        ))
-    };
-    let (stats, dead, recent) = match loaded.await {
+    let (stats, dead, recent, of_request) = match load(&s, &notice).await {
         Ok(x) => x,
         Err(e) => return layout::internal(e),
     };
@@ -47,6 +78,15 @@ pub(super) async fn show_jobs(
             div.card { div.stat #running { (stats.running) } div.muted { "running" } }
             div.card { div.stat #dead-letters { (stats.dead) } div.muted { "dead letters" } }
         }
+        @if let Some(r) = notice.request() {
+            h2 #request { "Jobs of request " code { (r) } }
+            p { a href=(event_url(r)) { "The event that caused them" } }
+            @if of_request.is_empty() {
+                p.card.muted { "No jobs carry this request id." }
+            } @else {
+                (table(&of_request, Some(csrf), ""))
+            }
+        }
         h2 { "Dead letters" }
         @if dead.is_empty() {
             p.card.muted { "None. Jobs that fail five times (or can't succeed) wait here for a retry." }
@@ -57,33 +97,65 @@ pub(super) async fn show_jobs(
                 button type="submit" { "Retry all " (dead.len()) }
             }
             p.muted { "Fix the cause shown as the last error first, or the job dies again." }
-            (table(&dead, Some(csrf)))
+            (table(&dead, Some(csrf), "dead-"))
         }
         h2 { "Recent jobs" }
-        (table(&recent, None))
+        (table(&recent, None, "recent-"))
     };
     layout::ok("Jobs", Nav::Jobs, body)
 }
 
-fn table(rows: &[JobRow], retry_csrf: Option<&str>) -> Markup {
+/// Where the event that caused the jobs of `request_id` is shown.
+fn event_url(request_id: &str) -> String {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", request_id)
+        .finish();
+    format!("/admin/events?{q}")
+}
+
+fn job_event_url(j: &JobRow) -> String {
+    let base = event_url(&j.request_id);
+    match j.event_id {
+        Some(id) => format!("{base}#event-{id}"),
+        None => base,
+    }
+}
+
+fn when(ms: Option<i64>) -> Markup {
+    html! {
+        @match ms {
+            Some(ms) => time datetime=(ms) { (layout::time(ms)) },
+            None => span.muted { "—" },
+        }
+    }
+}
+
+/// `anchor` prefixes each row's id, so one job listed twice on the page keeps unique ids; the
+/// rows of the request asked for carry the bare `job-<id>` that links from events point at.
+fn table(rows: &[JobRow], retry_csrf: Option<&str>, anchor: &str) -> Markup {
     html! {
         div.table-wrap {
             table {
-                thead { tr { th { "Job" } th { "Status" } th { "Attempts" } th { "Last error" } th { "Request id" } @if retry_csrf.is_some() { th {} } } }
+                thead { tr { th { "Job" } th { "State" } th { "Attempts" } th { "Created" } th { "Last attempt" } th { "Next attempt" } th { "Last error" } th { "Event" } @if retry_csrf.is_some() { th {} } } }
                 tbody {
                     @for j in rows {
-                        tr data-job=(j.id) {
+                        tr id={ (anchor) "job-" (j.id) } data-job=(j.id) data-state=(j.state) {
                             td { code { (j.kind) } br; small.muted { (j.id) } }
-                            td { span.badge { (j.status) } }
+                            td { span.badge { (j.state) } }
                             td { (j.attempts) "/" (j.max_attempts) }
-                            td { (j.last_error.as_deref().unwrap_or("")) }
-                            td { code { (j.request_id) } }
+                            td { (when(j.created_at)) }
+                            td { (when(j.last_attempt_at)) }
+                            td { (when(j.next_attempt_at)) }
+                            td.error { (j.last_error.as_deref().unwrap_or("")) }
+                            td { a.event-link href=(job_event_url(j)) { code { (j.request_id) } } }
                             @if let Some(csrf) = retry_csrf {
                                 td {
-                                    form.inline method="post" action="/admin/jobs/retry" {
-                                        input type="hidden" name=(CSRF_FIELD) value=(csrf);
-                                        input type="hidden" name="id" value=(j.id);
-                                        button.secondary type="submit" { "Retry" }
+                                    @if j.is_dead() {
+                                        form.inline method="post" action="/admin/jobs/retry" {
+                                            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                                            input type="hidden" name="id" value=(j.id);
+                                            button.secondary type="submit" { "Retry" }
+                                        }
                                     }
                                 }
                             }
@@ -92,6 +164,40 @@ fn table(rows: &[JobRow], retry_csrf: Option<&str>) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// GET `/api/jobs`: the jobs page as JSON (`?request=` for one event's jobs), behind the admin
+/// token.
+pub(super) async fn jobs_json(
+    State(s): State<OpsState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(notice): Query<Notice>,
+) -> Response {
+    if let Err(refused) =
+        crate::http::check_admin(s.core.config.admin_token().as_ref(), &headers, uri.query())
+    {
+        return refused;
+    }
+    let with_links = |rows: Vec<JobRow>| -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|j| {
+                let mut v = serde_json::to_value(j).unwrap_or_default();
+                v["event_url"] = job_event_url(j).into();
+                v
+            })
+            .collect()
+    };
+    match load(&s, &notice).await {
+        Ok((stats, dead, recent, of_request)) => Json(serde_json::json!({
+            "queue": stats,
+            "dead_letters": with_links(dead),
+            "recent": with_links(recent),
+            "request": notice.request().map(|_| with_links(of_request)),
+        }))
+        .into_response(),
+        Err(e) => crate::http::internal_error(&e),
     }
 }
 

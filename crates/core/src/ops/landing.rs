@@ -16,10 +16,12 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
     } else {
         None
     };
-    let mut bridges = Vec::with_capacity(s.bridges.len());
-    for b in s.bridges.iter() {
-        let traffic = if db_ok { b.traffic().await } else { Vec::new() };
-        bridges.push((b, (b.readiness)().await, traffic));
+    let mut bridges = Vec::new();
+    if db_ok {
+        for (b, h) in s.bridge_health().await {
+            let traffic = b.traffic().await;
+            bridges.push((b, h, traffic));
+        }
     }
     let uptime = s.core.started_at.elapsed().as_secs();
     let body = html! {
@@ -43,14 +45,18 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
         }
         h2 { "Bridges" }
         div.grid {
-            @for (b, r, traffic) in &bridges {
-                div.card data-bridge=(b.name) {
-                    h2 { (layout::mark(r.configured)) (b.title) }
-                    @if r.configured {
-                        p { span.badge.ok { "configured" } }
-                    } @else {
-                        p { span.badge.bad { "not configured" } }
-                        p.muted { "Missing: " @for (i, m) in r.missing.iter().enumerate() { @if i > 0 { ", " } code { (m) } } }
+            @for (b, h, traffic) in &bridges {
+                div.card data-bridge=(b.name) data-state=(h.state) {
+                    h2 { (layout::mark(h.state == "ready")) (b.title) }
+                    @match h.state {
+                        "ready" => p { span.badge.ok { "ready" } },
+                        "degraded" => p { span.badge.bad { "degraded" } },
+                        _ => p { span.badge.bad { "off" } },
+                    }
+                    @if !h.configured {
+                        p.muted { "Missing: " @for (i, m) in h.missing.iter().enumerate() { @if i > 0 { ", " } code { (m) } } }
+                    } @else if let Some(reason) = &h.reason {
+                        p.muted { (reason) }
                     }
                     @for line in traffic { p { (line) } }
                     p.muted { "Routes: " @for (i, route) in b.routes.iter().enumerate() { @if i > 0 { ", " } code { (route) } } }

@@ -74,6 +74,12 @@ pub struct BridgeInfo {
     pub readiness: ReadinessFn,
     checks: Option<ChecksFn>,
     traffic: Option<TrafficFn>,
+    /// The inbox sources it records (its events and their traffic).
+    pub sources: &'static [&'static str],
+    /// The prefix of its job kinds (`bitrix-connector.`): its failing jobs make it degraded.
+    pub job_prefix: Option<&'static str>,
+    /// Its events are a record of calls already answered, not work: nothing replays them.
+    pub record_only: bool,
 }
 
 /// Lines of recent traffic a bridge shows in its card on `/`.
@@ -101,7 +107,30 @@ impl BridgeInfo {
             }),
             checks: None,
             traffic: None,
+            sources: &[],
+            job_prefix: None,
+            record_only: false,
         }
+    }
+
+    /// The inbox sources this bridge records and the prefix of its job kinds, so its events,
+    /// traffic and failing jobs are counted as its own on `/health` and the pages.
+    pub fn with_work(
+        mut self,
+        sources: &'static [&'static str],
+        job_prefix: Option<&'static str>,
+    ) -> Self {
+        self.sources = sources;
+        self.job_prefix = job_prefix;
+        self
+    }
+
+    /// This bridge's events record calls it answered at once (`sources`): shown in the audit
+    /// log, never replayed.
+    pub fn with_records(mut self, sources: &'static [&'static str]) -> Self {
+        self.sources = sources;
+        self.record_only = true;
+        self
     }
 
     /// Adds the bridge's own rows to the `/setup` checklist, shown under its title after the
@@ -223,6 +252,16 @@ struct OpsState {
     bridges: Arc<Vec<BridgeInfo>>,
 }
 
+impl OpsState {
+    /// Whether events of `source` are work that a replay does again.
+    fn replayable(&self, source: &str) -> bool {
+        !self
+            .bridges
+            .iter()
+            .any(|b| b.record_only && b.sources.contains(&source))
+    }
+}
+
 /// Every ops route. The binary merges this with the bridges' routers.
 pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
     Router::new()
@@ -244,6 +283,8 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route("/admin/events/{id}/payload", get(events_page::show_payload))
         .route("/admin/jobs", get(jobs_page::show_jobs))
         .route("/admin/jobs/retry", post(jobs_page::retry_jobs))
+        .route("/api/events", get(events_page::events_json))
+        .route("/api/jobs", get(jobs_page::jobs_json))
         .with_state(OpsState {
             core: core.clone(),
             bridges: Arc::new(bridges),
@@ -262,6 +303,164 @@ pub fn probe_router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         })
 }
 
+/// A bridge's state as `/health` and `/` report it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BridgeHealth {
+    /// `ready`, `degraded` or `off`.
+    pub state: &'static str,
+    /// Why it is not `ready`.
+    pub reason: Option<String>,
+    pub configured: bool,
+    pub missing: Vec<&'static str>,
+}
+
+/// How far back a failed outside call still makes a bridge `degraded` when nothing has
+/// succeeded since.
+const RECENT_FAILURE: Duration = Duration::from_secs(15 * 60);
+
+impl OpsState {
+    /// Each bridge's state: `off` until configured; `degraded` while a job of its own (or the
+    /// processing of one of its events) is a dead letter or failing, or its last outside
+    /// call failed; else `ready`.
+    async fn bridge_health(&self) -> Vec<(&BridgeInfo, BridgeHealth)> {
+        let failing = self.core.jobs.failing(1000).await.unwrap_or_default();
+        let mut out = Vec::with_capacity(self.bridges.len());
+        for b in self.bridges.iter() {
+            let r = (b.readiness)().await;
+            let health = |state, reason| BridgeHealth {
+                state,
+                reason,
+                configured: r.configured,
+                missing: r.missing.clone(),
+            };
+            if !r.configured {
+                let reason = format!("not configured: set {}", r.missing.join(", "));
+                out.push((b, health("off", Some(reason))));
+                continue;
+            }
+            let mine: Vec<&crate::jobs::JobRow> = failing
+                .iter()
+                .filter(|j| {
+                    b.job_prefix.is_some_and(|p| j.kind.starts_with(p))
+                        || j.source.as_deref().is_some_and(|s| b.sources.contains(&s))
+                })
+                .collect();
+            let dead = mine.iter().filter(|j| j.is_dead()).count();
+            // `/health` and `/` are public: the kinds of job only. A job's error can hold a host,
+            // a customer's number or worse; it is on `/admin/jobs`, behind the admin token.
+            let kinds = |dead_only: bool| {
+                let mut kinds: Vec<&str> = mine
+                    .iter()
+                    .filter(|j| !dead_only || j.is_dead())
+                    .map(|j| j.kind.as_str())
+                    .collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                kinds.join(", ")
+            };
+            let reason = if dead > 0 {
+                Some(format!(
+                    "{dead} dead letter(s) ({}); the errors are on /admin/jobs",
+                    kinds(true)
+                ))
+            } else if !mine.is_empty() {
+                Some(format!(
+                    "{} job(s) failing and being retried ({}); the errors are on /admin/jobs",
+                    mine.len(),
+                    kinds(false)
+                ))
+            } else {
+                self.core
+                    .calls
+                    .last(b.name)
+                    .filter(|c| !c.ok && c.at.elapsed() < RECENT_FAILURE)
+                    .map(|c| format!("last outside call failed: {}", c.detail))
+            };
+            out.push(match reason {
+                Some(reason) => (b, health("degraded", Some(reason))),
+                None => (b, health("ready", None)),
+            });
+        }
+        out
+    }
+
+    /// Recent traffic of every bridge's sources, with the bridge's title.
+    pub(super) async fn traffic(&self) -> Result<Vec<BridgeTraffic>, crate::inbox::InboxError> {
+        let now = crate::db::now_ms();
+        let mut out = Vec::new();
+        for b in self.bridges.iter() {
+            for t in self
+                .core
+                .inbox
+                .traffic(b.sources, now - 3_600_000, now - 86_400_000)
+                .await?
+            {
+                out.push(BridgeTraffic {
+                    bridge: b.title,
+                    source: t.source,
+                    last_hour: t.last_hour,
+                    last_day: t.last_day,
+                    last_received_at: t.last_received_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One source's recent traffic, under its bridge's title.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BridgeTraffic {
+    pub bridge: &'static str,
+    pub source: String,
+    pub last_hour: i64,
+    pub last_day: i64,
+    pub last_received_at: Option<i64>,
+}
+
+/// The last outside call each bridge made from this process (a call to Meta, Bitrix24, the
+/// PBX, a subscriber): whether it succeeded and what failed. Bridges record through
+/// [`crate::Core`]'s `calls`; `/health` reads it.
+#[derive(Clone, Default)]
+pub struct OutsideCalls(Arc<std::sync::Mutex<std::collections::HashMap<&'static str, LastCall>>>);
+
+#[derive(Debug, Clone)]
+pub struct LastCall {
+    pub ok: bool,
+    /// What failed, in words fit for a public page: no secrets, payloads, hosts or numbers.
+    pub detail: String,
+    pub at: Instant,
+}
+
+impl OutsideCalls {
+    pub fn succeeded(&self, bridge: &'static str) {
+        self.set(bridge, true, String::new());
+    }
+
+    pub fn failed(&self, bridge: &'static str, detail: impl Into<String>) {
+        self.set(bridge, false, detail.into());
+    }
+
+    fn set(&self, bridge: &'static str, ok: bool, detail: String) {
+        self.0.lock().expect("outside calls lock").insert(
+            bridge,
+            LastCall {
+                ok,
+                detail,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    pub fn last(&self, bridge: &str) -> Option<LastCall> {
+        self.0
+            .lock()
+            .expect("outside calls lock")
+            .get(bridge)
+            .cloned()
+    }
+}
+
 async fn health(State(s): State<OpsState>) -> Response {
     let db_ok = s.core.db.ping().await;
     let stats = if db_ok {
@@ -270,22 +469,22 @@ async fn health(State(s): State<OpsState>) -> Response {
         None
     };
     let mut bridges = serde_json::Map::new();
-    for b in s.bridges.iter() {
-        let r = (b.readiness)().await;
-        bridges.insert(
-            b.name.to_string(),
-            json!({ "configured": r.configured, "missing": r.missing }),
-        );
+    let mut any_degraded = false;
+    if db_ok {
+        for (b, h) in s.bridge_health().await {
+            any_degraded |= h.state == "degraded";
+            bridges.insert(b.name.to_string(), json!(h));
+        }
     }
     if let Some(st) = &stats {
         metrics::gauge!("switchboard_queue_depth").set(st.pending as f64);
         metrics::gauge!("switchboard_dead_letters").set(st.dead as f64);
     }
-    // Degraded: up and acknowledging, but what it acknowledges is not being processed.
+    // Degraded: up and acknowledging, but what it acknowledges is not (all) being done.
     let workers = s.core.jobs.workers_health();
     let status = if !db_ok {
         "unhealthy"
-    } else if workers.degraded() {
+    } else if workers.degraded() || any_degraded {
         "degraded"
     } else {
         "healthy"
@@ -299,6 +498,8 @@ async fn health(State(s): State<OpsState>) -> Response {
         "uptime_secs": s.core.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     });
+    // Only the database makes the process unable to take work: a bridge's trouble is
+    // reported, not a reason for a load balancer to take the process out.
     let code = if db_ok {
         StatusCode::OK
     } else {

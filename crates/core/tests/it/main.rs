@@ -5,7 +5,8 @@
 //!   a bridge).
 //! - `pages`: the operator pages at router level hold the admin gate, refuse cross-site
 //!   writes, store credentials, show the setup checklist, replay events redacted and retry
-//!   dead letters.
+//!   dead letters; an event's status follows its jobs, events and jobs link both ways, and
+//!   events are found by what their payload holds.
 //! - `platform`: the inbox keeps and dedupes what it acknowledged, the job queue retries on its
 //!   schedule and dead-letters, and the credential store survives key rotation.
 

@@ -1,19 +1,26 @@
 //! The operator pages at router level, over HTTP on a fresh database (SQLite, or PostgreSQL with
 //! `SWITCHBOARD_TEST_DATABASE=postgres`): the admin gate (503 / 401 / session cookie), CSRF
-//! refusals, the credentials form, the setup checklist, event replay with redaction, and
-//! dead-letter retry. The same flows in a real browser against the real binary are in
+//! refusals, the credentials form, the setup checklist, event replay with redaction,
+//! dead-letter retry, event statuses that follow their jobs, and the events search. The same flows in a real browser against the real binary are in
 //! `crates/switchboard/tests/pages.rs`.
 
 use crate::bridge_settings;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::http::HeaderMap;
 use reqwest::{StatusCode, redirect::Policy};
 use sandbox::harness::eventually;
 use switchboard_core::{
-    Core, Incoming, JobRegistry,
+    Core, Incoming, JobContext, JobError, JobKind, JobRegistry,
     credentials::generate_master_key,
+    inbox::{ProcessOutcome, Processors},
     ops::{BridgeInfo, Check, ProbeCache, Readiness},
     testing::{TestDb, config_with, with_workers},
 };
@@ -49,12 +56,22 @@ fn test_bridge(core: &Core) -> BridgeInfo {
             )]
         }
     })
+    .with_work(&[DEMO_SOURCE], Some("demo."))
 }
+
+const DEMO_SOURCE: &str = "demo";
 
 async fn app(env: &[(&str, &str)]) -> App {
     let db = TestDb::new().await;
     let core = db.core(config_with(bridge_settings::catalogue(), env));
-    let router = switchboard_core::ops::router(&core, vec![test_bridge(&core)]);
+    let records = BridgeInfo::new("calls", "Call bridge", &["POST /call"], || async {
+        Readiness {
+            configured: true,
+            missing: vec![],
+        }
+    })
+    .with_records(&["calls"]);
+    let router = switchboard_core::ops::router(&core, vec![test_bridge(&core), records]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -723,5 +740,310 @@ async fn probe_cache_reuses_a_result_until_the_input_changes_or_it_expires() {
     assert!(
         cache.get_or_probe(b"token-b", probe(true)).await.ok,
         "expired"
+    );
+}
+
+/// The demo bridge's relay: one per event, like a message relayed to Bitrix24.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DemoRelay {
+    event_id: i64,
+}
+
+impl JobKind for DemoRelay {
+    const KIND: &'static str = "demo.relay";
+}
+
+/// The demo bridge's processor (each event pushes one relay) and its relay, which fails for
+/// good, as a relay to a Bitrix24 portal without the app installed does, until `installed`.
+fn demo_relay(core: &Core, installed: &Arc<AtomicBool>) -> JobRegistry {
+    let mut registry = JobRegistry::default();
+    let mut processors = Processors::default();
+    let c = core.clone();
+    processors.register(DEMO_SOURCE, move |event, ctx: JobContext| {
+        let c = c.clone();
+        async move {
+            c.jobs
+                .push_once(
+                    &DemoRelay { event_id: event.id },
+                    &ctx.request_id,
+                    &format!("demo-relay:{}", event.id),
+                )
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            Ok(ProcessOutcome::Processed)
+        }
+    });
+    let installed = installed.clone();
+    registry.register(move |_job: DemoRelay, _ctx: JobContext| {
+        let installed = installed.clone();
+        async move {
+            if installed.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(JobError::Permanent(
+                    "Bitrix24 app is not installed".to_string(),
+                ))
+            }
+        }
+    });
+    processors.install(core.inbox.clone(), &mut registry);
+    registry
+}
+
+async fn api(app: &App, path: &str) -> serde_json::Value {
+    let r = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
+}
+
+/// An event whose relay is a dead letter is `failed`, with the relay's error and a link to it,
+/// on the events page, the events API, `/health` (the bridge `degraded`, still 200) and the
+/// landing page; the relay links back to its event; a successful retry makes it `processed`
+/// and the bridge `ready` again.
+#[tokio::test]
+async fn an_events_status_follows_its_jobs_through_a_dead_letter_and_its_retry() {
+    let app = configured_app().await;
+    let cookie = app.sign_in().await;
+    let installed = Arc::new(AtomicBool::new(false));
+    let registry = demo_relay(&app.core, &installed);
+    let event_id = app
+        .core
+        .inbox
+        .record(
+            Incoming::new(
+                "req-relay-1",
+                DEMO_SOURCE,
+                "/demo",
+                br#"{"from":"15550001111","id":"wamid.HBgLMTU1NTAwMDExMTEVAgASGBQz"}"#,
+                &HeaderMap::new(),
+            )
+            .dedupe("wamid.1"),
+        )
+        .await
+        .unwrap()
+        .id();
+    let jobs = app.core.jobs.clone();
+    with_workers(&app.core, registry.clone(), async {
+        eventually("the relay is dead-lettered", 20, || async {
+            jobs.stats().await.unwrap().dead == 1
+        })
+        .await;
+    })
+    .await;
+    // The event's own processing succeeded: its row says so, its work did not.
+    assert_eq!(
+        app.core.inbox.get(event_id).await.unwrap().unwrap().status,
+        "processed"
+    );
+
+    let events = api(&app, "/api/events").await;
+    let event = &events["events"][0];
+    assert_eq!(event["id"], event_id);
+    assert_eq!(event["status"], "failed", "{event}");
+    assert_eq!(event["stored_status"], "processed");
+    assert!(
+        event["error"]
+            .as_str()
+            .unwrap()
+            .contains("Bitrix24 app is not installed"),
+        "{event}"
+    );
+    // Its jobs: the processing (done) and the relay (dead), in no order the test relies on.
+    let job = event["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == DemoRelay::KIND)
+        .unwrap_or_else(|| panic!("no relay among the event's jobs: {event}"));
+    assert_eq!(job["state"], "dead letter");
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let job_url = format!("/admin/jobs?request=req-relay-1#job-{job_id}");
+    assert_eq!(job["url"], job_url);
+
+    let (_, failed) = app.get("/admin/events?status=failed", &cookie).await;
+    assert!(failed.contains(&format!("id=\"event-{event_id}\"")));
+    assert!(failed.contains(r#"data-status="failed""#));
+    assert!(
+        failed.contains(&job_url.replace('&', "&amp;")),
+        "the event links to its job"
+    );
+    let (_, processed) = app.get("/admin/events?status=processed", &cookie).await;
+    assert!(!processed.contains(&format!("id=\"event-{event_id}\"")));
+
+    // The job, from the link: its error in words, its times, and the way back to the event.
+    let (status, page) = app.get(job_url.split('#').next().unwrap(), &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let row_at = page
+        .find(&format!("id=\"job-{job_id}\""))
+        .expect("the linked job has its row");
+    let row = &page[row_at..row_at + page[row_at..].find("</tr>").unwrap()];
+    assert!(row.contains("dead letter"), "{row}");
+    assert!(row.contains("Bitrix24 app is not installed"), "{row}");
+    assert!(row.contains("/admin/events?q=req-relay-1"), "{row}");
+    assert!(
+        row.matches(" UTC").count() >= 2,
+        "created and last attempt: {row}"
+    );
+
+    let health = reqwest::get(app.url("/health")).await.unwrap();
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "only the database makes it 503"
+    );
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["bridges"]["demo"]["state"], "degraded");
+    let reason = health["bridges"]["demo"]["reason"].as_str().unwrap();
+    assert!(reason.contains("1 dead letter(s) (demo.relay)"), "{reason}");
+    assert!(reason.contains("/admin/jobs"), "{reason}");
+    assert!(
+        !reason.contains("not installed"),
+        "a job's error stays behind the admin token: {reason}"
+    );
+    let (_, landing) = app.get("/", "").await;
+    assert!(landing.contains(r#"data-state="degraded""#));
+    assert!(!landing.contains("configured</span>"));
+
+    // Installed now: the retry succeeds, and everything says so.
+    installed.store(true, Ordering::SeqCst);
+    let csrf = csrf_in(&page);
+    let (status, _, _) = app
+        .post(
+            "/admin/jobs/retry",
+            &cookie,
+            &[("csrf", &csrf), ("id", &job_id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    with_workers(&app.core, registry, async {
+        eventually("the retried relay is done", 20, || async {
+            jobs.list(false, 10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|j| j.id == job_id && j.state == "done")
+        })
+        .await;
+    })
+    .await;
+    let events = api(&app, "/api/events").await;
+    assert_eq!(events["events"][0]["status"], "processed");
+    for job in events["events"][0]["jobs"].as_array().unwrap() {
+        assert_eq!(job["last_error"], serde_json::Value::Null, "{job}");
+    }
+    let (_, processed) = app.get("/admin/events?status=processed", &cookie).await;
+    assert!(processed.contains(&format!("id=\"event-{event_id}\"")));
+    let (_, jobs_page) = app.get("/admin/jobs", &cookie).await;
+    assert!(
+        !jobs_page.contains("&quot;Ok&quot;") && !jobs_page.contains(r#""Ok""#),
+        "a success shows no error text"
+    );
+    let health = api(&app, "/health").await;
+    assert_eq!(health["bridges"]["demo"]["state"], "ready");
+    assert_eq!(health["status"], "healthy");
+}
+
+/// The events page finds an event by a phone number or wamid in its payload, its request id,
+/// its source in any case and its time; the API says the same.
+#[tokio::test]
+async fn events_are_found_by_phone_wamid_request_id_source_and_time() {
+    let app = configured_app().await;
+    let cookie = app.sign_in().await;
+    let mut ids = Vec::new();
+    for (i, (source, phone)) in [("demo", "15550001111"), ("Other", "15550002222")]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(r#"{{"from":"{phone}","id":"wamid.EVENT{i}"}}"#);
+        ids.push(
+            app.core
+                .inbox
+                .record(Incoming::new(
+                    &format!("req-find-{i}"),
+                    source,
+                    "/demo",
+                    body.as_bytes(),
+                    &HeaderMap::new(),
+                ))
+                .await
+                .unwrap()
+                .id(),
+        );
+    }
+    let found = |html: &str| -> Vec<i64> {
+        ids.iter()
+            .copied()
+            .filter(|id| html.contains(&format!("id=\"event-{id}\"")))
+            .collect()
+    };
+    for (query, want) in [
+        ("q=15550002222", vec![ids[1]]),
+        ("q=wamid.EVENT0", vec![ids[0]]),
+        ("q=req-find-1", vec![ids[1]]),
+        ("source=DEMO", vec![ids[0]]),
+        ("source=other", vec![ids[1]]),
+        ("from=2000-01-01T00:00", ids.clone()),
+        ("to=2000-01-01T00:00", vec![]),
+        ("q=nothing-like-it", vec![]),
+    ] {
+        let (status, html) = app.get(&format!("/admin/events?{query}"), &cookie).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(found(&html), want, "{query}");
+        let json = api(&app, &format!("/api/events?{query}")).await;
+        let mut got: Vec<i64> = json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "api {query}");
+    }
+    // Per-source traffic: the demo bridge's source had one event in the last hour.
+    let (_, html) = app.get("/admin/events", &cookie).await;
+    let card_at = html.find(r#"data-traffic="demo""#).expect("traffic row");
+    let card = &html[card_at..card_at + html[card_at..].find("</tr>").unwrap()];
+    assert!(
+        card.contains(r#"<td class="hour">1</td><td class="day">1</td>"#),
+        "{card}"
+    );
+    assert!(!card.contains("never"), "{card}");
+    let (_, html) = app.get("/admin/events?to=yesterday", &cookie).await;
+    assert!(html.contains("is not a time"));
+}
+
+/// A bridge's record of a call it answered at once is shown but never replayed: no button,
+/// and a forged form is refused, the row left as it was.
+#[tokio::test]
+async fn records_of_answered_calls_are_not_replayed() {
+    let app = configured_app().await;
+    let cookie = app.sign_in().await;
+    let mut call = Incoming::new("req-call", "calls", "/call", b"{}", &HeaderMap::new());
+    call.status = switchboard_core::Status::Failed;
+    call.error = Some("the far side answered 502".into());
+    let id = app.core.inbox.record(call).await.unwrap().id();
+    let (_, html) = app.get("/admin/events?source=calls", &cookie).await;
+    assert!(html.contains(&format!("id=\"event-{id}\"")));
+    assert!(html.contains("the far side answered 502"));
+    assert!(!html.contains("/admin/events/replay"));
+    let csrf = app.csrf(&cookie).await;
+    let (status, _, _) = app
+        .post(
+            "/admin/events/replay",
+            &cookie,
+            &[("csrf", &csrf), ("id", &id.to_string())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.core.inbox.get(id).await.unwrap().unwrap().status,
+        "failed"
     );
 }

@@ -39,6 +39,7 @@ const CLICK_TO_CALL: &str = "/api/v1/calls/click-to-call";
 
 struct TestApp {
     url: String,
+    core: switchboard_core::Core,
     pbx: FakePbx,
     http: reqwest::Client,
     server: JoinHandle<()>,
@@ -84,6 +85,7 @@ impl TestApp {
         });
         TestApp {
             url,
+            core,
             pbx,
             http: reqwest::Client::new(),
             server,
@@ -779,4 +781,76 @@ async fn setup_row_says_whether_the_pbx_is_reachable() {
         "{}",
         checks[0].fix
     );
+}
+
+/// Every call is in the audit log under the bridge's source, with the org's key shortened, the
+/// endpoint and the status answered, and never the secret, a JWT or the forwarded body; a PBX
+/// that is down is a failed row and the bridge's last outside call failing.
+#[tokio::test]
+async fn calls_are_in_the_audit_log_without_credentials() {
+    let app = TestApp::start().await;
+    assert_eq!(
+        app.bridge(click_to_call(KEY, SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.bridge(click_to_call(KEY, "wrong-secret-9"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.bridge(call("/api/v2/../admin", "GET")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let inbox = app.core.inbox.clone();
+    let rows = || async { inbox.list(Some("pbx"), None, None, 10).await.unwrap() };
+    eventually("three calls audited", 20, || async {
+        rows().await.len() == 3
+    })
+    .await;
+    // Recorded off the callers' path, so not necessarily in the order of the calls.
+    let rows = rows().await;
+    let mut statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["processed", "rejected", "rejected"]);
+    let done = rows.iter().find(|r| r.status == "processed").unwrap();
+    assert_eq!(done.route, "/whatsapp-bridge");
+    let first: Value = serde_json::from_slice(&done.body).unwrap();
+    assert_eq!(first["org"], SHORT_KEY);
+    assert_eq!(first["endpoint"], CLICK_TO_CALL);
+    assert_eq!(first["status"], 200);
+    let tokens = app.tokens_seen();
+    assert!(!tokens.is_empty());
+    for row in &rows {
+        let text = format!("{} {} {:?}", row.body_text(), row.headers, row.error);
+        for secret in [KEY, SECRET, "wrong-secret-9", "9876543210"] {
+            assert!(
+                !text.contains(secret),
+                "`{secret}` in the audit row: {text}"
+            );
+        }
+        for jwt in &tokens {
+            assert!(!text.contains(jwt.as_str()), "a JWT in the audit row");
+        }
+    }
+    assert!(app.core.calls.last("pbx").unwrap().ok);
+
+    app.pbx.shutdown().await;
+    assert_eq!(
+        app.bridge(click_to_call(KEY, SECRET)).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    eventually("the failed call is audited", 20, || async {
+        inbox
+            .list(Some("pbx"), Some("failed"), None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.error.as_deref() == Some("PBX unreachable"))
+    })
+    .await;
+    let last = app.core.calls.last("pbx").unwrap();
+    assert!(!last.ok);
+    assert_eq!(last.detail, "PBX unreachable");
 }

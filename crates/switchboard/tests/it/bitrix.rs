@@ -99,3 +99,121 @@ async fn an_acknowledged_message_survives_kill_9_and_is_delivered_after_restart(
         .unwrap();
     assert_eq!(health["status"], "healthy", "{health}");
 }
+
+/// A Meta message that arrives before the Bitrix24 app is installed: its relay dies at once
+/// ("Bitrix24 app is not installed"), and the event says `failed` with that error and a link
+/// to the job, `/health` says the connector is degraded (and still answers 200). Installed,
+/// and the job retried with the CLI, the message reaches Bitrix24 and the event is `processed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_dead_letter_fails_its_event_until_a_retry_succeeds() {
+    use crate::support::{Workers, bind, world::*};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let bound = bind();
+    let base = bound.base.clone();
+    let world = World::start(dir.path(), &url, &base).await;
+    let _server = bound.serve(&world.env, Workers::InProcess).await;
+    let http = reqwest::Client::new();
+    let api = |path: String| {
+        let req = http.get(format!("{base}{path}")).bearer_auth(ADMIN_TOKEN);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+
+    let anna = Customer::new("4917655500042", "Anna Status");
+    let (wamid, body, signature) = world.meta_inbound(&anna, "Is my order ready?");
+    let acked = http
+        .post(format!("{base}/webhook/whatsapp"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status(), 200);
+    // Polled through the product's own API: no connections of the test's own.
+    eventually("the relay is a dead letter", 30, || async {
+        api("/api/jobs".to_string()).await["dead_letters"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    })
+    .await;
+
+    let events = api(format!("/api/events?q={wamid}")).await;
+    let event = &events["events"][0];
+    assert_eq!(event["status"], "failed", "{event}");
+    let error = event["error"].as_str().unwrap();
+    assert!(error.contains("Bitrix24 app is not installed"), "{error}");
+    assert!(!error.contains('{'), "no template left in: {error}");
+    let relay = event["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "bitrix-connector.relay-to-bitrix")
+        .expect("the event links its relay");
+    assert_eq!(relay["state"], "dead letter");
+    let job_id = relay["id"].as_str().unwrap().to_string();
+    assert!(
+        relay["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("#job-{job_id}"))
+    );
+    let jobs = api(format!(
+        "/api/jobs?request={}",
+        event["request_id"].as_str().unwrap()
+    ))
+    .await;
+    let linked = jobs["request"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job_id.as_str())
+        .expect("the job page lists the event's relay");
+    assert!(
+        linked["event_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/admin/events?q=")
+    );
+
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["bridges"]["bitrix"]["state"], "degraded", "{health}");
+    assert!(
+        health["bridges"]["bitrix"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bitrix-connector.relay-to-bitrix")
+    );
+
+    world.install(dir.path(), &base).await;
+    let out = world.cli(dir.path(), &["jobs", "retry", &job_id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the retried relay reaches Bitrix24", 30, || async {
+        world.bitrix_inbound().contains_key(&wamid)
+    })
+    .await;
+    eventually("the event is processed", 30, || async {
+        api(format!("/api/events?q={wamid}")).await["events"][0]["status"] == "processed"
+    })
+    .await;
+    let health: serde_json::Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["bridges"]["bitrix"]["state"], "ready", "{health}");
+}

@@ -4,7 +4,8 @@
 mod support;
 
 /// The Bitrix24 connector through the real binary: install, the `bitrix` and `whatsapp`
-/// commands, and an acknowledged message delivered after a `kill -9` and a restart.
+/// commands, an acknowledged message delivered after a `kill -9` and a restart, and a relay's
+/// dead letter failing its event until a retry succeeds.
 mod bitrix;
 /// `kill -9` during traffic to two WhatsApp numbers on two Open Channel lines: every
 /// acknowledged message in the right line, every reply from the right number, none lost.
@@ -27,12 +28,15 @@ mod faults_scale;
 /// The alert rules and the dashboard under deploy/monitoring name only series the product
 /// exports, in the shape it exports them.
 mod monitoring;
-/// The operator pages in a real browser: sign-in, secrets, set-up, replay, retry, CSRF.
+/// The operator pages in a real browser: sign-in, secrets, set-up, replay, an event found by
+/// its wamid and its job opened from it, retry, CSRF.
 mod pages;
 /// The PBX bridge: an MSG91 click-to-call reaches the PBX and the log keeps its secrets.
 mod pbx_bridge;
-/// The binary as an operator runs it: start-up, configuration errors, the credential and key
-/// commands, masked passwords, SIGTERM.
+/// The binary as an operator runs it: start-up, configuration errors, a stored secret no key
+/// opens, arguments that name nothing, the credential and key commands, masked passwords,
+/// request counters by route, SIGTERM.
 mod platform;
-/// wabridges hooks end to end: events posted end up in the state API.
+/// wabridges hooks end to end: events posted end up in the state API; an event whose forward
+/// fails is not `processed` until the forward is.
 mod wabridges;

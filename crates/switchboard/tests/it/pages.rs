@@ -355,6 +355,66 @@ async fn operator_pages_in_a_browser() {
     })
     .await;
 
+    // Search an event by its wamid, open the job it caused, and come back to the event.
+    let wamid = "wamid.HBgLMTU1NTAwMDQyNDIVAgASGBQzQUJDRA";
+    let body = format!(r#"{{"id":"{wamid}","from":"15550004242"}}"#);
+    let found = server
+        .core
+        .inbox
+        .record(
+            Incoming::new(
+                "req-wamid",
+                "test",
+                "/test",
+                body.as_bytes(),
+                &Default::default(),
+            )
+            .dedupe("k-wamid"),
+        )
+        .await
+        .unwrap()
+        .id();
+    let jobs = server.core.jobs.clone();
+    eventually("the event's job is done", 30, || async {
+        jobs.for_requests(&["req-wamid".to_string()])
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.state == "done")
+    })
+    .await;
+    b.open(&server, "/admin/events").await;
+    b.fill(r#"form.filters input[name="q"]"#, wamid).await;
+    b.submit(r#"form.filters button[type="submit"]"#).await;
+    let shown = b
+        .client
+        .find_all(Locator::Css("details.event"))
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), 1, "only the event with that wamid");
+    assert_eq!(
+        shown[0].attr("id").await.unwrap(),
+        Some(format!("event-{found}"))
+    );
+    b.click(&format!("#event-{found} summary")).await;
+    let job_id = b
+        .attr(&format!("#event-{found} ul.jobs li"), "data-job")
+        .await
+        .unwrap();
+    b.submit(&format!("#event-{found} ul.jobs a")).await;
+    let url = b.client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/admin/jobs");
+    assert_eq!(url.fragment(), Some(format!("job-{job_id}").as_str()));
+    let row = format!("tr#job-{job_id}");
+    assert!(b.text(&row).await.contains("core.process-event"));
+    assert_eq!(b.attr(&row, "data-state").await.as_deref(), Some("done"));
+    b.submit(&format!("{row} a.event-link")).await;
+    assert!(
+        b.text(&format!("#event-{found} summary"))
+            .await
+            .contains(&format!("#{found}"))
+    );
+
     // Retry a dead letter from /admin/jobs.
     server
         .core
@@ -464,22 +524,23 @@ async fn screenshots() {
         )
         .await
         .unwrap();
+    // A relay of the Meta message that can't succeed, so its event shows `failed` and links it.
     server
         .core
         .jobs
         .push_raw(
             "bitrix-connector.relay-to-bitrix",
             serde_json::json!({}),
-            "req-demo",
+            "req-0",
             None,
         )
         .await
         .unwrap();
     let (inbox, jobs) = (server.core.inbox.clone(), server.core.jobs.clone());
     eventually("demo rows settle", 30, || async {
-        // The bridges' own processors may dead-letter a demo payload too: at least ours.
+        let relay = jobs.for_requests(&["req-0".to_string()]).await.unwrap();
         inbox.get(last).await.unwrap().unwrap().status != "received"
-            && jobs.stats().await.unwrap().dead >= 1
+            && relay.iter().any(|j| j.is_dead())
     })
     .await;
 
@@ -495,7 +556,7 @@ async fn screenshots() {
     for (name, path) in shots {
         b.open(&server, path).await;
         if name == "events" {
-            b.click(&format!("#event-{} summary", last - 1)).await;
+            b.click(&format!("#event-{} summary", last - 2)).await;
         }
         let png = b.client.screenshot().await.unwrap();
         std::fs::write(out.join(format!("{name}.png")), png).unwrap();

@@ -171,6 +171,14 @@ fn bad_configuration_exits_2_naming_the_setting() {
             "SWITCHBOARD_PBX_BASEURL",
         ),
         (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+        (
+            &[("SWITCHBOARD_BITRIX_LINE_ID", "abc")],
+            "SWITCHBOARD_BITRIX_LINE_ID",
+        ),
+        (
+            &[("SWITCHBOARD_META_GRAPH_VERSION", "23")],
+            "SWITCHBOARD_META_GRAPH_VERSION",
+        ),
     ];
     for (env, name) in cases {
         let out = run(dir.path(), env, &["serve"]);
@@ -224,6 +232,16 @@ fn bad_configuration_exits_2_naming_the_setting() {
             "[[bitrix.channels]]\nphone_number_id = \"+49 30 123\"\nline_id = 3\n",
             "[[bitrix.channels]]",
             "entry 1: phone_number_id \"+49 30 123\" must be Meta's numeric id",
+        ),
+        (
+            "[bitrix]\nline_id = \"abc\"\n",
+            "[bitrix] line_id",
+            "`abc` is not a positive whole number",
+        ),
+        (
+            "[meta]\ngraph_version = \"23\"\n",
+            "[meta] graph_version",
+            "`23` is not a Graph API version like v23.0",
         ),
     ];
     for (text, name, problem) in files {
@@ -444,4 +462,262 @@ async fn sigterm_stops_the_process_after_acknowledged_work() {
         };
         assert!(status.success(), "exit status {status} ({extra:?})");
     }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A secret stored under one master key stops `serve` and `worker` under another key, or
+/// none, with exit code 2 naming the setting and SWITCHBOARD_OLD_MASTER_KEYS: a process that
+/// started anyway answered the bridge's webhooks 500 and stored nothing. With the old key
+/// among the retired ones it starts.
+#[tokio::test]
+async fn a_stored_secret_no_key_opens_stops_start_up_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let (old, new) = (generate_master_key(), generate_master_key());
+    let set = run(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_MASTER_KEY", &old)],
+        &["credentials", "set", "wabridges.token", "hook-secret-42"],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    for (key, command) in [
+        (Some(new.as_str()), "serve"),
+        (None, "serve"),
+        (Some(new.as_str()), "worker"),
+    ] {
+        let mut env = vec![
+            ("DATABASE_URL", url.as_str()),
+            ("SWITCHBOARD_LISTEN", &listen),
+        ];
+        if let Some(key) = key {
+            env.push(("SWITCHBOARD_MASTER_KEY", key));
+        }
+        // A process that starts anyway runs until stopped: bounded, so that fails instead of
+        // hanging.
+        let mut cmd = tokio::process::Command::from(switchboard(dir.path(), &env));
+        cmd.arg(command).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("`{command}` started with a secret it can't decrypt"))
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{command} key={key:?}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("switchboard: "))
+            .unwrap_or_default();
+        assert!(line.contains("`wabridges.token`"), "{line}");
+        assert!(line.contains("SWITCHBOARD_OLD_MASTER_KEYS"), "{line}");
+        assert!(!err.contains("hook-secret-42"));
+    }
+
+    let (server, _) = serve(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &url),
+            ("SWITCHBOARD_MASTER_KEY", &new),
+            ("SWITCHBOARD_OLD_MASTER_KEYS", &old),
+        ],
+    )
+    .await;
+    let health: serde_json::Value = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The stored token counts: the bridge is configured, not "missing" it.
+    assert_eq!(
+        health["bridges"]["wabridges"]["configured"], true,
+        "{health}"
+    );
+    assert_eq!(health["bridges"]["wabridges"]["state"], "ready", "{health}");
+    assert_eq!(health["bridges"]["pbx"]["state"], "off", "{health}");
+    assert!(
+        health["bridges"]["pbx"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SWITCHBOARD_PBX_BASE_URL")
+    );
+}
+
+/// Arguments that name nothing there is are errors with exit code 2 and a message, not
+/// "0 done": an unknown dead letter, event, source, age or time, a setting the store does not
+/// hold (the message lists those it does), and a value of the wrong form, which is not
+/// stored over the good one in the environment.
+#[tokio::test]
+async fn cli_arguments_that_name_nothing_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _keep) = fresh_database_url().await;
+    let key = generate_master_key();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_MASTER_KEY", key.as_str()),
+        ("SWITCHBOARD_BITRIX_LINE_ID", "7"),
+    ];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["jobs", "retry", "nope"], &["`nope`", "jobs list --dead"]),
+        (
+            &["events", "replay", "--source", "nonsense"],
+            &["`nonsense`", "meta", "wabridges"],
+        ),
+        (
+            &["events", "replay", "--since", "yesterday"],
+            &["`yesterday`", "2h"],
+        ),
+        (&["events", "replay", "--id", "999"], &["999"]),
+        (&["events", "prune", "--older-than", "3x"], &["`3x`", "30d"]),
+        (
+            &["credentials", "set", "bitrix.line_id", "abc"],
+            &["bitrix.line_id", "`abc` is not a positive whole number"],
+        ),
+        (
+            &["credentials", "set", "listen", "127.0.0.1:1"],
+            &["`listen`", "meta.access_token", "bitrix.line_id"],
+        ),
+        (
+            &["credentials", "set", "no.such", "x"],
+            &["`no.such`", "wabridges.token"],
+        ),
+    ];
+    for (args, said) in cases {
+        let out = run(dir.path(), &env, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for s in *said {
+            assert!(err.contains(s), "{args:?}: `{s}` not in {err}");
+        }
+    }
+    let list = run(dir.path(), &env, &["credentials", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("bitrix.line_id"))
+        .unwrap();
+    assert!(
+        row.contains("env") && row.trim_end().ends_with(" 7"),
+        "{row}"
+    );
+
+    // What does exist still works.
+    let ok = run(
+        dir.path(),
+        &env,
+        &["credentials", "set", "bitrix.line_id", "9"],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let ok = run(dir.path(), &env, &["jobs", "retry", "all"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let ok = run(
+        dir.path(),
+        &env,
+        &["events", "replay", "--source", "meta", "--since", "2h"],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
+
+/// The admin form refuses a line id that is not a number beside its field, and keeps the
+/// value in force.
+#[tokio::test]
+async fn the_credentials_form_refuses_a_line_id_that_is_not_a_number() {
+    let (url, _keep) = fresh_database_url().await;
+    let admin = "form-test-admin-token";
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_ADMIN_TOKEN", admin),
+        ("SWITCHBOARD_MASTER_KEY", &generate_master_key()),
+        ("SWITCHBOARD_BITRIX_LINE_ID", "7"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let server = serve_in_process(&env, Workers::InProcess).await;
+    let cookie = crate::support::admin_cookie(&server, admin).await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/admin/credentials", server.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find(r#"name="csrf" value=""#).unwrap() + 19;
+    let csrf = page[at..].split('"').next().unwrap();
+    let refused = http
+        .post(format!("{}/admin/credentials", server.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf), ("bitrix.line_id", "abc")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let html = refused.text().await.unwrap();
+    assert!(
+        html.contains("`abc` is not a positive whole number"),
+        "{html}"
+    );
+    let list = run(
+        tempfile::tempdir().unwrap().path(),
+        &[("DATABASE_URL", &url), ("SWITCHBOARD_BITRIX_LINE_ID", "7")],
+        &["credentials", "list"],
+    );
+    let text = String::from_utf8_lossy(&list.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("bitrix.line_id"))
+        .unwrap();
+    assert!(row.contains("env"), "{row}");
+}
+
+/// `/metrics` counts requests by route template and status class: the bridge name in a hook's
+/// path and an unknown path never become labels of their own.
+#[tokio::test]
+async fn request_counters_carry_the_route_template_and_status_class() {
+    let (url, _keep) = fresh_database_url().await;
+    let server = serve_in_process(&[("DATABASE_URL".into(), url)], Workers::InProcess).await;
+    let http = reqwest::Client::new();
+    http.get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    let hook = http
+        .post(format!("{}/wabridges/hooks/sales-team-7", server.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(hook.status().is_client_error() || hook.status().is_server_error());
+    let missing = http
+        .get(format!("{}/no/such/path-42", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let text = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let class = format!("{}xx", hook.status().as_u16() / 100);
+    for series in [
+        r#"switchboard_http_requests_total{route="/health",status="2xx"}"#.to_string(),
+        format!(
+            r#"switchboard_http_requests_total{{route="/wabridges/hooks/{{bridge}}",status="{class}"}}"#
+        ),
+        r#"switchboard_http_requests_total{route="unmatched",status="4xx"}"#.to_string(),
+    ] {
+        assert!(text.contains(&series), "{series} not in:\n{text}");
+    }
+    assert!(!text.contains("sales-team-7") && !text.contains("path-42"));
 }
