@@ -513,6 +513,14 @@ async fn metrics(State(s): State<OpsState>) -> Response {
         metrics::gauge!("switchboard_queue_depth").set(st.pending as f64);
         metrics::gauge!("switchboard_jobs_running").set(st.running as f64);
         metrics::gauge!("switchboard_dead_letters").set(st.dead as f64);
+        // Each bridge's state as `/health` says it, one series per state (1 for the current
+        // one), so an alert can wait on `degraded` without parsing JSON.
+        for (b, h) in s.bridge_health().await {
+            for state in ["ready", "degraded", "off"] {
+                metrics::gauge!("switchboard_bridge_state", "bridge" => b.name, "state" => state)
+                    .set(if h.state == state { 1.0 } else { 0.0 });
+            }
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -134,6 +134,12 @@ async fn alerts_and_dashboard_query_only_series_the_product_exports() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
 
+    // The bridges' states, as `/health` has them: the alert on `degraded` reads these.
+    for (bridge, state) in [("pbx", "ready"), ("wabridges", "ready"), ("bitrix", "off")] {
+        let series = format!("switchboard_bridge_state{{bridge=\"{bridge}\",state=\"{state}\"}} 1");
+        assert!(scraped.contains(&series), "no `{series}` in:\n{scraped}");
+    }
+
     let exported = exported();
     assert!(
         exported.len() > 20,
