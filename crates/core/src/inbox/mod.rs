@@ -653,23 +653,19 @@ impl Inbox {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            // Per carried job: written now (false: its key was pushed before).
             let mut written = Vec::new();
             if let Some((worker, jobs)) = &carried {
-                for (i, u) in jobs.iter().enumerate() {
-                    if tx.enqueue_taken(&u.job, &u.key, &u.task_id, worker).await? {
-                        written.push(i);
-                    }
+                for u in jobs {
+                    written.push(tx.enqueue_taken(&u.job, &u.key, &u.task_id, worker).await?);
                 }
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(written)
         })?;
-        if let Some((_, jobs)) = carried {
-            let mut jobs: Vec<_> = jobs.into_iter().map(Some).collect();
-            for i in written {
-                if let Some(u) = jobs[i].take() {
-                    crate::jobs::hold(u.task_id, u.job);
-                }
+        for (u, written) in carried.into_iter().flat_map(|(_, jobs)| jobs).zip(written) {
+            if written {
+                crate::jobs::hold(u.task_id, u.job);
             }
         }
         metrics::counter!("switchboard_events_processed_total", "status" => status.as_str())
