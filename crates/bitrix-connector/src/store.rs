@@ -3,7 +3,7 @@
 //! for both engines. Every "only once" guarantee here rests on a primary key or unique index
 //! and `ON CONFLICT DO NOTHING`, so it holds across worker tasks and across processes.
 
-use switchboard_core::{Db, db::now_ms, on_pool};
+use switchboard_core::{Db, db::now_ms, inbox::write_with_outcome, on_pool, on_tx};
 
 /// Where an inbound message stands in its customer's order (migration `0006`): Meta's
 /// timestamp, the inbox row that carried it, its index in that notification.
@@ -26,46 +26,66 @@ pub struct Inbound<'a> {
 }
 
 /// Records an inbound message: its place in the customer's order, the customer, and the
-/// 24-hour window of (channel, customer), in one transaction (one commit on a message's way to
-/// the operator, not three). `true` at first sight of the wamid; `false` for a redelivery or
-/// replay, whose first place stays.
+/// 24-hour window of (channel, customer). Written with the outcome of the notification that
+/// carried it ([`write_with_outcome`]), so a message on its way to the operator waits for one
+/// commit, not two. `true` at first sight of the wamid; `false` for a redelivery or replay,
+/// whose first place stays.
 pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Error> {
+    let known: Option<i64> = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT 1 FROM bitrix_inbound WHERE wamid = $1"
+    )
+    .bind(m.wamid)
+    .fetch_optional(p)
+    .await)?;
     let message_at_ms = m.place.sent_at * 1000;
     let now = now_ms();
-    on_pool!(db, |p| {
-        let mut tx = p.begin().await?;
-        let n = sqlx::query(
-            "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (wamid) DO NOTHING",
-        )
-        .bind(m.wamid)
-        .bind(m.customer)
-        .bind(now)
-        .bind(m.place.sent_at)
-        .bind(m.place.inbox_id)
-        .bind(m.place.seq)
-        .bind(m.channel)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(CUSTOMER_SEEN)
-            .bind(m.customer)
-            .bind(m.name)
-            .bind(message_at_ms)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(WINDOW_OPENED)
-            .bind(m.channel)
-            .bind(m.customer)
-            .bind(message_at_ms)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(n == 1)
-    })
+    let (wamid, channel, customer, name, place) = (
+        m.wamid.to_string(),
+        m.channel.to_string(),
+        m.customer.to_string(),
+        m.name.map(str::to_string),
+        m.place,
+    );
+    write_with_outcome(
+        db,
+        Box::new(move |tx| {
+            Box::pin(async move {
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         ON CONFLICT (wamid) DO NOTHING",
+                    )
+                    .bind(&wamid)
+                    .bind(&customer)
+                    .bind(now)
+                    .bind(place.sent_at)
+                    .bind(place.inbox_id)
+                    .bind(place.seq)
+                    .bind(&channel)
+                    .execute(&mut *c)
+                    .await?;
+                    sqlx::query(CUSTOMER_SEEN)
+                        .bind(&customer)
+                        .bind(&name)
+                        .bind(message_at_ms)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                    sqlx::query(WINDOW_OPENED)
+                        .bind(&channel)
+                        .bind(&customer)
+                        .bind(message_at_ms)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                });
+                Ok(())
+            })
+        }),
+    )
+    .await?;
+    Ok(known.is_none())
 }
 
 /// The place of an inbound message; `None` for one stored before places were recorded.

@@ -29,6 +29,25 @@ macro_rules! on_pool {
     };
 }
 
+/// An open transaction's connection, of either engine: for writes a caller adds to a
+/// transaction that someone else begins and commits.
+pub enum Tx<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+/// Runs `$body` with `$conn` bound to the concrete connection of a [`Tx`], as [`on_pool!`]
+/// does for a pool.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite($conn) => $body,
+            $crate::db::Tx::Postgres($conn) => $body,
+        }
+    };
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -74,7 +74,7 @@ async fn dispatch_rounds(inbox: &Inbox, jobs: &Jobs, told: bool) -> Result<usize
     let mut total = 0;
     let mut look = !told;
     loop {
-        let (n, queued) = dispatch_batch(inbox.db(), jobs, look).await?;
+        let (n, queued) = dispatch_batch(inbox, jobs, look).await?;
         // A full batch leaves more behind: the next round needn't look either.
         look = false;
         // Only for jobs left in the queue: a fetch that finds nothing still takes SQLite's
@@ -92,9 +92,14 @@ async fn dispatch_rounds(inbox: &Inbox, jobs: &Jobs, told: bool) -> Result<usize
 /// Marks up to [`DISPATCH_BATCH`] rows dispatched and enqueues their jobs, in one transaction:
 /// a crash before the commit leaves both undone, so the rows are handed over again. As many
 /// as this process's worker has room for are written taken by it and run at once, without a
-/// trip through the queue; if this process dies first, the worker's lease runs out and any
-/// worker runs them.
-async fn dispatch_batch(db: &Db, jobs: &Jobs, look: bool) -> Result<(usize, usize), sqlx::Error> {
+/// trip through the queue, their rows claimed for them in the same transaction; if this
+/// process dies first, the worker's lease and the claim run out and any worker runs them.
+async fn dispatch_batch(
+    inbox: &Inbox,
+    jobs: &Jobs,
+    look: bool,
+) -> Result<(usize, usize), sqlx::Error> {
+    let db = inbox.db();
     if look && !any_waiting(db).await? {
         return Ok((0, 0));
     }
@@ -109,10 +114,12 @@ async fn dispatch_batch(db: &Db, jobs: &Jobs, look: bool) -> Result<(usize, usiz
          RETURNING id, source, request_id, replays"
     );
     let lane = jobs.lane();
+    let claim = super::claim_sql();
+    let now = now_ms();
     let (n, handed, queued) = on_pool!(db, |p| {
         let mut tx = p.begin().await?;
         let mut rows: Vec<(i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms())
+            .bind(now)
             .bind(DISPATCH_BATCH)
             .fetch_all(&mut *tx)
             .await?;
@@ -127,7 +134,19 @@ async fn dispatch_batch(db: &Db, jobs: &Jobs, look: bool) -> Result<(usize, usiz
                 Some((lane, slot)) => {
                     let task_id = ulid::Ulid::generate().to_string();
                     if tx.enqueue_taken(&job, &key, &task_id, &lane.worker).await? {
-                        handed.push((task_id, job, slot));
+                        // Not claimable (held by a job of an earlier hand-off): the job
+                        // claims it itself, and waits its turn as it would have.
+                        let event = match sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
+                            .bind(now + super::process::CLAIM_LEASE_MS)
+                            .bind(id)
+                            .bind(now)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                        {
+                            Some(r) => Some(super::event_from_row(&r)?),
+                            None => None,
+                        };
+                        handed.push((task_id, job, slot, event));
                     }
                 }
                 None => queued.push((job, key)),
@@ -141,7 +160,10 @@ async fn dispatch_batch(db: &Db, jobs: &Jobs, look: bool) -> Result<(usize, usiz
         Ok::<_, sqlx::Error>((n, handed, queued_n))
     })?;
     if let Some(lane) = &lane {
-        for (task_id, job, slot) in handed {
+        for (task_id, job, slot, event) in handed {
+            if let Some(event) = event {
+                inbox.preclaimed(task_id.clone(), event);
+            }
             lane.run(task_id, job, slot);
         }
     }

@@ -31,7 +31,9 @@ mod process;
 mod sqlite_writer;
 
 pub use dispatch::{dispatch_pending, spawn_dispatcher};
-pub use process::{ProcessEvent, ProcessOutcome, Processor, Processors};
+pub use process::{
+    OutcomeWrite, ProcessEvent, ProcessOutcome, Processor, Processors, write_with_outcome,
+};
 
 /// What became of an inbound call. Stored as lower-case text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -328,6 +330,10 @@ pub struct Inbox {
     tx: mpsc::Sender<(Incoming, Reply)>,
     /// Wakes this process's dispatcher when rows need handing to the job queue.
     pub(crate) new_work: Arc<Notify>,
+    /// Rows the dispatcher claimed in the transaction that handed them to this process's
+    /// worker, by the task id of their job: that job starts on them without a claim of its
+    /// own, one commit fewer between the ack and the work.
+    preclaimed: Arc<std::sync::Mutex<HashMap<String, StoredEvent>>>,
 }
 
 impl Inbox {
@@ -360,7 +366,30 @@ impl Inbox {
                 }
             }
         }
-        Self { db, tx, new_work }
+        Self {
+            db,
+            tx,
+            new_work,
+            preclaimed: Arc::default(),
+        }
+    }
+
+    /// Keeps `event`, claimed for job `task_id`, for that job to start on.
+    fn preclaimed(&self, task_id: String, event: StoredEvent) {
+        self.preclaimed
+            .lock()
+            .expect("preclaimed lock")
+            .insert(task_id, event);
+    }
+
+    /// The row claimed for job `task_id` when it was handed over, if it is row `id`.
+    fn take_preclaimed(&self, task_id: &str, id: i64) -> Option<StoredEvent> {
+        let mut held = self.preclaimed.lock().expect("preclaimed lock");
+        if held.get(task_id).is_some_and(|e| e.id == id) {
+            held.remove(task_id)
+        } else {
+            None
+        }
     }
 
     /// Durably records one inbound call. Returns only after the commit.
@@ -598,17 +627,14 @@ impl Inbox {
         Ok(rows.into_iter().collect())
     }
 
-    /// Claims row `id` for processing for `lease_ms`.
-    pub async fn claim(&self, id: i64, lease_ms: i64) -> Result<Claim, InboxError> {
+    /// Claims row `id` for processing for `lease_ms`. A row the dispatcher claimed for job
+    /// `task_id` when it handed it over ([`Inbox::preclaimed`]) is this job's already.
+    pub async fn claim(&self, id: i64, lease_ms: i64, task_id: &str) -> Result<Claim, InboxError> {
+        if let Some(event) = self.take_preclaimed(task_id, id) {
+            return Ok(Claim::Mine(Box::new(event)));
+        }
         let now = now_ms();
-        // The claim hands the row back in the same statement: no second read on the way to
-        // processing it.
-        let sql = format!(
-            "UPDATE inbox_events SET claimed_until = $1, attempts = attempts + 1
-             WHERE id = $2 AND status IN ('received', 'failed')
-               AND (claimed_until IS NULL OR claimed_until < $3)
-             RETURNING {EVENT_COLUMNS}, body"
-        );
+        let sql = claim_sql();
         let claimed = on_pool!(&self.db, |p| {
             match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(now + lease_ms)
@@ -631,9 +657,10 @@ impl Inbox {
     }
 
     /// Records the outcome of processing and releases the claim. Called from the job that
-    /// processed the event, it also writes the jobs that processing pushed to run next
-    /// ([`crate::jobs::Jobs::push_once_here`]) in the same transaction: the outcome and the
-    /// work it leads to are committed together, in one commit instead of one each.
+    /// processed the event, it also writes, in the same transaction, what processing left for
+    /// it ([`write_with_outcome`]) and the jobs it pushed to run next
+    /// ([`crate::jobs::Jobs::push_once_here`]): the outcome, what was learnt and the work it
+    /// leads to are committed together, in one commit instead of one each.
     pub async fn finish(
         &self,
         id: i64,
@@ -644,8 +671,12 @@ impl Inbox {
         let processed_at = (status != Status::Failed).then(now_ms);
         // Taken out now: if this fails, the event is processed again and pushes them again.
         let carried = crate::jobs::take_unwritten();
+        let writes = process::take_outcome_writes();
         let written = on_pool!(&self.db, |p| {
             let mut tx = p.begin().await?;
+            for write in writes {
+                write(process::AsTx::as_tx(&mut tx)).await?;
+            }
             sqlx::query(SQL)
                 .bind(status.as_str())
                 .bind(error)
@@ -726,6 +757,17 @@ impl Inbox {
             .map(|r| r.rows_affected())
         })?)
     }
+}
+
+/// The claim of row `$2` for `$1` (lease end) at time `$3`; it hands the row back in the same
+/// statement, so no second read stands between the claim and the processing.
+fn claim_sql() -> String {
+    format!(
+        "UPDATE inbox_events SET claimed_until = $1, attempts = attempts + 1
+         WHERE id = $2 AND status IN ('received', 'failed')
+           AND (claimed_until IS NULL OR claimed_until < $3)
+         RETURNING {EVENT_COLUMNS}, body"
+    )
 }
 
 /// Metrics, the dispatcher's wake-up, the log line for a failed commit, then each caller's

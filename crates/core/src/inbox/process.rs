@@ -29,6 +29,68 @@ pub enum ProcessOutcome {
     BlockedWindow(String),
 }
 
+/// A write that belongs with the outcome of the event being processed: see
+/// [`write_with_outcome`].
+pub type OutcomeWrite = Box<
+    dyn for<'a> FnOnce(crate::db::Tx<'a>) -> BoxFuture<'a, Result<(), sqlx::Error>> + Send,
+>;
+
+tokio::task_local! {
+    /// The writes the processor running in this task left for its outcome's transaction.
+    static OUTCOME_WRITES: std::sync::Mutex<Vec<OutcomeWrite>>;
+}
+
+/// Makes `write` part of the transaction that records the outcome of the event being
+/// processed in this task, so that what processing learnt and the event's new status are
+/// committed together, with one commit instead of one each: a message on its way to an
+/// operator waits for every commit on it. A crash before that commit loses both, and the event
+/// is processed again. Outside of processing (a command, a test) it is written at once, in a
+/// transaction of its own.
+pub async fn write_with_outcome(db: &crate::Db, write: OutcomeWrite) -> Result<(), sqlx::Error> {
+    let mut write = Some(write);
+    let kept = OUTCOME_WRITES.try_with(|w| {
+        if let Some(write) = write.take() {
+            w.lock().expect("outcome writes lock").push(write);
+        }
+    });
+    match (kept, write) {
+        (Ok(()), _) | (_, None) => Ok(()),
+        (Err(_), Some(write)) => crate::on_pool!(db, |p| {
+            let mut tx = p.begin().await?;
+            write(tx_of(&mut tx)).await?;
+            tx.commit().await
+        }),
+    }
+}
+
+/// The writes this task's processor left, taken out.
+pub(super) fn take_outcome_writes() -> Vec<OutcomeWrite> {
+    OUTCOME_WRITES
+        .try_with(|w| std::mem::take(&mut *w.lock().expect("outcome writes lock")))
+        .unwrap_or_default()
+}
+
+/// The connection of either engine's transaction, as a [`crate::db::Tx`].
+pub(super) trait AsTx {
+    fn as_tx(&mut self) -> crate::db::Tx<'_>;
+}
+
+impl AsTx for sqlx::Transaction<'_, sqlx::Sqlite> {
+    fn as_tx(&mut self) -> crate::db::Tx<'_> {
+        crate::db::Tx::Sqlite(&mut *self)
+    }
+}
+
+impl AsTx for sqlx::Transaction<'_, sqlx::Postgres> {
+    fn as_tx(&mut self) -> crate::db::Tx<'_> {
+        crate::db::Tx::Postgres(&mut *self)
+    }
+}
+
+fn tx_of<T: AsTx>(tx: &mut T) -> crate::db::Tx<'_> {
+    tx.as_tx()
+}
+
 pub type Processor = Arc<
     dyn Fn(StoredEvent, JobContext) -> BoxFuture<'static, Result<ProcessOutcome, JobError>>
         + Send
@@ -70,7 +132,9 @@ impl Processors {
         registry.register(move |job: ProcessEvent, ctx: JobContext| {
             let processors = processors.clone();
             let inbox = inbox.clone();
-            async move { process_event(&processors, &inbox, job, ctx).await }
+            OUTCOME_WRITES.scope(std::sync::Mutex::default(), async move {
+                process_event(&processors, &inbox, job, ctx).await
+            })
         });
     }
 }
@@ -79,7 +143,7 @@ impl Processors {
 /// mid-job leaves its claim behind; its job comes back through apalis' orphan recovery (~15 s)
 /// and must find the lease expired soon after, or the row would wait (regression: issue 9's
 /// kill -9 test lost rows to a 5-minute lease). Processing is a few HTTP calls, well inside it.
-const CLAIM_LEASE_MS: i64 = 30 * 1000;
+pub(super) const CLAIM_LEASE_MS: i64 = 30 * 1000;
 
 async fn process_event(
     processors: &Processors,
@@ -89,7 +153,7 @@ async fn process_event(
 ) -> Result<(), JobError> {
     let retry = |e: super::InboxError| JobError::Retry(e.to_string());
     let event = match inbox
-        .claim(job.event_id, CLAIM_LEASE_MS)
+        .claim(job.event_id, CLAIM_LEASE_MS, &ctx.task_id)
         .await
         .map_err(retry)?
     {
