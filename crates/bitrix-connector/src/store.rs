@@ -276,6 +276,17 @@ pub enum LeadClaim {
 const STALE_CLAIM_MS: i64 = 60 * 1000;
 
 pub async fn claim_lead(db: &Db, phone: &str) -> Result<LeadClaim, sqlx::Error> {
+    // Nearly every message is from a customer whose lead exists: a read answers it, without
+    // taking the write lock that the acks of new messages wait for.
+    let lead: Option<Option<String>> = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT lead_id FROM bitrix_leads WHERE phone = $1"
+    )
+    .bind(phone)
+    .fetch_optional(p)
+    .await)?;
+    if let Some(Some(id)) = lead {
+        return Ok(LeadClaim::Done(id));
+    }
     let now = now_ms();
     let n = on_pool!(db, |p| {
         sqlx::query(
