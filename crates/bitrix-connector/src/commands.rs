@@ -102,9 +102,7 @@ pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, Co
             .await
         {
             Ok(_) => report.push(format!("bound {event} → {handler}")),
-            Err(BitrixError::Api { description, .. })
-                if description.contains("already binded") =>
-            {
+            Err(BitrixError::Api { description, .. }) if description.contains("already binded") => {
                 report.push(format!("{event} → {handler} was already bound"))
             }
             Err(e) => return Err(e.into()),

@@ -294,11 +294,13 @@ pub async fn alerts(db: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
 
 /// Clears the alert `name`: what it reported is over (the connector was activated again).
 pub async fn clear_alerts(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query("DELETE FROM bitrix_alerts WHERE name = $1")
-        .bind(name)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))
+    on_pool!(db, |p| sqlx::query(
+        "DELETE FROM bitrix_alerts WHERE name = $1"
+    )
+    .bind(name)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
 }
 
 /// The place of an inbound message; `None` for one stored before places were recorded.

@@ -157,7 +157,9 @@ pub fn units(env: &Envelope) -> Units {
                 })
                 .or(v.contacts.first());
             let profile = contact.and_then(|c| c.profile.as_ref());
-            let name = profile.and_then(|p| p.name.clone()).filter(|n| !n.is_empty());
+            let name = profile
+                .and_then(|p| p.name.clone())
+                .filter(|n| !n.is_empty());
             let username = profile
                 .and_then(|p| p.username.clone())
                 .filter(|n| !n.is_empty());

@@ -84,14 +84,16 @@ async fn reaction(relay: &Relay, m: &Value) -> Result<String, JobError> {
         None => "Removed the reaction".to_string(),
     };
     let quoted = match s(m, "/reaction/message_id") {
-        Some(id) => store::quoted(&relay.core.db, id)
-            .await
-            .map_err(retry_db)?,
+        Some(id) => store::quoted(&relay.core.db, id).await.map_err(retry_db)?,
         None => None,
     };
     Ok(match quoted {
-        Some(Quoted::Operator(Some(t))) => format!("{head} to the operator's message:\n{}", quote(&t)),
-        Some(Quoted::Customer(Some(t))) => format!("{head} to the customer's message:\n{}", quote(&t)),
+        Some(Quoted::Operator(Some(t))) => {
+            format!("{head} to the operator's message:\n{}", quote(&t))
+        }
+        Some(Quoted::Customer(Some(t))) => {
+            format!("{head} to the customer's message:\n{}", quote(&t))
+        }
         Some(Quoted::Operator(None)) => format!("{head} to an operator's message"),
         Some(Quoted::Customer(None)) => format!("{head} to one of the customer's messages"),
         None => format!("{head} to a message"),

@@ -128,7 +128,9 @@ async fn relay_in_turn(
                         .map_err(retry_db)?;
                     files.push(json!({"url": public_link(&relay.core, &format!("/media/{id}")), "name": m.filename}));
                 }
-                Err(e) if e.is_retryable() && ctx.attempt < switchboard_core::jobs::MAX_ATTEMPTS => {
+                Err(e)
+                    if e.is_retryable() && ctx.attempt < switchboard_core::jobs::MAX_ATTEMPTS =>
+                {
                     return Err(e.into_job_error());
                 }
                 // For good: the rest of the message (its caption) still reaches the operator,
@@ -142,8 +144,8 @@ async fn relay_in_turn(
                 }
             }
         }
-        let text = conversation::shown_text(relay, unit, rendered.text.as_deref(), media_note)
-            .await?;
+        let text =
+            conversation::shown_text(relay, unit, rendered.text.as_deref(), media_note).await?;
         let item = bitrix_message(relay, unit, text.as_deref(), files).await?;
         let result = relay
             .bitrix
@@ -234,7 +236,12 @@ fn username_as_name(username: &str) -> String {
         .map(|c| if c.is_alphabetic() { c } else { ' ' })
         .collect();
     let joined = mapped.split_whitespace().collect::<Vec<_>>().join("-");
-    joined.chars().take(25).collect::<String>().trim_matches('-').to_string()
+    joined
+        .chars()
+        .take(25)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
 }
 
 /// `+<digits>` for a wa_id; `None` for a business-scoped user id, which is no phone number.

@@ -6,10 +6,7 @@
 //! on a line again.
 
 use serde_json::Value;
-use switchboard_core::{
-    JobError,
-    inbox::ProcessOutcome,
-};
+use switchboard_core::{JobError, inbox::ProcessOutcome};
 
 use crate::{
     bitrix::{events, id_text, notes, php_form},

@@ -106,9 +106,7 @@ async fn send(
         .into_iter()
         .map(|(part, _)| part)
         .collect();
-    let address = store::address_of(db, &m.customer)
-        .await
-        .map_err(retry_db)?;
+    let address = store::address_of(db, &m.customer).await.map_err(retry_db)?;
     let mut sender = PartSender {
         relay,
         meta: &meta,
@@ -194,7 +192,12 @@ async fn mark_read(relay: &Relay, m: &OperatorMessage) {
         .await
         .ok()
         .flatten()
-        .is_none_or(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "no" | "off" | "0"));
+        .is_none_or(|v| {
+            !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "false" | "no" | "off" | "0"
+            )
+        });
     if !on {
         return;
     }

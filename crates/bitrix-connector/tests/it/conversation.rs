@@ -61,7 +61,10 @@ async fn media_that_cannot_be_fetched_still_brings_its_caption_and_a_note() {
         };
         app.meta
             .webhooks()
-            .send_inbound(&anna(), InboundMessage::image(&gone, Some("the damaged box")))
+            .send_inbound(
+                &anna(),
+                InboundMessage::image(&gone, Some("the damaged box")),
+            )
             .await
             .unwrap();
         eventually("the caption in the chat", 20, || async {
@@ -380,13 +383,19 @@ async fn an_operator_who_edits_or_deletes_a_sent_reply_is_told_whatsapp_keeps_it
             .operator_edit(reply.message_id, "Your order ships Tuesday.")
             .await;
         assert_eq!(edited[0].status, Some(200));
-        eventually("the edit note", 20, || async { notes(&app, ANNA).len() == 1 }).await;
+        eventually("the edit note", 20, || async {
+            notes(&app, ANNA).len() == 1
+        })
+        .await;
         assert!(
             notes(&app, ANNA)[0].contains("WhatsApp can't edit a message that was already sent")
         );
         let deleted = app.bitrix.operator_delete(reply.message_id).await;
         assert_eq!(deleted[0].status, Some(200));
-        eventually("the delete note", 20, || async { notes(&app, ANNA).len() == 2 }).await;
+        eventually("the delete note", 20, || async {
+            notes(&app, ANNA).len() == 2
+        })
+        .await;
         assert!(
             notes(&app, ANNA)[1].contains("WhatsApp can't delete a message that was already sent")
         );

@@ -456,7 +456,13 @@ pub(crate) async fn line_deleted(s: &Shared, line: i64) -> Vec<Delivery> {
         portal.statuses.retain(|(_, l), _| *l != line);
         portal.cfg.operator_user_id
     };
-    deliver(s, "ONIMCONNECTORLINEDELETE", json!(line.to_string()), user_id).await
+    deliver(
+        s,
+        "ONIMCONNECTORLINEDELETE",
+        json!(line.to_string()),
+        user_id,
+    )
+    .await
 }
 
 /// An administrator disconnects `connector` from `line` in Contact Center: its status there

@@ -154,8 +154,9 @@ fn recipient(body: &Value) -> Result<(String, String), GraphError> {
     let Some(to) = body.get("to") else {
         return match str_field(body, "recipient") {
             Some(bsuid) if is_bsuid(bsuid) => Ok((bsuid.to_string(), bsuid.to_string())),
-            Some(other) => Err(GraphError::for_code(100)
-                .with_details(format!("Invalid recipient \"{other}\": not a business-scoped user ID."))),
+            Some(other) => Err(GraphError::for_code(100).with_details(format!(
+                "Invalid recipient \"{other}\": not a business-scoped user ID."
+            ))),
             None => Err(GraphError::param_required("to")),
         };
     };

@@ -67,11 +67,21 @@ async fn a_deleted_line_degrades_the_bridge_until_the_connector_is_activated_aga
     let row = format!("Open Channel line {line} still connected");
     let at = page.find(&row).unwrap_or_else(|| panic!("no {row} row"));
     let li = page[..at].rfind("<li").unwrap();
-    assert!(page[li..at].contains("data-ok=\"false\""), "{}", &page[li..at]);
+    assert!(
+        page[li..at].contains("data-ok=\"false\""),
+        "{}",
+        &page[li..at]
+    );
 
     // The administrator connects the connector again: the alert is over.
-    let out = world.cli(dir.path(), &["bitrix", "activate-connector"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = world
+        .cli(dir.path(), &["bitrix", "activate-connector"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(health(&server).await["bridges"]["bitrix"]["state"], "ready");
     assert!(!setup_page(&base, &cookie).await.contains(&row));
 
@@ -87,7 +97,13 @@ async fn a_deleted_line_degrades_the_bridge_until_the_connector_is_activated_aga
             .is_some_and(|r| r.contains("connector was disconnected"))
     })
     .await;
-    let out = world.cli(dir.path(), &["bitrix", "activate-connector"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = world
+        .cli(dir.path(), &["bitrix", "activate-connector"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(health(&server).await["bridges"]["bitrix"]["state"], "ready");
 }
