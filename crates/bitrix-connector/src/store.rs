@@ -257,6 +257,26 @@ pub async fn latest_inbound(
     .await)
 }
 
+/// The customer's latest messages to `channel` with the text kept of each, newest first: what
+/// an operator's quote is matched against.
+pub async fn recent_bodies(
+    db: &Db,
+    channel: &str,
+    customer: &str,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_as(
+        "SELECT wamid, body FROM bitrix_inbound
+         WHERE channel = $1 AND wa_id = $2 AND sent_at IS NOT NULL AND body IS NOT NULL
+         ORDER BY sent_at DESC, inbox_id DESC, seq DESC LIMIT $3"
+    )
+    .bind(channel)
+    .bind(customer)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
 /// Raises (or restates) an alert about the connector, written with the outcome of the event
 /// that reported it.
 pub async fn raise_alert(db: &Db, name: &str, reason: &str) -> Result<(), sqlx::Error> {

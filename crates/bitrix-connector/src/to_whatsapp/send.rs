@@ -107,6 +107,7 @@ async fn send(
         .map(|(part, _)| part)
         .collect();
     let address = store::address_of(db, &m.customer).await.map_err(retry_db)?;
+    let context = quoted_wamid(relay, &channel, m).await?;
     let mut sender = PartSender {
         relay,
         meta: &meta,
@@ -114,6 +115,7 @@ async fn send(
         row,
         done: &done,
         address: &address,
+        context: context.as_deref(),
     };
     match template_command(&m.text) {
         Some(name) => match template_body(relay, m, &name).await? {
@@ -147,6 +149,8 @@ struct PartSender<'a> {
     done: &'a [i64],
     /// Where the customer is reached now: their number, or their business-scoped user id.
     address: &'a store::Address,
+    /// The customer's message the operator quoted, shown by WhatsApp above the reply.
+    context: Option<&'a str>,
 }
 
 impl PartSender<'_> {
@@ -160,6 +164,12 @@ impl PartSender<'_> {
         }
         let mut body = part.body;
         body["biz_opaque_callback_data"] = json!(callback_data(&self.m.message_id, part.index));
+        // The text goes as part 0, or as the first file's caption.
+        if let Some(wamid) = self.context
+            && part.index <= 1
+        {
+            body["context"] = json!({"message_id": wamid});
+        }
         // A customer who changed number is reached at the new one; one who hides their number
         // by `recipient` (protocol §2.5: `to` would win if both were given).
         if let Some(fields) = body.as_object_mut() {
@@ -182,6 +192,41 @@ impl PartSender<'_> {
             Err(e) => Err(refused(self.relay, self.row, e).await),
         }
     }
+}
+
+/// How many of the customer's latest messages an operator's quote is looked for in.
+const QUOTE_SEARCH: i64 = 50;
+
+/// The wamid of the customer's message the operator quoted (Bitrix puts a quote in the text as
+/// a block, which arrives here as `> ` lines): the latest one whose kept text the quote holds.
+async fn quoted_wamid(
+    relay: &Relay,
+    channel: &Channel,
+    m: &OperatorMessage,
+) -> Result<Option<String>, JobError> {
+    let text = bbcode::to_whatsapp(&m.text);
+    let quoted: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("> ").or_else(|| l.strip_prefix('>')))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if quoted.is_empty() {
+        return Ok(None);
+    }
+    let quoted = quoted.join("\n");
+    let recent = store::recent_bodies(
+        &relay.core.db,
+        &channel.phone_number_id,
+        &m.customer,
+        QUOTE_SEARCH,
+    )
+    .await
+    .map_err(retry_db)?;
+    Ok(recent.into_iter().find_map(|(wamid, body)| {
+        let body = body.trim();
+        (!body.is_empty() && quoted.contains(body)).then_some(wamid)
+    }))
 }
 
 /// Marks the customer's latest message read at Meta once the operator answered it, so the

@@ -159,6 +159,21 @@ async fn a_reply_shows_its_quote_forwards_are_marked_and_reactions_name_their_me
             t[5],
             "↩ Reply to an earlier message (not kept here)\nand this?"
         );
+
+        // The operator quotes the customer's question: WhatsApp shows the reply against it.
+        app.bitrix
+            .operator_reply(
+                ANNA,
+                "------------------------------------------------------\nAnna Schmidt [07.12.2026 18:00]\nHas order 1042 shipped?\n------------------------------------------------------\nYes, it left this morning.",
+                vec![],
+            )
+            .await;
+        eventually("the quoting reply sent", 20, || async {
+            app.meta.sent_messages().len() == 2
+        })
+        .await;
+        let sent = &app.meta.sent_messages()[1];
+        assert_eq!(sent.body["context"]["message_id"], asked.wamid.as_str());
     })
     .await;
 }
