@@ -45,7 +45,7 @@ const BODY_KEPT_CHARS: usize = 500;
 /// whose first place stays.
 pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Error> {
     let known: Option<i64> = on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT 1 FROM bitrix_inbound WHERE wamid = $1"
+        "SELECT CAST(1 AS BIGINT) FROM bitrix_inbound WHERE wamid = $1"
     )
     .bind(m.wamid)
     .fetch_optional(p)
