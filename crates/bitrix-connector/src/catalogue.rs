@@ -197,6 +197,23 @@ pub const BITRIX_BATCH_SIZE: &Setting = &Setting {
     help: "How many Bitrix24 REST calls may travel in one `batch` request (at most 50). 1 sends each call on its own, which the portal's 2 requests/s limit makes up to 50 times slower under a burst.",
 };
 
+/// `true` or `false`.
+const BOOL_FORM: Format = Format {
+    expected: "true or false",
+    check: |v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "false"),
+};
+
+pub const BITRIX_MARK_READ: &Setting = &Setting {
+    key: "bitrix.mark_read",
+    env: "SWITCHBOARD_BITRIX_MARK_READ",
+    kind: Kind::Format(&BOOL_FORM),
+    default: Some("true"),
+    storable: false,
+    group: BITRIX_GROUP,
+    label: "Mark read on reply",
+    help: "When an operator replies, mark the customer's latest WhatsApp message read (blue ticks). false leaves it unread.",
+};
+
 pub const SETTINGS: &[&Setting] = &[
     META_GRAPH_URL,
     META_GRAPH_VERSION,
@@ -214,6 +231,7 @@ pub const SETTINGS: &[&Setting] = &[
     BITRIX_APPLICATION_TOKEN,
     BITRIX_OAUTH_URL,
     BITRIX_BATCH_SIZE,
+    BITRIX_MARK_READ,
 ];
 
 /// `[[bitrix.templates]]`: the approved templates an operator may send by name.

@@ -95,20 +95,18 @@ pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, Co
         "registered connector {connector} as \"{CONNECTOR_NAME}\""
     ));
     let handler = public_link(core, crate::routes::BITRIX_EVENTS);
-    match b
-        .call(
-            "event.bind",
-            json!({"event": "OnImConnectorMessageAdd", "handler": handler}),
-        )
-        .await
-    {
-        Ok(_) => report.push(format!("bound OnImConnectorMessageAdd → {handler}")),
-        Err(BitrixError::Api { description, .. }) if description.contains("already binded") => {
-            report.push(format!(
-                "OnImConnectorMessageAdd → {handler} was already bound"
-            ))
+    // Operator messages, their edits and deletions, and a line or the connector going away.
+    for (_, event) in crate::bitrix::events::HANDLED {
+        match b
+            .call("event.bind", json!({"event": event, "handler": handler}))
+            .await
+        {
+            Ok(_) => report.push(format!("bound {event} → {handler}")),
+            Err(BitrixError::Api { description, .. }) if description.contains("already binded") => {
+                report.push(format!("{event} → {handler} was already bound"))
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
     report.push(
         "next: Contact Center → the connector → Connect, bind it to an Open Channel, then run \
@@ -186,6 +184,14 @@ async fn activate_line(
             "connector {connector} on line {line}: STATUS:{active}, CONFIGURED:{configured_ok}. \
              Check that line {line} exists and the connector is registered (`switchboard bitrix register-connector`)."
         )));
+    }
+    // Whatever Bitrix reported about this line before (deleted, disconnected) is over.
+    if crate::store::clear_alerts(&core.db, &crate::to_whatsapp::changed::line_alert(line))
+        .await
+        .map_err(|e| CommandFailed(format!("database: {e}")))?
+        > 0
+    {
+        tracing::info!(line = %line, "connector active on the line again; its alert is cleared");
     }
     Ok(format!(
         "connector {connector} active on line {line}: STATUS:true, CONFIGURED:true"

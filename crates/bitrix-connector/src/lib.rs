@@ -77,6 +77,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     let listed = channels::listed(relay);
     let probing = relay.clone();
     let counting = relay.clone();
+    let alerting = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -113,6 +114,17 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     .with_traffic(move || {
         let relay = counting.clone();
         async move { channels::traffic(&relay).await }
+    })
+    .with_alerts(move || {
+        let db = alerting.core.db.clone();
+        async move {
+            store::alerts(&db)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, reason)| reason)
+                .collect()
+        }
     })
     .with_work(
         &[relay::META_SOURCE, relay::BITRIX_SOURCE],

@@ -132,6 +132,16 @@ pub async fn checks(relay: &Relay) -> Vec<Check> {
         "Choose any string, save it as Webhook Verify Token here, and type the same in Meta's webhook settings (callback URL {public}/webhook/whatsapp).",
     ));
 
+    // What Bitrix24 reported by event (a line deleted, the connector disconnected).
+    for (name, reason) in crate::store::alerts(&core.db).await.unwrap_or_default() {
+        let line = name.strip_prefix("line:").unwrap_or(&name);
+        rows.push(Check::new(
+            format!("Open Channel line {line} still connected"),
+            false,
+            reason,
+        ));
+    }
+
     let grant = oauth::load(core).await.ok().flatten();
     rows.push(Check::new(
         "Bitrix24 app installed",

@@ -23,7 +23,20 @@ pub struct Inbound<'a> {
     /// The customer's profile name, when the message carried one.
     pub name: Option<&'a str>,
     pub place: Place,
+    /// What the operator will see of it, kept so a later reply or reaction can quote it.
+    pub body: Option<&'a str>,
+    /// The number it came from (`from`); `None` for a customer who hides their number.
+    pub phone: Option<&'a str>,
+    /// The business-scoped user id and username, when Meta gave them.
+    pub user_id: Option<&'a str>,
+    pub username: Option<&'a str>,
+    /// The customer's new number, for a `user_changed_number` notice: replies go there from now
+    /// on, in the same chat.
+    pub moved_to: Option<&'a str>,
 }
+
+/// How much of a message is kept for quoting.
+const BODY_KEPT_CHARS: usize = 500;
 
 /// Records an inbound message: its place in the customer's order, the customer, and the
 /// 24-hour window of (channel, customer). Written with the outcome of the notification that
@@ -46,14 +59,21 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
         m.name.map(str::to_string),
         m.place,
     );
+    let body: Option<String> = m.body.map(|b| b.chars().take(BODY_KEPT_CHARS).collect());
+    let (phone, user_id, username, moved_to) = (
+        m.phone.map(str::to_string),
+        m.user_id.map(str::to_string),
+        m.username.map(str::to_string),
+        m.moved_to.map(str::to_string),
+    );
     write_with_outcome(
         db,
         Box::new(move |tx| {
             Box::pin(async move {
                 on_tx!(tx, |c| {
                     sqlx::query(
-                        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                        "INSERT INTO bitrix_inbound (wamid, wa_id, received_at, sent_at, inbox_id, seq, channel, body)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                          ON CONFLICT (wamid) DO NOTHING",
                     )
                     .bind(&wamid)
@@ -63,6 +83,7 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
                     .bind(place.inbox_id)
                     .bind(place.seq)
                     .bind(&channel)
+                    .bind(&body)
                     .execute(&mut *c)
                     .await?;
                     sqlx::query(CUSTOMER_SEEN)
@@ -70,8 +91,19 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
                         .bind(&name)
                         .bind(message_at_ms)
                         .bind(now)
+                        .bind(&phone)
+                        .bind(&user_id)
+                        .bind(&username)
                         .execute(&mut *c)
                         .await?;
+                    if let Some(new) = &moved_to {
+                        sqlx::query("UPDATE bitrix_customers SET phone = $1, updated_at = $2 WHERE wa_id = $3")
+                            .bind(new)
+                            .bind(now)
+                            .bind(&customer)
+                            .execute(&mut *c)
+                            .await?;
+                    }
                     sqlx::query(WINDOW_OPENED)
                         .bind(&channel)
                         .bind(&customer)
@@ -86,6 +118,209 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
     )
     .await?;
     Ok(known.is_none())
+}
+
+/// The customer a message belongs to: the one whose chat was opened with this number, or
+/// who moved to it, or who has this business-scoped user id; `None` for a new customer. So a
+/// customer who changes number or starts hiding it stays in one chat.
+pub async fn known_customer(
+    db: &Db,
+    phone: Option<&str>,
+    user_id: Option<&str>,
+) -> Result<Option<String>, sqlx::Error> {
+    if let Some(phone) = phone {
+        let found: Option<String> = on_pool!(db, |p| sqlx::query_scalar(
+            "SELECT wa_id FROM bitrix_customers WHERE wa_id = $1 OR phone = $1
+             ORDER BY CASE WHEN wa_id = $1 THEN 0 ELSE 1 END LIMIT 1"
+        )
+        .bind(phone)
+        .fetch_optional(p)
+        .await)?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    if let Some(user_id) = user_id {
+        return on_pool!(db, |p| sqlx::query_scalar(
+            "SELECT wa_id FROM bitrix_customers WHERE wa_id = $1 OR user_id = $1
+             ORDER BY CASE WHEN wa_id = $1 THEN 0 ELSE 1 END LIMIT 1"
+        )
+        .bind(user_id)
+        .fetch_optional(p)
+        .await);
+    }
+    Ok(None)
+}
+
+/// Where a reply to a customer goes (protocol §2.5, §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// `to`: the customer's current number.
+    Phone(String),
+    /// `recipient`: the business-scoped user id of a customer who hides their number.
+    UserId(String),
+}
+
+/// The address of the customer whose chat is `customer`: the number they write from now, else
+/// their business-scoped user id; a chat keyed by digits falls back to that number.
+pub async fn address_of(db: &Db, customer: &str) -> Result<Address, sqlx::Error> {
+    let row: Option<(Option<String>, Option<String>)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT phone, user_id FROM bitrix_customers WHERE wa_id = $1"
+    )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    let (phone, user_id) = row.unwrap_or_default();
+    let digits = !customer.is_empty() && customer.bytes().all(|b| b.is_ascii_digit());
+    Ok(match (phone, user_id) {
+        (Some(phone), _) => Address::Phone(phone),
+        _ if digits => Address::Phone(customer.to_string()),
+        (None, Some(user_id)) => Address::UserId(user_id),
+        (None, None) => Address::UserId(customer.to_string()),
+    })
+}
+
+/// The customer's username, when they set one.
+pub async fn customer_username(db: &Db, customer: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT username FROM bitrix_customers WHERE wa_id = $1"
+    )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.and_then(|(n,)| n))
+}
+
+/// Who wrote a quoted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quoted {
+    Customer(Option<String>),
+    Operator(Option<String>),
+}
+
+/// The message a reply or reaction points at, by its wamid: a customer's (its kept text) or an
+/// operator's reply (any part of it); `None` when this bridge never saw it.
+pub async fn quoted(db: &Db, wamid: &str) -> Result<Option<Quoted>, sqlx::Error> {
+    let inbound: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT body FROM bitrix_inbound WHERE wamid = $1"
+    )
+    .bind(wamid)
+    .fetch_optional(p)
+    .await)?;
+    if let Some((body,)) = inbound {
+        return Ok(Some(Quoted::Customer(body)));
+    }
+    let Some(row) = outbound_by_wamid(db, wamid).await? else {
+        return Ok(None);
+    };
+    let body: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT body FROM bitrix_messages WHERE bitrix_message_id = $1"
+    )
+    .bind(&row.bitrix_message_id)
+    .fetch_optional(p)
+    .await)?;
+    Ok(Some(Quoted::Operator(body.and_then(|(b,)| b))))
+}
+
+/// Keeps the text an operator's reply sent, for quoting.
+pub async fn set_outbound_body(
+    db: &Db,
+    bitrix_message_id: &str,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    let body: String = body.chars().take(BODY_KEPT_CHARS).collect();
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE bitrix_messages SET body = $1 WHERE bitrix_message_id = $2 AND body IS NULL"
+    )
+    .bind(&body)
+    .bind(bitrix_message_id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// The customer's latest message to `channel`: what a reply marks read.
+pub async fn latest_inbound(
+    db: &Db,
+    channel: &str,
+    customer: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT wamid FROM bitrix_inbound
+         WHERE channel = $1 AND wa_id = $2 AND sent_at IS NOT NULL
+         ORDER BY sent_at DESC, inbox_id DESC, seq DESC LIMIT 1"
+    )
+    .bind(channel)
+    .bind(customer)
+    .fetch_optional(p)
+    .await)
+}
+
+/// The customer's latest messages to `channel` with the text kept of each, newest first: what
+/// an operator's quote is matched against.
+pub async fn recent_bodies(
+    db: &Db,
+    channel: &str,
+    customer: &str,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_as(
+        "SELECT wamid, body FROM bitrix_inbound
+         WHERE channel = $1 AND wa_id = $2 AND sent_at IS NOT NULL AND body IS NOT NULL
+         ORDER BY sent_at DESC, inbox_id DESC, seq DESC LIMIT $3"
+    )
+    .bind(channel)
+    .bind(customer)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
+/// Raises (or restates) an alert about the connector, written with the outcome of the event
+/// that reported it.
+pub async fn raise_alert(db: &Db, name: &str, reason: &str) -> Result<(), sqlx::Error> {
+    let (name, reason, now) = (name.to_string(), reason.to_string(), now_ms());
+    write_with_outcome(
+        db,
+        Box::new(move |tx| {
+            Box::pin(async move {
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                        "INSERT INTO bitrix_alerts (name, reason, raised_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET reason = excluded.reason, raised_at = excluded.raised_at",
+                    )
+                    .bind(&name)
+                    .bind(&reason)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+                });
+                Ok(())
+            })
+        }),
+    )
+    .await
+}
+
+/// The alerts standing, oldest first: (name, reason).
+pub async fn alerts(db: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_as(
+        "SELECT name, reason FROM bitrix_alerts ORDER BY raised_at, name"
+    )
+    .fetch_all(p)
+    .await)
+}
+
+/// Clears the alert `name`: what it reported is over (the connector was activated again).
+pub async fn clear_alerts(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "DELETE FROM bitrix_alerts WHERE name = $1"
+    )
+    .bind(name)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
 }
 
 /// The place of an inbound message; `None` for one stored before places were recorded.
@@ -191,9 +426,15 @@ pub async fn mark_relayed(db: &Db, wamid: &str, chat_id: Option<&str>) -> Result
 
 /// Remembers the customer (the name is shared by every channel) and moves the 24-hour window
 /// forward only: a late redelivery of an old message must not shrink it.
-const CUSTOMER_SEEN: &str = "INSERT INTO bitrix_customers (wa_id, name, last_inbound_at, updated_at) VALUES ($1, $2, $3, $4)
+/// The number replies go to is set once (a number change moves it explicitly), so a late
+/// redelivery from the old number does not move it back.
+const CUSTOMER_SEEN: &str = "INSERT INTO bitrix_customers (wa_id, name, last_inbound_at, updated_at, phone, user_id, username)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (wa_id) DO UPDATE SET
        name = COALESCE(excluded.name, bitrix_customers.name),
+       phone = COALESCE(bitrix_customers.phone, excluded.phone),
+       user_id = COALESCE(excluded.user_id, bitrix_customers.user_id),
+       username = COALESCE(excluded.username, bitrix_customers.username),
        last_inbound_at = CASE WHEN excluded.last_inbound_at > bitrix_customers.last_inbound_at
                               THEN excluded.last_inbound_at ELSE bitrix_customers.last_inbound_at END,
        updated_at = excluded.updated_at";

@@ -428,6 +428,27 @@ impl FakeBitrix {
         .await
     }
 
+    /// The operator edits a reply already relayed: `OnImConnectorMessageUpdate` goes to every
+    /// bound handler.
+    pub async fn operator_edit(&self, bitrix_message_id: u64, new_text: &str) -> Vec<Delivery> {
+        events::operator_change(&self.shared, bitrix_message_id, Some(new_text)).await
+    }
+
+    /// The operator deletes a reply already relayed: `OnImConnectorMessageDelete`.
+    pub async fn operator_delete(&self, bitrix_message_id: u64) -> Vec<Delivery> {
+        events::operator_change(&self.shared, bitrix_message_id, None).await
+    }
+
+    /// An administrator deletes Open Channel `line`: `OnImConnectorLineDelete`.
+    pub async fn delete_line(&self, line: i64) -> Vec<Delivery> {
+        events::line_deleted(&self.shared, line).await
+    }
+
+    /// An administrator disconnects `connector` from `line`: `OnImConnectorStatusDelete`.
+    pub async fn disable_connector(&self, connector: &str, line: i64) -> Vec<Delivery> {
+        events::connector_disabled(&self.shared, connector, line).await
+    }
+
     /// A link on the portal, shaped like a file's short link, that answers 302 to `location`:
     /// stands for any redirect a portal can be made to serve (an open redirect, a proxy rule),
     /// so a test can check what the product does with where a portal link leads.

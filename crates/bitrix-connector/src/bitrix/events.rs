@@ -7,6 +7,24 @@ use serde_json::Value;
 use super::{id_text, php_form};
 
 pub const MESSAGE_ADD: &str = "ONIMCONNECTORMESSAGEADD";
+/// The operator edited a message already relayed.
+pub const MESSAGE_UPDATE: &str = "ONIMCONNECTORMESSAGEUPDATE";
+/// The operator deleted a message already relayed.
+pub const MESSAGE_DELETE: &str = "ONIMCONNECTORMESSAGEDELETE";
+/// An Open Channel line was deleted (`data` = the line id).
+pub const LINE_DELETE: &str = "ONIMCONNECTORLINEDELETE";
+/// A connector was disconnected from a line (`data[connector]`, `data[line]`).
+pub const STATUS_DELETE: &str = "ONIMCONNECTORSTATUSDELETE";
+
+/// The events this bridge handles, as `event.bind` names them; the rest are recorded and
+/// skipped.
+pub const HANDLED: &[(&str, &str)] = &[
+    (MESSAGE_ADD, "OnImConnectorMessageAdd"),
+    (MESSAGE_UPDATE, "OnImConnectorMessageUpdate"),
+    (MESSAGE_DELETE, "OnImConnectorMessageDelete"),
+    (LINE_DELETE, "OnImConnectorLineDelete"),
+    (STATUS_DELETE, "OnImConnectorStatusDelete"),
+];
 
 /// One operator message of an `OnImConnectorMessageAdd`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

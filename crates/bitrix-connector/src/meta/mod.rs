@@ -201,6 +201,23 @@ impl MetaClient {
         .await
     }
 
+    /// Marks a customer's message (and the ones before it) read (protocol §3).
+    pub async fn mark_read(&self, wamid: &str) -> Result<(), MetaError> {
+        let id = self.phone_number_id()?;
+        Self::read(
+            self.http
+                .post(format!("{}/{id}/messages", self.base))
+                .bearer_auth(self.token.expose())
+                .json(&serde_json::json!({
+                    "messaging_product": "whatsapp", "status": "read", "message_id": wamid,
+                }))
+                .send()
+                .await,
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /{phone-number-id}/messages`; returns the new wamid.
     pub async fn send(&self, body: &Value) -> Result<String, MetaError> {
         let id = self.phone_number_id()?;

@@ -62,6 +62,9 @@ pub struct Contact {
 pub struct Profile {
     #[serde(default)]
     pub name: Option<String>,
+    /// The WhatsApp username of a customer who set one (§2.5).
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// One customer message, as much as the relay needs.
@@ -73,6 +76,12 @@ pub struct InboundUnit {
     pub name: Option<String>,
     pub timestamp: i64,
     pub phone_number_id: String,
+    /// The business-scoped user id (`from_user_id`, `contacts[].user_id`), when Meta gave one.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The customer's WhatsApp username, when they set one.
+    #[serde(default)]
+    pub username: Option<String>,
     /// The whole `messages[]` object.
     pub message: Value,
 }
@@ -136,18 +145,27 @@ pub fn units(env: &Envelope) -> Units {
             let Some(wamid) = str_of(m, "id") else {
                 continue;
             };
-            let Some(customer) = str_of(m, "from").or_else(|| str_of(m, "from_user_id")) else {
+            let from_user_id = str_of(m, "from_user_id");
+            let Some(customer) = str_of(m, "from").or_else(|| from_user_id.clone()) else {
                 continue;
             };
-            let name = v
+            let contact = v
                 .contacts
                 .iter()
                 .find(|c| {
                     c.wa_id.as_deref() == Some(&customer) || c.user_id.as_deref() == Some(&customer)
                 })
-                .or(v.contacts.first())
-                .and_then(|c| c.profile.as_ref())
-                .and_then(|p| p.name.clone());
+                .or(v.contacts.first());
+            let profile = contact.and_then(|c| c.profile.as_ref());
+            let name = profile
+                .and_then(|p| p.name.clone())
+                .filter(|n| !n.is_empty());
+            let username = profile
+                .and_then(|p| p.username.clone())
+                .filter(|n| !n.is_empty());
+            let user_id = from_user_id
+                .or_else(|| contact.and_then(|c| c.user_id.clone()))
+                .filter(|u| !u.is_empty());
             let timestamp = str_of(m, "timestamp")
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
@@ -157,6 +175,8 @@ pub fn units(env: &Envelope) -> Units {
                 name,
                 timestamp,
                 phone_number_id: phone_number_id.clone(),
+                user_id,
+                username,
                 message: m.clone(),
             });
         }

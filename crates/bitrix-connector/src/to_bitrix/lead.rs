@@ -96,6 +96,11 @@ async fn find_or_create_lead(
     if !last.is_empty() {
         fields["LAST_NAME"] = json!(last);
     }
+    // A customer who came from a click-to-WhatsApp ad: the lead says so (protocol §7 sources).
+    if let Some(source) = super::conversation::lead_source(unit) {
+        fields["SOURCE_ID"] = json!("ADVERTISING");
+        fields["SOURCE_DESCRIPTION"] = json!(source);
+    }
     if let Some(t) = first_text {
         fields["COMMENTS"] = json!(format!("First message: {t}"));
     }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use switchboard_core::{JobContext, JobError, JobKind};
 
 use super::{
-    lead, order,
+    conversation, lead, order,
     render::{self, split_name},
 };
 use crate::{
@@ -111,25 +111,42 @@ async fn relay_in_turn(
             return Ok(Relayed::Postponed);
         }
         let mut files = Vec::new();
+        let mut media_note = None;
         if let Some(m) = &rendered.media {
             let meta = MetaClient::for_number(&relay.core, &unit.phone_number_id)
                 .await
                 .map_err(|e| JobError::Permanent(e.to_string()))?;
-            let (bytes, mime) = meta
-                .download_media(&m.media_id)
-                .await
-                .map_err(|e| e.into_job_error())?;
-            let copy = Media {
-                mime,
-                filename: m.filename.clone(),
-                bytes,
-            };
-            let id = media::put(db, &meta_media_key(&m.media_id), &copy)
-                .await
-                .map_err(retry_db)?;
-            files.push(json!({"url": public_link(&relay.core, &format!("/media/{id}")), "name": m.filename}));
+            match meta.download_media(&m.media_id).await {
+                Ok((bytes, mime)) => {
+                    let copy = Media {
+                        mime,
+                        filename: m.filename.clone(),
+                        bytes,
+                    };
+                    let id = media::put(db, &meta_media_key(&m.media_id), &copy)
+                        .await
+                        .map_err(retry_db)?;
+                    files.push(json!({"url": public_link(&relay.core, &format!("/media/{id}")), "name": m.filename}));
+                }
+                Err(e)
+                    if e.is_retryable() && ctx.attempt < switchboard_core::jobs::MAX_ATTEMPTS =>
+                {
+                    return Err(e.into_job_error());
+                }
+                // For good: the rest of the message (its caption) still reaches the operator,
+                // with a line saying what is missing, instead of a dead letter and an empty chat.
+                Err(e) => {
+                    tracing::warn!(wamid = %unit.wamid, error = %e, "a customer's media could not be fetched; relaying the message without it");
+                    media_note = Some(format!(
+                        "⚠ media could not be fetched ({e}): {}. Ask the customer to send it again.",
+                        m.filename
+                    ));
+                }
+            }
         }
-        let item = bitrix_message(unit, rendered.text.as_deref(), files);
+        let text =
+            conversation::shown_text(relay, unit, rendered.text.as_deref(), media_note).await?;
+        let item = bitrix_message(relay, unit, text.as_deref(), files).await?;
         let result = relay
             .bitrix
             .call(
@@ -161,9 +178,30 @@ async fn relay_in_turn(
     Ok(relayed)
 }
 
-/// The `MESSAGES[]` item of protocol §4.1.
-fn bitrix_message(unit: &InboundUnit, text: Option<&str>, files: Vec<Value>) -> Value {
-    let (first, last) = split_name(unit.name.as_deref());
+/// The `MESSAGES[]` item of protocol §4.1. A customer without a profile name is named by
+/// their username (this message's, or the one last seen).
+async fn bitrix_message(
+    relay: &Relay,
+    unit: &InboundUnit,
+    text: Option<&str>,
+    files: Vec<Value>,
+) -> Result<Value, JobError> {
+    let username = match &unit.username {
+        Some(u) => Some(u.clone()),
+        None if unit.name.is_none() => store::customer_username(&relay.core.db, &unit.customer)
+            .await
+            .map_err(retry_db)?,
+        None => None,
+    };
+    let username = username.map(|u| u.trim_start_matches('@').to_string());
+    let shown_name = unit
+        .name
+        .clone()
+        .or_else(|| username.as_ref().map(|u| format!("@{u}")));
+    let (first, last) = match (&unit.name, &username) {
+        (None, Some(u)) => (username_as_name(u), String::new()),
+        _ => split_name(shown_name.as_deref()),
+    };
     let mut user = json!({"id": unit.customer, "skip_phone_validate": "Y"});
     if !first.is_empty() {
         user["name"] = json!(first);
@@ -182,13 +220,28 @@ fn bitrix_message(unit: &InboundUnit, text: Option<&str>, files: Vec<Value>) -> 
         message["files"] = json!(files);
     }
     let mut chat = json!({"id": unit.customer});
-    if let Some(n) = &unit.name {
+    if let Some(n) = &shown_name {
         chat["name"] = json!(n);
     }
     if phone_of(&unit.customer).is_some() {
         chat["url"] = json!(format!("https://wa.me/{}", unit.customer));
     }
-    json!({"user": user, "message": message, "chat": chat})
+    Ok(json!({"user": user, "message": message, "chat": chat}))
+}
+
+/// A username as a Bitrix first name (letters and `-` only, at most 25): `anna_s` → `anna-s`.
+fn username_as_name(username: &str) -> String {
+    let mapped: String = username
+        .chars()
+        .map(|c| if c.is_alphabetic() { c } else { ' ' })
+        .collect();
+    let joined = mapped.split_whitespace().collect::<Vec<_>>().join("-");
+    joined
+        .chars()
+        .take(25)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
 }
 
 /// `+<digits>` for a wa_id; `None` for a business-scoped user id, which is no phone number.

@@ -17,6 +17,7 @@
 //! Read [`receive`], [`split`], [`order`], then [`message`] (with [`render`] and [`lead`]) and
 //! [`status`].
 
+pub mod conversation;
 pub mod lead;
 pub mod message;
 pub mod order;

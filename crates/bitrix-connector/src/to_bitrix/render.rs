@@ -100,6 +100,9 @@ pub fn render(message: &Value) -> Option<Rendered> {
                         None => text_only(title.to_string()),
                     }
                 }
+                None if s(message, "/interactive/type") == Some("nfm_reply") => {
+                    text_only(flow_reply(message))
+                }
                 None => text_only("(interactive reply)".to_string()),
             }
         }
@@ -112,17 +115,101 @@ pub fn render(message: &Value) -> Option<Rendered> {
             Some(e) => text_only(format!("Reacted {e} to a message")),
             None => text_only("Removed a reaction".to_string()),
         },
-        "order" => text_only(format!(
-            "🛒 Order{}",
-            s(message, "/order/text")
-                .map(|t| format!(": {t}"))
-                .unwrap_or_default()
-        )),
+        "order" => text_only(order(message)),
         "system" => text_only(s(message, "/system/body")?.to_string()),
         "request_welcome" => None,
         other => text_only(format!(
             "(a WhatsApp message of type `{other}` that can't be shown here)"
         )),
+    }
+}
+
+/// A WhatsApp Flow's submission (`nfm_reply`): each field the customer filled in, one per
+/// line, without the flow's own token.
+fn flow_reply(message: &Value) -> String {
+    let response: Option<serde_json::Map<String, Value>> =
+        s(message, "/interactive/nfm_reply/response_json")
+            .and_then(|j| serde_json::from_str(j).ok());
+    let mut lines = vec!["📋 Form submitted".to_string()];
+    for (field, value) in response.iter().flatten() {
+        if field == "flow_token" {
+            continue;
+        }
+        let value = match value {
+            Value::String(v) => v.clone(),
+            Value::Array(vs) => vs
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        };
+        lines.push(format!("{}: {value}", field.replace('_', " ")));
+    }
+    if lines.len() == 1
+        && let Some(body) = s(message, "/interactive/nfm_reply/body")
+    {
+        lines.push(body.to_string());
+    }
+    lines.join("\n")
+}
+
+/// An order from the catalog: each item with quantity and price, and the customer's note.
+fn order(message: &Value) -> String {
+    let mut lines = vec!["🛒 Order".to_string()];
+    let items = message
+        .pointer("/order/product_items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut totals: Vec<(String, f64)> = Vec::new();
+    for item in &items {
+        let id = s(item, "/product_retailer_id").unwrap_or("?");
+        let quantity = item
+            .get("quantity")
+            .and_then(|q| q.as_f64().or_else(|| q.as_str()?.parse().ok()))
+            .unwrap_or(1.0);
+        let price = item
+            .get("item_price")
+            .and_then(|p| p.as_f64().or_else(|| p.as_str()?.parse().ok()));
+        let currency = s(item, "/currency").unwrap_or("");
+        match price {
+            Some(p) => {
+                lines.push(format!("{quantity} × {id} — {p:.2} {currency}"));
+                match totals.iter_mut().find(|(c, _)| c == currency) {
+                    Some((_, t)) => *t += p * quantity,
+                    None => totals.push((currency.to_string(), p * quantity)),
+                }
+            }
+            None => lines.push(format!("{quantity} × {id}")),
+        }
+    }
+    for (currency, total) in totals {
+        lines.push(format!("Total: {total:.2} {currency}"));
+    }
+    if let Some(t) = s(message, "/order/text") {
+        lines.push(format!("Note: {t}"));
+    }
+    lines.join("\n")
+}
+
+/// What is kept of a message for quoting: its text, else the name of its file.
+pub fn quotable(message: &Value) -> Option<String> {
+    let r = render(message)?;
+    r.text
+        .or_else(|| r.media.map(|m| format!("📎 {}", m.filename)))
+}
+
+/// The new number of a `system` notice that the customer changed number.
+pub fn new_number(message: &Value) -> Option<&str> {
+    if s(message, "/type") != Some("system") {
+        return None;
+    }
+    match s(message, "/system/type") {
+        Some("user_changed_number" | "customer_changed_number") => s(message, "/system/wa_id")
+            .or(s(message, "/system/new_wa_id"))
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit())),
+        _ => None,
     }
 }
 

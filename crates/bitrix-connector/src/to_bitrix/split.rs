@@ -8,7 +8,7 @@ use switchboard_core::{
     inbox::{ProcessOutcome, StoredEvent},
 };
 
-use super::{message::RelayToBitrix, status::RelayStatusToBitrix};
+use super::{message::RelayToBitrix, render, status::RelayStatusToBitrix};
 use crate::{
     channels::{self, Channel},
     meta::payload as meta_payload,
@@ -36,7 +36,7 @@ pub async fn process_meta_event(
     // The numbers without a channel, and the units routed to one.
     let mut unknown: Vec<String> = Vec::new();
     let (mut fresh, mut routed) = (0, 0);
-    for (seq, unit) in units.messages.into_iter().enumerate() {
+    for (seq, mut unit) in units.messages.into_iter().enumerate() {
         let Some(channel) = served_by(&unit.phone_number_id) else {
             if !unknown.contains(&unit.phone_number_id) {
                 unknown.push(unit.phone_number_id.clone());
@@ -49,12 +49,33 @@ pub async fn process_meta_event(
             inbox_id: event.id,
             seq: seq as i64,
         };
+        // The number the message came from, absent for a customer who hides it.
+        let phone = unit
+            .message
+            .get("from")
+            .and_then(|f| f.as_str())
+            .filter(|f| !f.is_empty())
+            .map(str::to_string);
+        // A customer already known by this number, an earlier number or their user id keeps
+        // their chat.
+        if let Some(known) = store::known_customer(db, phone.as_deref(), unit.user_id.as_deref())
+            .await
+            .map_err(retry_db)?
+        {
+            unit.customer = known;
+        }
+        let body = render::quotable(&unit.message);
         let recorded = store::Inbound {
             wamid: &unit.wamid,
             channel: &channel.phone_number_id,
             customer: &unit.customer,
             name: unit.name.as_deref(),
             place,
+            body: body.as_deref(),
+            phone: phone.as_deref(),
+            user_id: unit.user_id.as_deref(),
+            username: unit.username.as_deref(),
+            moved_to: render::new_number(&unit.message),
         };
         if store::record_inbound(db, &recorded)
             .await

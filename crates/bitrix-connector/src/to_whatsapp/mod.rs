@@ -6,6 +6,7 @@
 //! the operator ([`failed`]).
 
 pub mod bbcode;
+pub mod changed;
 pub mod failed;
 pub mod files;
 pub mod portal_file;

@@ -55,7 +55,7 @@ pub async fn receive_bitrix_event(
             .await?;
         return Err(Error::Forbidden(why));
     }
-    if event != events::MESSAGE_ADD {
+    if !events::HANDLED.iter().any(|(name, _)| *name == event) {
         s.core
             .inbox
             .record(incoming().skipped(format!("event {event} is not relayed")))
@@ -75,8 +75,9 @@ pub async fn receive_bitrix_event(
     let msgs = events::messages(&form);
     // One message (the norm): its id, so a second delivery shows as `duplicate`. Several: the
     // body's hash; the processor dedupes each message on its id anyway.
+    // Other events by their bytes: an edit of a message is not its first delivery.
     let key = match msgs.as_slice() {
-        [m] => format!("message:{}", m.message_id),
+        [m] if event == events::MESSAGE_ADD => format!("message:{}", m.message_id),
         _ => format!("sha256:{}", hex::encode(Sha256::digest(&stored))),
     };
     s.core.inbox.record(incoming().dedupe(key)).await?;

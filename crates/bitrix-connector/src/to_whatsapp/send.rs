@@ -42,7 +42,7 @@ pub async fn relay_to_whatsapp(
     };
     match row.state.as_str() {
         "received" => match send(relay, &m, &row).await {
-            Ok(true) => {}
+            Ok(true) => mark_read(relay, &m).await,
             Ok(false) => return Ok(()),
             Err(e) => {
                 // 131047 refused at once is settled like the window guard: blocked_window and
@@ -106,12 +106,16 @@ async fn send(
         .into_iter()
         .map(|(part, _)| part)
         .collect();
+    let address = store::address_of(db, &m.customer).await.map_err(retry_db)?;
+    let context = quoted_wamid(relay, &channel, m).await?;
     let mut sender = PartSender {
         relay,
         meta: &meta,
         m,
         row,
         done: &done,
+        address: &address,
+        context: context.as_deref(),
     };
     match template_command(&m.text) {
         Some(name) => match template_body(relay, m, &name).await? {
@@ -143,6 +147,10 @@ struct PartSender<'a> {
     m: &'a OperatorMessage,
     row: &'a store::OutboundRow,
     done: &'a [i64],
+    /// Where the customer is reached now: their number, or their business-scoped user id.
+    address: &'a store::Address,
+    /// The customer's message the operator quoted, shown by WhatsApp above the reply.
+    context: Option<&'a str>,
 }
 
 impl PartSender<'_> {
@@ -156,6 +164,25 @@ impl PartSender<'_> {
         }
         let mut body = part.body;
         body["biz_opaque_callback_data"] = json!(callback_data(&self.m.message_id, part.index));
+        // The text goes as part 0, or as the first file's caption.
+        if let Some(wamid) = self.context
+            && part.index <= 1
+        {
+            body["context"] = json!({"message_id": wamid});
+        }
+        // A customer who changed number is reached at the new one; one who hides their number
+        // by `recipient` (protocol §2.5: `to` would win if both were given).
+        if let Some(fields) = body.as_object_mut() {
+            match self.address {
+                store::Address::Phone(phone) => {
+                    fields.insert("to".into(), json!(phone));
+                }
+                store::Address::UserId(user_id) => {
+                    fields.remove("to");
+                    fields.insert("recipient".into(), json!(user_id));
+                }
+            }
+        }
         match self.meta.send(&body).await {
             Ok(wamid) => {
                 store::record_part(&self.relay.core.db, &self.m.message_id, part.index, &wamid)
@@ -164,6 +191,74 @@ impl PartSender<'_> {
             }
             Err(e) => Err(refused(self.relay, self.row, e).await),
         }
+    }
+}
+
+/// How many of the customer's latest messages an operator's quote is looked for in.
+const QUOTE_SEARCH: i64 = 50;
+
+/// The wamid of the customer's message the operator quoted (Bitrix puts a quote in the text as
+/// a block, which arrives here as `> ` lines): the latest one whose kept text the quote holds.
+async fn quoted_wamid(
+    relay: &Relay,
+    channel: &Channel,
+    m: &OperatorMessage,
+) -> Result<Option<String>, JobError> {
+    let text = bbcode::to_whatsapp(&m.text);
+    let quoted: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("> ").or_else(|| l.strip_prefix('>')))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if quoted.is_empty() {
+        return Ok(None);
+    }
+    let quoted = quoted.join("\n");
+    let recent = store::recent_bodies(
+        &relay.core.db,
+        &channel.phone_number_id,
+        &m.customer,
+        QUOTE_SEARCH,
+    )
+    .await
+    .map_err(retry_db)?;
+    Ok(recent.into_iter().find_map(|(wamid, body)| {
+        let body = body.trim();
+        (!body.is_empty() && quoted.contains(body)).then_some(wamid)
+    }))
+}
+
+/// Marks the customer's latest message read at Meta once the operator answered it, so the
+/// customer sees blue ticks (setting `bitrix.mark_read`, on by default). A refusal only logs:
+/// the reply itself went out.
+async fn mark_read(relay: &Relay, m: &OperatorMessage) {
+    let on = crate::setting_values::optional(&relay.core, crate::catalogue::BITRIX_MARK_READ)
+        .await
+        .ok()
+        .flatten()
+        .is_none_or(|v| {
+            !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "false" | "no" | "off" | "0"
+            )
+        });
+    if !on {
+        return;
+    }
+    let Ok(channel) = channel_of(relay, m).await else {
+        return;
+    };
+    let latest = store::latest_inbound(&relay.core.db, &channel.phone_number_id, &m.customer).await;
+    let Ok(Some(wamid)) = latest else {
+        return;
+    };
+    let marked = match MetaClient::for_number(&relay.core, &channel.phone_number_id).await {
+        Ok(meta) => meta.mark_read(&wamid).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "could not mark the customer's message read at Meta");
     }
 }
 

@@ -27,6 +27,18 @@ pub async fn process_bitrix_event(
 ) -> Result<ProcessOutcome, JobError> {
     let db = &relay.core.db;
     let form = php_form::parse(&event.body).map_err(JobError::Permanent)?;
+    let name = php_form::text(&form, &["event"])
+        .unwrap_or(events::MESSAGE_ADD)
+        .to_ascii_uppercase();
+    match name.as_str() {
+        events::MESSAGE_UPDATE | events::MESSAGE_DELETE => {
+            return super::changed::operator_changed(relay, &form, &name).await;
+        }
+        events::LINE_DELETE | events::STATUS_DELETE => {
+            return super::changed::connector_gone(relay, &form, &name).await;
+        }
+        _ => {}
+    }
     let msgs = events::messages(&form);
     let mut pushed = 0;
     let mut blocked = None;
@@ -39,6 +51,12 @@ pub async fn process_bitrix_event(
         store::record_outbound_from(db, &m.message_id, &m.chat_id, &m.customer, number)
             .await
             .map_err(retry_db)?;
+        let said = super::bbcode::to_whatsapp(&m.text);
+        if !said.trim().is_empty() {
+            store::set_outbound_body(db, &m.message_id, &said)
+                .await
+                .map_err(retry_db)?;
+        }
         let row = store::outbound_by_message(db, &m.message_id)
             .await
             .map_err(retry_db)?;

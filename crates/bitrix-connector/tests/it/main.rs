@@ -8,6 +8,9 @@
 //! - `channels`: two WhatsApp numbers on two Open Channel lines — each message in its number's
 //!   line, each reply from its line's number, windows per number, one lead per customer, an
 //!   unknown number answered and not relayed, a database from before channels carried over.
+//! - `conversation`: the whole conversation reaches the operator — quotes, forwards,
+//!   reactions, ads, hidden and changed numbers, media that can't be fetched, Flows and
+//!   orders, and a note when an operator edits or deletes a sent reply.
 //! - `inbound`: WhatsApp to Bitrix24 — signatures, dedupe, one lead per number, media
 //!   re-hosting, OAuth refresh and installs, outages and dead letters.
 //! - `outbound`: operator replies to WhatsApp — the event gate, BBCode, files sent once across
@@ -20,6 +23,7 @@
 
 mod burst;
 mod channels;
+mod conversation;
 mod inbound;
 mod outbound;
 mod setup;

@@ -461,6 +461,8 @@ fn toml_to_raw(s: &Setting, v: &toml::Value) -> Result<String, ConfigError> {
     match (s.kind, v) {
         (_, toml::Value::String(x)) => Ok(x.clone()),
         (Kind::Integer, toml::Value::Integer(n)) => Ok(n.to_string()),
+        // A switch written as a TOML boolean (`mark_read = false`); its form checks the text.
+        (Kind::Format(_), toml::Value::Boolean(b)) => Ok(b.to_string()),
         (Kind::List, toml::Value::Array(items)) => items
             .iter()
             .map(|i| {

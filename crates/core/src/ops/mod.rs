@@ -80,7 +80,12 @@ pub struct BridgeInfo {
     pub job_prefix: Option<&'static str>,
     /// Its events are a record of calls already answered, not work: nothing replays them.
     pub record_only: bool,
+    alerts: Option<AlertsFn>,
 }
+
+/// Problems a bridge knows of that no job shows (say, its Bitrix24 line was deleted): each
+/// makes it `degraded` on `/health`, with the text as the reason.
+pub type AlertsFn = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
 
 /// Lines of recent traffic a bridge shows in its card on `/`.
 pub type TrafficFn = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
@@ -110,7 +115,24 @@ impl BridgeInfo {
             sources: &[],
             job_prefix: None,
             record_only: false,
+            alerts: None,
         }
+    }
+
+    /// Adds the bridge's standing alerts: while `f` returns any, `/health` reports the bridge
+    /// `degraded` with them as the reason. Each must be fit for a public page (no secrets,
+    /// hosts or customers' numbers), and `f` cheap: it runs on every `/health`.
+    pub fn with_alerts<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<String>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.alerts = Some(Arc::new(move || {
+            let f = f.clone();
+            Box::pin(async move { f().await })
+        }));
+        self
     }
 
     /// The inbox sources this bridge records and the prefix of its job kinds, so its events,
@@ -358,7 +380,13 @@ impl OpsState {
                 kinds.dedup();
                 kinds.join(", ")
             };
-            let reason = if dead > 0 {
+            let alerts = match &b.alerts {
+                Some(f) => f().await,
+                None => Vec::new(),
+            };
+            let reason = if !alerts.is_empty() {
+                Some(alerts.join("; "))
+            } else if dead > 0 {
                 Some(format!(
                     "{dead} dead letter(s) ({}); the errors are on /admin/jobs",
                     kinds(true)

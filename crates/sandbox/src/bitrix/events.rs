@@ -381,3 +381,103 @@ pub(crate) async fn deliver(s: &Shared, event: &str, data: Value, user_id: u64) 
     s.portal().deliveries.extend(out.iter().cloned());
     out
 }
+
+/// The operator edits (`new_text: Some`) or deletes (`None`) a reply already relayed:
+/// `OnImConnectorMessageUpdate` carries the message like Add plus the confirmed external ids
+/// as `message.id[]`; `OnImConnectorMessageDelete` the first of them as a scalar `message.id`
+/// (protocol §5.3). The stored message changes as it would in the chat.
+pub(crate) async fn operator_change(
+    s: &Shared,
+    bitrix_message_id: u64,
+    new_text: Option<&str>,
+) -> Vec<Delivery> {
+    let found = {
+        let mut portal = s.portal();
+        let mut found = None;
+        for chat in portal.chats.iter_mut() {
+            let pos = chat.messages.iter().position(|m| {
+                matches!(m, ChatMessage::Operator(o) if o.bitrix_message_id == bitrix_message_id)
+            });
+            let Some(pos) = pos else { continue };
+            let ChatMessage::Operator(o) = &mut chat.messages[pos] else {
+                unreachable!()
+            };
+            let ids = o.delivered_as.clone().unwrap_or_default();
+            let user_id = o.user_id;
+            match new_text {
+                Some(t) => o.text = t.to_string(),
+                None => {
+                    chat.messages.remove(pos);
+                }
+            }
+            found = Some((
+                chat.connector.clone(),
+                chat.line,
+                chat.bitrix_chat_id,
+                chat.external_chat_id.clone(),
+                ids,
+                user_id,
+            ));
+            break;
+        }
+        found
+    };
+    let Some((connector, line, chat_id, external, ids, user_id)) = found else {
+        panic!("operator_change: no operator message {bitrix_message_id}");
+    };
+    let (event, id) = match new_text {
+        Some(_) => ("ONIMCONNECTORMESSAGEUPDATE", json!(ids)),
+        None => (
+            "ONIMCONNECTORMESSAGEDELETE",
+            json!(ids.first().cloned().unwrap_or_default()),
+        ),
+    };
+    let mut message = json!({"id": id, "user_id": user_id.to_string()});
+    if let Some(t) = new_text {
+        message["text"] = json!(t);
+    }
+    let data = json!({
+        "CONNECTOR": connector,
+        "LINE": line.to_string(),
+        "MESSAGES": [{
+            "im": {"chat_id": chat_id.to_string(), "message_id": bitrix_message_id.to_string()},
+            "message": message,
+            "chat": {"id": external},
+        }],
+    });
+    deliver(s, event, data, user_id).await
+}
+
+/// An administrator deletes Open Channel `line`: every connector's status on it goes, and
+/// `OnImConnectorLineDelete` carries the line id as `data` (protocol §5.3).
+pub(crate) async fn line_deleted(s: &Shared, line: i64) -> Vec<Delivery> {
+    let user_id = {
+        let mut portal = s.portal();
+        portal.statuses.retain(|(_, l), _| *l != line);
+        portal.cfg.operator_user_id
+    };
+    deliver(
+        s,
+        "ONIMCONNECTORLINEDELETE",
+        json!(line.to_string()),
+        user_id,
+    )
+    .await
+}
+
+/// An administrator disconnects `connector` from `line` in Contact Center: its status there
+/// goes, and `OnImConnectorStatusDelete` carries lower-case `data[connector]`, `data[line]`.
+pub(crate) async fn connector_disabled(s: &Shared, connector: &str, line: i64) -> Vec<Delivery> {
+    let user_id = {
+        let mut portal = s.portal();
+        portal.statuses.remove(&(connector.to_lowercase(), line));
+        portal.cfg.operator_user_id
+    };
+    deliver(
+        s,
+        "ONIMCONNECTORSTATUSDELETE",
+        json!({"connector": connector, "line": line.to_string()}),
+        user_id,
+    )
+    .await
+}

@@ -9,8 +9,15 @@ use super::errors::async_error;
 /// A WhatsApp user as the webhook names them.
 #[derive(Debug, Clone)]
 pub struct Customer {
+    /// Empty for a user who hides their number behind a username (§2.5): the webhook then
+    /// carries no `from`/`wa_id`, only the business-scoped user id.
     pub wa_id: String,
     pub name: String,
+    /// The business-scoped user id (`from_user_id`, `contacts[].user_id`), e.g.
+    /// `US.13491208655302741918`.
+    pub user_id: Option<String>,
+    /// `contacts[].profile.username`.
+    pub username: Option<String>,
 }
 
 impl Customer {
@@ -18,6 +25,34 @@ impl Customer {
         Self {
             wa_id: wa_id.into(),
             name: name.into(),
+            user_id: None,
+            username: None,
+        }
+    }
+
+    /// A user who set a username and hides their number: only the business-scoped user id
+    /// and the username reach the business; the profile name may be empty.
+    pub fn hidden(user_id: impl Into<String>, username: impl Into<String>, name: &str) -> Self {
+        Self {
+            wa_id: String::new(),
+            name: name.into(),
+            user_id: Some(user_id.into()),
+            username: Some(username.into()),
+        }
+    }
+
+    /// Adds the business-scoped user id Meta sends next to the number from 2026 on.
+    pub fn with_user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
+    }
+
+    /// The id Meta keys this user by towards the business: the number, else the user id.
+    pub fn key(&self) -> &str {
+        if self.wa_id.is_empty() {
+            self.user_id.as_deref().unwrap_or("")
+        } else {
+            &self.wa_id
         }
     }
 }
@@ -45,6 +80,9 @@ pub struct InboundMessage {
     pub(super) timestamp: Option<u64>,
     pub(super) context: Option<String>,
     pub(super) errors: Option<Value>,
+    /// `context.forwarded` / `context.frequently_forwarded`.
+    pub(super) forwarded: Option<&'static str>,
+    pub(super) referral: Option<Value>,
 }
 
 impl InboundMessage {
@@ -56,6 +94,8 @@ impl InboundMessage {
             timestamp: None,
             context: None,
             errors: None,
+            forwarded: None,
+            referral: None,
         }
     }
 
@@ -168,6 +208,8 @@ impl InboundMessage {
             id: None,
             timestamp: None,
             context: None,
+            forwarded: None,
+            referral: None,
             errors: Some(json!([{
                 "code": 131_051,
                 "title": "Message type unknown",
@@ -201,6 +243,74 @@ impl InboundMessage {
     pub fn replying_to(mut self, wamid: impl Into<String>) -> Self {
         self.context = Some(wamid.into());
         self
+    }
+
+    /// Marks it forwarded (`context.forwarded: true`), or forwarded many times
+    /// (`context.frequently_forwarded: true`).
+    pub fn forwarded(mut self, frequently: bool) -> Self {
+        self.forwarded = Some(if frequently {
+            "frequently_forwarded"
+        } else {
+            "forwarded"
+        });
+        self
+    }
+
+    /// The first message after a click on a click-to-WhatsApp ad: `referral` with the ad's
+    /// `source_url`, `source_id`, `source_type: "ad"`, `headline`, `body`, `media_type` and
+    /// `ctwa_clid`.
+    pub fn from_ad(mut self, source_id: &str, headline: &str, body: &str) -> Self {
+        self.referral = Some(json!({
+            "source_url": format!("https://fb.me/{source_id}"),
+            "source_id": source_id,
+            "source_type": "ad",
+            "headline": headline,
+            "body": body,
+            "media_type": "image",
+            "image_url": format!("https://scontent.xx.fbcdn.net/{source_id}.jpg"),
+            "ctwa_clid": format!("ARAk{source_id}"),
+        }));
+        self
+    }
+
+    /// The notice Meta posts from the old number when a customer changes number: `system`
+    /// with `type: "user_changed_number"`, the new `wa_id` and a body naming both.
+    pub fn number_changed(name: &str, old: &str, new: &str) -> Self {
+        Self::new(
+            "system",
+            json!({
+                "body": format!("{name} changed from {old} to {new}"),
+                "wa_id": new,
+                "type": "user_changed_number",
+            }),
+        )
+    }
+
+    /// A WhatsApp Flow's submission: `interactive` of type `nfm_reply` with the form's fields
+    /// as the JSON string `response_json`.
+    pub fn flow_reply(response: &Value) -> Self {
+        Self::new(
+            "interactive",
+            json!({"type": "nfm_reply", "nfm_reply": {
+                "response_json": response.to_string(), "body": "Sent", "name": "flow",
+            }}),
+        )
+    }
+
+    /// An order from the catalog: `order` with `catalog_id`, `text` and `product_items[]` of
+    /// (`product_retailer_id`, `quantity`, `item_price`, `currency`).
+    pub fn order(catalog_id: &str, text: Option<&str>, items: &[(&str, u32, f64, &str)]) -> Self {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(id, q, price, currency)| {
+                json!({"product_retailer_id": id, "quantity": q, "item_price": price, "currency": currency})
+            })
+            .collect();
+        let mut obj = json!({"catalog_id": catalog_id, "product_items": items});
+        if let Some(t) = text {
+            obj["text"] = json!(t);
+        }
+        Self::new("order", obj)
     }
 
     pub fn kind(&self) -> &str {

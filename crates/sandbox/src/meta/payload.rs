@@ -59,13 +59,23 @@ impl WebhookPayload {
     ) -> Self {
         let mut out = Vec::new();
         for m in messages {
-            let wamid = m.id.clone().unwrap_or_else(|| wamid(&from.wa_id, true));
+            let wamid = m.id.clone().unwrap_or_else(|| wamid(from.key(), true));
             let ts = m.timestamp.unwrap_or(self.now);
-            let mut obj = json!({
-                "from": from.wa_id, "id": wamid, "timestamp": ts.to_string(), "type": m.kind,
-            });
+            let mut obj = json!({"id": wamid, "timestamp": ts.to_string(), "type": m.kind});
+            if !from.wa_id.is_empty() {
+                obj["from"] = json!(from.wa_id);
+            }
+            if let Some(user_id) = &from.user_id {
+                obj["from_user_id"] = json!(user_id);
+            }
             if let Some(ctx) = &m.context {
                 obj["context"] = json!({"from": self.business_number, "id": ctx});
+            }
+            if let Some(flag) = m.forwarded {
+                obj["context"][flag] = json!(true);
+            }
+            if let Some(referral) = m.referral {
+                obj["referral"] = referral;
             }
             if let Some(content) = m.content {
                 obj[m.kind.as_str()] = content;
@@ -75,7 +85,7 @@ impl WebhookPayload {
             }
             self.inbound.push(InboundRecord {
                 wamid,
-                wa_id: from.wa_id.clone(),
+                wa_id: from.key().to_string(),
                 timestamp: ts,
             });
             out.push(obj);
@@ -83,7 +93,7 @@ impl WebhookPayload {
         let value = json!({
             "messaging_product": "whatsapp",
             "metadata": self.metadata,
-            "contacts": [{"profile": {"name": from.name}, "wa_id": from.wa_id}],
+            "contacts": [contact(from)],
             "messages": out,
         });
         self.push_change(value)
@@ -167,6 +177,22 @@ impl WebhookPayload {
             .push(json!({"field": "messages", "value": value}));
         self
     }
+}
+
+/// The `contacts[]` entry of `from`: `wa_id` only when the number is shared, `user_id` and
+/// `profile.username` when Meta gives them (§2.5).
+fn contact(from: &Customer) -> Value {
+    let mut c = json!({"profile": {"name": from.name}});
+    if !from.wa_id.is_empty() {
+        c["wa_id"] = json!(from.wa_id);
+    }
+    if let Some(user_id) = &from.user_id {
+        c["user_id"] = json!(user_id);
+    }
+    if let Some(username) = &from.username {
+        c["profile"]["username"] = json!(username);
+    }
+    c
 }
 
 /// Serializes like Meta's PHP encoder: every non-ASCII character as `\uXXXX` (UTF-16 units, so

@@ -153,7 +153,10 @@ fn recipient(body: &Value) -> Result<(String, String), GraphError> {
     // `to` wins over a BSUID `recipient` when both are present (§2.5).
     let Some(to) = body.get("to") else {
         return match str_field(body, "recipient") {
-            Some(bsuid) => Ok((bsuid.to_string(), bsuid.to_string())),
+            Some(bsuid) if is_bsuid(bsuid) => Ok((bsuid.to_string(), bsuid.to_string())),
+            Some(other) => Err(GraphError::for_code(100).with_details(format!(
+                "Invalid recipient \"{other}\": not a business-scoped user ID."
+            ))),
             None => Err(GraphError::param_required("to")),
         };
     };
@@ -167,6 +170,17 @@ fn recipient(body: &Value) -> Result<(String, String), GraphError> {
             .with_details(format!("Invalid recipient phone number \"{to}\".")));
     }
     Ok((to.to_string(), digits))
+}
+
+/// A business-scoped user id: the country's two capital letters, a dot, digits
+/// (`US.13491208655302741918`).
+fn is_bsuid(v: &str) -> bool {
+    v.split_once('.').is_some_and(|(cc, n)| {
+        cc.len() == 2
+            && cc.bytes().all(|b| b.is_ascii_uppercase())
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn check_text(text: &Value) -> Result<(), GraphError> {

@@ -7,6 +7,9 @@ mod support;
 /// commands, an acknowledged message delivered after a `kill -9` and a restart, and a relay's
 /// dead letter failing its event until a retry succeeds.
 mod bitrix;
+/// A deleted Open Channel line or a disconnected connector: `/health` degraded with the
+/// reason and a failing `/setup` row, until the connector is activated again.
+mod conversation;
 /// `kill -9` during traffic to two WhatsApp numbers on two Open Channel lines: every
 /// acknowledged message in the right line, every reply from the right number, none lost.
 mod faults_channels;
