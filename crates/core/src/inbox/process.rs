@@ -31,9 +31,8 @@ pub enum ProcessOutcome {
 
 /// A write that belongs with the outcome of the event being processed: see
 /// [`write_with_outcome`].
-pub type OutcomeWrite = Box<
-    dyn for<'a> FnOnce(crate::db::Tx<'a>) -> BoxFuture<'a, Result<(), sqlx::Error>> + Send,
->;
+pub type OutcomeWrite =
+    Box<dyn for<'a> FnOnce(crate::db::Tx<'a>) -> BoxFuture<'a, Result<(), sqlx::Error>> + Send>;
 
 tokio::task_local! {
     /// The writes the processor running in this task left for its outcome's transaction.
