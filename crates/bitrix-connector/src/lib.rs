@@ -31,6 +31,7 @@ pub mod commands;
 mod error;
 pub mod media;
 pub mod meta;
+mod openapi;
 pub mod relay;
 mod routes;
 mod setting_values;
@@ -130,6 +131,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
         &[relay::META_SOURCE, relay::BITRIX_SOURCE],
         Some("bitrix-connector."),
     )
+    .with_api(<openapi::Api as utoipa::OpenApi>::openapi())
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

@@ -11,6 +11,16 @@ use serde_json::json;
 
 use crate::secret::Secret;
 
+/// The product's one error shape, as `/openapi.json` describes it. [`error_body`] writes it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in words meant for the caller.
+    pub error: String,
+    /// The field, setting or parameter to fix, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 /// `{"error": "...", "field": "..."}` with `status`. Every error body in the product has this
 /// shape, so a caller parses one thing.
 pub fn error_body(status: StatusCode, message: &str, field: Option<&str>) -> Response {
@@ -91,6 +101,24 @@ fn serde_path_to_error_lite<T: DeserializeOwned>(
             let clean = msg.split(" at line").next().unwrap_or(&msg).to_string();
             Err((field, clean))
         }
+    }
+}
+
+/// Query-string extractor whose rejection is the product's 400 body (axum's own answers in
+/// plain text): `?retried=abc` or a parameter given twice is the caller's mistake, said in JSON.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| error_body(StatusCode::BAD_REQUEST, &e.body_text(), None))
     }
 }
 

@@ -98,6 +98,7 @@ pub fn info(core: &Core) -> BridgeInfo {
         }
     })
     .with_records(&[NAME])
+    .with_api(<routes::Api as utoipa::OpenApi>::openapi())
 }
 
 /// Any HTTP answer from the PBX base URL counts as reachable: the probe has no org

@@ -37,6 +37,59 @@ pub struct BridgeState {
     pub trusted_proxies: Arc<TrustedProxies>,
 }
 
+/// The route's OpenAPI description, merged into `/openapi.json` by core.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(proxy_pbx_call),
+    components(schemas(CallRequest, LoginFailed)),
+    tags((name = "pbx", description = "MSG91 flows calling AstraPBX through the bridge.")),
+)]
+pub struct Api;
+
+/// What an MSG91 flow posts (parsed by hand in `request.rs`, so each refusal names its field).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CallRequest {
+    /// The org's PBX API key.
+    api_key: String,
+    /// The org's PBX API secret; used to log in, never stored.
+    api_secret: String,
+    /// The PBX path to call, under one of the allowed prefixes (`/api/v1/calls/click-to-call`).
+    endpoint: String,
+    /// `GET`, `POST` (the default), `PUT`, `PATCH` or `DELETE`.
+    method: Option<String>,
+    /// The JSON (object or array) to forward to the PBX.
+    #[schema(value_type = Option<Object>)]
+    body: Option<serde_json::Value>,
+}
+
+/// The PBX refused the org's login: its status, without its text.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct LoginFailed {
+    error: String,
+    pbx_status: u16,
+}
+
+/// Logs in to the PBX as the org (token cached), forwards the call, and passes back the
+/// PBX's status, content type and body untouched.
+#[utoipa::path(
+    post,
+    path = "/whatsapp-bridge",
+    tag = "pbx",
+    request_body(content = CallRequest, content_type = "application/json"),
+    responses(
+        (status = "2XX", description = "The PBX's answer, passed back untouched"),
+        (status = "4XX", description = "The PBX's answer to the forwarded call, passed back untouched"),
+        (status = 400, description = "The request is malformed; `field` names what to fix", body = switchboard_core::http::ErrorBody),
+        (status = 401, description = "The PBX refused the org's login", body = LoginFailed),
+        (status = 413, description = "Body over 1 MiB", body = switchboard_core::http::ErrorBody),
+        (status = 429, description = "Too many failed logins from this client; see `Retry-After`", body = switchboard_core::http::ErrorBody),
+        (status = 502, description = "The PBX is unreachable or its login answer is unusable", body = switchboard_core::http::ErrorBody),
+        (status = 503, description = "The bridge is not configured (no PBX base URL)", body = switchboard_core::http::ErrorBody),
+        (status = 504, description = "The PBX did not answer in time", body = switchboard_core::http::ErrorBody),
+    ),
+)]
 async fn proxy_pbx_call(
     State(s): State<BridgeState>,
     RequestId(request_id): RequestId,

@@ -203,6 +203,26 @@ mod tests {
         }
     }
 
+    /// README's settings table is where a stranger reads the defaults: each setting has its
+    /// row, and the row's last column is the default the code uses (`—` for none).
+    #[test]
+    fn readme_states_every_default() {
+        let text = include_str!("../../../README.md");
+        for s in catalogue().iter() {
+            let start = format!("| `{}` |", s.env);
+            let row = text
+                .lines()
+                .find(|l| l.starts_with(&start))
+                .unwrap_or_else(|| panic!("{} has no row in README's settings table", s.env));
+            let stated = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+            let expected = match s.default {
+                Some(d) => format!("`{d}`"),
+                None => "—".to_string(),
+            };
+            assert_eq!(stated, expected, "README's default for {}", s.env);
+        }
+    }
+
     /// Keys and environment names are how operators and the store name a setting: two entries
     /// sharing one would shadow each other. A default that fails its own check would stop
     /// every start-up that leaves it alone.

@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod error;
 pub mod events;
 pub mod forward;
+pub mod openapi;
 pub mod process;
 pub mod routes;
 pub mod state;
@@ -62,6 +63,7 @@ pub fn info(core: &Core) -> BridgeInfo {
         },
     )
     .with_work(&[SOURCE], Some("wabridges-hooks."))
+    .with_api(<openapi::Api as utoipa::OpenApi>::openapi())
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).

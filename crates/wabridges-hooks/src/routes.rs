@@ -57,14 +57,29 @@ pub fn router(core: &Core) -> Router {
 
 /// SPEC §3: token, bridge name, envelope; then one durable commit, and only then the 200.
 /// Every refusal is recorded too (SPEC §1.3). No other database work happens before the ack.
-async fn receive_wabridges_hook(
+#[utoipa::path(
+    post,
+    path = "/wabridges/hooks/{bridge}",
+    tag = "wabridges",
+    params(("bridge" = String, Path, description = "The sending bridge's name: letters, digits, `-` and `_`, at most 64")),
+    request_body(content = Object, content_type = "application/json", description = "A wabridges event: an object whose `event` names its type (`message`, `connected`, `poll_vote`…) with that type's fields. An unknown type is stored and answered 200."),
+    responses(
+        (status = 200, description = "Stored (or stored before): acknowledged", body = crate::openapi::Ack),
+        (status = 400, description = "Bad bridge name or malformed event; `field` names what to fix", body = switchboard_core::http::ErrorBody),
+        (status = 401, description = "Hook token missing or wrong", body = switchboard_core::http::ErrorBody),
+        (status = 413, description = "Body over 512 KiB"),
+        (status = 503, description = "No hook token is configured", body = switchboard_core::http::ErrorBody),
+    ),
+    security(("wabridges_token" = []), ("wabridges_token_basic" = []), ("wabridges_token_query" = [])),
+)]
+pub(crate) async fn receive_wabridges_hook(
     State(core): State<Core>,
     Path(bridge): Path<String>,
     RequestId(request_id): RequestId,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Ack>, Error> {
+) -> Result<Json<crate::openapi::Ack>, Error> {
     // Never the query: it may hold the token.
     let route = format!(
         "{ROUTE_PREFIX}{}",
@@ -115,7 +130,7 @@ async fn receive_wabridges_hook(
         Recorded::Duplicate(_) => "duplicate",
         Recorded::Logged(_) => "received",
     };
-    Ok(Json(Ack {
+    Ok(Json(crate::openapi::Ack {
         status,
         id: recorded.id(),
     }))
@@ -145,11 +160,4 @@ fn presented_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     uri.query()
         .and_then(|q| url_decode_pairs(q).into_iter().find(|(k, _)| k == "token"))
         .map(|(_, v)| v)
-}
-
-/// The 200 body: `{"status": "received" | "duplicate", "id": <audit row>}`.
-#[derive(serde::Serialize)]
-struct Ack {
-    status: &'static str,
-    id: i64,
 }

@@ -79,6 +79,20 @@ impl MetaError {
     }
 }
 
+/// What Meta's last answer says of the access token, on `/metrics`: any success proves it
+/// (`switchboard_meta_token_valid` 1); code 190 (expired, revoked, wrong) refutes it (0) and
+/// counts in `switchboard_meta_token_rejections_total`. Other errors say nothing about it.
+fn token_seen<T>(result: &Result<T, MetaError>) {
+    match result {
+        Ok(_) => metrics::gauge!("switchboard_meta_token_valid").set(1.0),
+        Err(MetaError::Api { code: 190, .. }) => {
+            metrics::gauge!("switchboard_meta_token_valid").set(0.0);
+            metrics::counter!("switchboard_meta_token_rejections_total").increment(1);
+        }
+        Err(_) => {}
+    }
+}
+
 #[derive(Clone)]
 pub struct MetaClient {
     http: reqwest::Client,
@@ -117,6 +131,14 @@ impl MetaClient {
     }
 
     async fn read(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Value, MetaError> {
+        let result = Self::read_answer(resp).await;
+        token_seen(&result);
+        result
+    }
+
+    async fn read_answer(
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Value, MetaError> {
         let resp = resp.map_err(|e| MetaError::Transport(e.without_url().to_string()))?;
         let http = resp.status().as_u16();
         let body: Option<Value> = resp.json().await.ok();
@@ -167,7 +189,15 @@ impl MetaClient {
             .map_err(|e| MetaError::Transport(e.without_url().to_string()))?;
         let http = resp.status().as_u16();
         if !resp.status().is_success() {
-            return Err(if http == 401 {
+            let refused = http == 401;
+            if refused {
+                token_seen::<()>(&Err(MetaError::Api {
+                    code: 190,
+                    http,
+                    message: String::new(),
+                }));
+            }
+            return Err(if refused {
                 MetaError::Api {
                     code: 190,
                     http,

@@ -64,3 +64,35 @@ async fn a_revoked_meta_token_shows_the_fix() {
         meta.fix
     );
 }
+
+/// The number a metric line `name value` gives in `/metrics`' text.
+fn metric(name: &str) -> Option<f64> {
+    switchboard_core::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn an_accepted_meta_token_is_valid_on_metrics() {
+    switchboard_core::metrics::handle();
+    let app = TestApp::start().await;
+    let checks = bitrix_connector::info(&app.relay).checks().await;
+    assert!(row(&checks, "Meta access token valid").ok);
+    assert_eq!(metric("switchboard_meta_token_valid"), Some(1.0));
+    assert_eq!(metric("switchboard_meta_token_rejections_total"), None);
+}
+
+#[tokio::test]
+async fn a_refused_meta_token_is_invalid_and_counted_on_metrics() {
+    switchboard_core::metrics::handle();
+    let app = TestApp::start().await;
+    app.meta.set_access_token("rotated-elsewhere");
+    let checks = bitrix_connector::info(&app.relay).checks().await;
+    assert!(!row(&checks, "Meta access token valid").ok);
+    assert_eq!(metric("switchboard_meta_token_valid"), Some(0.0));
+    assert!(
+        metric("switchboard_meta_token_rejections_total").is_some_and(|n| n >= 1.0),
+        "{}",
+        switchboard_core::metrics::render()
+    );
+}

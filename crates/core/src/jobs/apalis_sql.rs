@@ -301,6 +301,26 @@ pub(super) async fn count_by_state(db: &Db) -> Result<(i64, i64, i64), sqlx::Err
     on_pool!(db, |p| sqlx::query_as(sql).bind(QUEUE).fetch_one(p).await)
 }
 
+/// The run time (Unix seconds) of the waiting job that has been due the longest, if any is due.
+pub(super) async fn oldest_due(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT MIN(run_at) FROM Jobs WHERE job_type = $1
+              AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+              AND run_at <= strftime('%s', 'now')"
+        }
+        Db::Postgres(_) => {
+            "SELECT EXTRACT(EPOCH FROM MIN(run_at))::BIGINT FROM apalis.jobs WHERE job_type = $1
+              AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+              AND run_at <= now()"
+        }
+    };
+    on_pool!(db, |p| sqlx::query_scalar(sql)
+        .bind(QUEUE)
+        .fetch_one(p)
+        .await)
+}
+
 /// Puts dead letters (all, or the one with `id`) back to waiting with a fresh attempt budget.
 pub(super) async fn revive_dead(db: &Db, id: Option<&str>) -> Result<u64, sqlx::Error> {
     let sql = match db {

@@ -45,7 +45,7 @@ pub enum QueueError {
 }
 
 /// One row of `jobs list` and `/admin/jobs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobRow {
     pub id: String,
     pub kind: String,
@@ -53,6 +53,7 @@ pub struct JobRow {
     pub status: String,
     /// The state in an operator's words: `waiting`, `running`, `done`, `retrying` or
     /// `dead letter`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     pub attempts: i64,
     pub max_attempts: i64,
@@ -126,7 +127,7 @@ impl JobRow {
 
 const DEAD_LETTER: &str = "dead letter";
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Waiting (queued, or stored and not yet queued) or due for a retry.
     pub pending: i64,
@@ -295,6 +296,28 @@ impl Jobs {
             running,
             dead,
         })
+    }
+
+    /// How long the oldest waiting work has been due: a job whose run time has passed (a
+    /// retry's backoff is not waiting), or a stored event not yet handed to the queue. Zero
+    /// when nothing is due. A queue that drains keeps this near zero however deep it is.
+    pub async fn oldest_due_age(&self) -> Result<Duration, QueueError> {
+        let now_ms = crate::db::now_ms();
+        let job_secs = apalis_sql::oldest_due(&self.db).await?;
+        let event_ms: Option<i64> = on_pool!(&self.db, |p| {
+            sqlx::query_scalar(
+                "SELECT MIN(received_at) FROM inbox_events WHERE dispatched_at IS NULL AND status = 'received'",
+            )
+            .fetch_one(p)
+            .await
+        })?;
+        let oldest_ms = [job_secs.map(|s| s * 1000), event_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        Ok(oldest_ms
+            .map(|at| Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64))
+            .unwrap_or_default())
     }
 
     /// Jobs, newest first; `dead_only` lists the dead letters.

@@ -71,13 +71,14 @@ fn render(slug: &str) -> Response {
     )
 }
 
-fn nav(current: &str) -> Markup {
+pub(super) fn nav(current: &str) -> Markup {
     html! {
         nav.doc-nav aria-label="Documentation pages" {
             @for (slug, md) in DOCS {
                 @let href = if *slug == "README" { "/docs".to_string() } else { format!("/docs/{slug}") };
                 @if *slug == current { strong { (title_of(md)) } } @else { a href=(href) { (title_of(md)) } }
             }
+            @if current == "api" { strong { "HTTP API" } } @else { a href="/docs/api" { "HTTP API" } }
         }
     }
 }

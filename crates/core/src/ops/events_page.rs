@@ -326,11 +326,31 @@ pub(super) async fn show_events(
 }
 
 /// GET `/api/events`: the events page as JSON (same filters), behind the admin token.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "operations",
+    params(
+        ("source" = Option<String>, Query, description = "Only events of this source (`meta`, `bitrix`, `wabridges`, `pbx`…)"),
+        ("status" = Option<String>, Query, description = "Only events in this status (`received`, `processing`, `processed`, `failed`, `rejected`, `duplicate`…)"),
+        ("q" = Option<String>, Query, description = "A request id, dedupe key, or text in the payload: a phone number, wamid or Bitrix id"),
+        ("from" = Option<String>, Query, description = "Received at or after: RFC 3339 or `YYYY-MM-DDTHH:MM` (UTC)"),
+        ("to" = Option<String>, Query, description = "Received before: RFC 3339 or `YYYY-MM-DDTHH:MM` (UTC)"),
+        ("before" = Option<String>, Query, description = "Where a page starts: take it from the previous page's `next`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the audit log, newest first", body = super::openapi::EventsPage),
+        (status = 400, description = "A query parameter is malformed", body = crate::http::ErrorBody),
+        (status = 401, description = "Admin token missing or wrong", body = crate::http::ErrorBody),
+        (status = 503, description = "No admin token is configured", body = crate::http::ErrorBody),
+    ),
+    security(("admin_token" = []), ("admin_token_query" = [])),
+)]
 pub(super) async fn events_json(
     State(s): State<OpsState>,
     headers: HeaderMap,
     uri: Uri,
-    Query(f): Query<Filter>,
+    crate::http::Query(f): crate::http::Query<Filter>,
 ) -> Response {
     if let Err(refused) =
         crate::http::check_admin(s.core.config.admin_token().as_ref(), &headers, uri.query())
@@ -358,7 +378,7 @@ pub(super) async fn events_json(
                 })
                 .collect();
             let next = older.map(|b| format!("/api/events?{}", f.query(Some(b))));
-            Json(serde_json::json!({ "events": events, "next": next })).into_response()
+            Json(super::openapi::EventsPage { events, next }).into_response()
         }
         Err(e) => crate::http::internal_error(&e),
     }

@@ -169,11 +169,26 @@ fn table(rows: &[JobRow], retry_csrf: Option<&str>, anchor: &str) -> Markup {
 
 /// GET `/api/jobs`: the jobs page as JSON (`?request=` for one event's jobs), behind the admin
 /// token.
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "operations",
+    params(
+        ("request" = Option<String>, Query, description = "Also list the jobs this request (an event's request id) caused"),
+    ),
+    responses(
+        (status = 200, description = "The queue's counts, dead letters, recent jobs", body = super::openapi::JobsPage),
+        (status = 400, description = "A query parameter is malformed", body = crate::http::ErrorBody),
+        (status = 401, description = "Admin token missing or wrong", body = crate::http::ErrorBody),
+        (status = 503, description = "No admin token is configured", body = crate::http::ErrorBody),
+    ),
+    security(("admin_token" = []), ("admin_token_query" = [])),
+)]
 pub(super) async fn jobs_json(
     State(s): State<OpsState>,
     headers: HeaderMap,
     uri: Uri,
-    Query(notice): Query<Notice>,
+    crate::http::Query(notice): crate::http::Query<Notice>,
 ) -> Response {
     if let Err(refused) =
         crate::http::check_admin(s.core.config.admin_token().as_ref(), &headers, uri.query())
@@ -190,12 +205,12 @@ pub(super) async fn jobs_json(
             .collect()
     };
     match load(&s, &notice).await {
-        Ok((stats, dead, recent, of_request)) => Json(serde_json::json!({
-            "queue": stats,
-            "dead_letters": with_links(dead),
-            "recent": with_links(recent),
-            "request": notice.request().map(|_| with_links(of_request)),
-        }))
+        Ok((stats, dead, recent, of_request)) => Json(super::openapi::JobsPage {
+            queue: stats,
+            dead_letters: with_links(dead),
+            recent: with_links(recent),
+            request: notice.request().map(|_| with_links(of_request)),
+        })
         .into_response(),
         Err(e) => crate::http::internal_error(&e),
     }

@@ -14,6 +14,7 @@ mod events_page;
 mod jobs_page;
 mod landing;
 mod layout;
+pub mod openapi;
 pub mod redact;
 mod session;
 mod setup;
@@ -31,7 +32,6 @@ use axum::{
     routing::{get, post},
 };
 use futures::future::BoxFuture;
-use serde_json::json;
 
 use crate::Core;
 
@@ -81,6 +81,8 @@ pub struct BridgeInfo {
     /// Its events are a record of calls already answered, not work: nothing replays them.
     pub record_only: bool,
     alerts: Option<AlertsFn>,
+    /// Its routes' OpenAPI description, merged into `/openapi.json`.
+    api: Option<utoipa::openapi::OpenApi>,
 }
 
 /// Problems a bridge knows of that no job shows (say, its Bitrix24 line was deleted): each
@@ -116,6 +118,7 @@ impl BridgeInfo {
             job_prefix: None,
             record_only: false,
             alerts: None,
+            api: None,
         }
     }
 
@@ -132,6 +135,14 @@ impl BridgeInfo {
             let f = f.clone();
             Box::pin(async move { f().await })
         }));
+        self
+    }
+
+    /// The OpenAPI description of the bridge's JSON routes (`MyApi::openapi()` of a
+    /// `#[derive(utoipa::OpenApi)]`), merged into `/openapi.json` and `/docs/api`. Every JSON
+    /// route a bridge serves must be in it: a test compares the document with the route table.
+    pub fn with_api(mut self, api: utoipa::openapi::OpenApi) -> Self {
+        self.api = Some(api);
         self
     }
 
@@ -272,6 +283,21 @@ impl ProbeCache {
 struct OpsState {
     core: Core,
     bridges: Arc<Vec<BridgeInfo>>,
+    /// `/openapi.json`, rendered once.
+    openapi: Arc<str>,
+}
+
+impl OpsState {
+    fn new(core: &Core, bridges: Vec<BridgeInfo>) -> Self {
+        let openapi = openapi::document(&bridges)
+            .to_json()
+            .expect("the OpenAPI document serializes");
+        Self {
+            core: core.clone(),
+            bridges: Arc::new(bridges),
+            openapi: openapi.into(),
+        }
+    }
 }
 
 impl OpsState {
@@ -291,7 +317,9 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(landing::show_landing))
         .route("/docs", get(docs_page::show_docs_index))
+        .route("/docs/api", get(openapi::show_api))
         .route("/docs/{name}", get(docs_page::show_doc))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route(layout::STYLESHEET_PATH, get(layout::stylesheet))
         .route("/setup", get(setup::show_setup))
         .route("/admin", get(|| async { session::see_other("/setup") }))
@@ -307,10 +335,7 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route("/admin/jobs/retry", post(jobs_page::retry_jobs))
         .route("/api/events", get(events_page::events_json))
         .route("/api/jobs", get(jobs_page::jobs_json))
-        .with_state(OpsState {
-            core: core.clone(),
-            bridges: Arc::new(bridges),
-        })
+        .with_state(OpsState::new(core, bridges))
 }
 
 /// `/health` and `/metrics` only: what a worker process, which serves no bridge, shows its
@@ -319,20 +344,20 @@ pub fn probe_router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(OpsState {
-            core: core.clone(),
-            bridges: Arc::new(bridges),
-        })
+        .with_state(OpsState::new(core, bridges))
 }
 
 /// A bridge's state as `/health` and `/` report it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BridgeHealth {
     /// `ready`, `degraded` or `off`.
+    #[schema(value_type = String, pattern = "^(ready|degraded|off)$")]
     pub state: &'static str,
     /// Why it is not `ready`.
     pub reason: Option<String>,
     pub configured: bool,
+    /// The settings still to set.
+    #[schema(value_type = Vec<String>)]
     pub missing: Vec<&'static str>,
 }
 
@@ -489,19 +514,31 @@ impl OutsideCalls {
     }
 }
 
+/// The process's state: database, queue, workers and each bridge. 200 while the database
+/// answers (a degraded bridge is reported, not a reason to take the process out), else 503.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers; `status` says whether all work is being done", body = openapi::Health),
+        (status = 503, description = "The database is unreachable", body = openapi::Health),
+    ),
+)]
 async fn health(State(s): State<OpsState>) -> Response {
+    use openapi::{DatabaseHealth, Health, HealthStatus, QueueHealth};
     let db_ok = s.core.db.ping().await;
     let stats = if db_ok {
         s.core.jobs.stats().await.ok()
     } else {
         None
     };
-    let mut bridges = serde_json::Map::new();
+    let mut bridges = std::collections::BTreeMap::new();
     let mut any_degraded = false;
     if db_ok {
         for (b, h) in s.bridge_health().await {
             any_degraded |= h.state == "degraded";
-            bridges.insert(b.name.to_string(), json!(h));
+            bridges.insert(b.name.to_string(), h);
         }
     }
     if let Some(st) = &stats {
@@ -511,21 +548,28 @@ async fn health(State(s): State<OpsState>) -> Response {
     // Degraded: up and acknowledging, but what it acknowledges is not (all) being done.
     let workers = s.core.jobs.workers_health();
     let status = if !db_ok {
-        "unhealthy"
+        HealthStatus::Unhealthy
     } else if workers.degraded() || any_degraded {
-        "degraded"
+        HealthStatus::Degraded
     } else {
-        "healthy"
+        HealthStatus::Healthy
     };
-    let body = json!({
-        "status": status,
-        "database": { "backend": s.core.db.backend(), "reachable": db_ok },
-        "queue": stats.as_ref().map(|q| json!({ "depth": q.pending, "running": q.running, "dead_letters": q.dead })),
-        "workers": workers,
-        "bridges": bridges,
-        "uptime_secs": s.core.started_at.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
+    let body = Health {
+        status,
+        database: DatabaseHealth {
+            backend: s.core.db.backend().to_string(),
+            reachable: db_ok,
+        },
+        queue: stats.as_ref().map(|q| QueueHealth {
+            depth: q.pending,
+            running: q.running,
+            dead_letters: q.dead,
+        }),
+        workers,
+        bridges,
+        uptime_secs: s.core.started_at.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
     // Only the database makes the process unable to take work: a bridge's trouble is
     // reported, not a reason for a load balancer to take the process out.
     let code = if db_ok {
@@ -536,11 +580,21 @@ async fn health(State(s): State<OpsState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Prometheus text exposition of the process's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(s): State<OpsState>) -> Response {
     if let Ok(st) = s.core.jobs.stats().await {
         metrics::gauge!("switchboard_queue_depth").set(st.pending as f64);
         metrics::gauge!("switchboard_jobs_running").set(st.running as f64);
         metrics::gauge!("switchboard_dead_letters").set(st.dead as f64);
+        if let Ok(age) = s.core.jobs.oldest_due_age().await {
+            metrics::gauge!("switchboard_queue_oldest_due_age_seconds").set(age.as_secs_f64());
+        }
         // Each bridge's state as `/health` says it, one series per state (1 for the current
         // one), so an alert can wait on `degraded` without parsing JSON.
         for (b, h) in s.bridge_health().await {

@@ -31,6 +31,9 @@ mod faults_scale;
 /// The alert rules and the dashboard under deploy/monitoring name only series the product
 /// exports, in the shape it exports them.
 mod monitoring;
+/// `/openapi.json` lists every JSON route the router serves and only those, holds together as
+/// OpenAPI 3.1, and `/docs/api` shows it; a malformed query is a JSON 400.
+mod openapi;
 /// The operator pages in a real browser: sign-in, secrets, set-up, replay, an event found by
 /// its wamid and its job opened from it, retry, CSRF.
 mod pages;

@@ -195,3 +195,38 @@ async fn alerts_and_dashboard_query_only_series_the_product_exports() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `switchboard_queue_oldest_due_age_seconds` is zero on an empty queue and grows while
+/// acknowledged work waits: here a process that only acknowledges (its workers are elsewhere,
+/// and none runs) holds a stored event nobody queues.
+#[tokio::test]
+async fn queue_age_grows_while_acknowledged_work_waits() {
+    use crate::support::{metric, serve_in_process};
+    let (database_url, _keep) = fresh_database_url().await;
+    let env = [
+        ("DATABASE_URL".to_string(), database_url),
+        (
+            "SWITCHBOARD_WABRIDGES_TOKEN".to_string(),
+            "age-token".into(),
+        ),
+    ];
+    let server = serve_in_process(&env, switchboard::Workers::Elsewhere).await;
+    healthy(&server).await;
+    const AGE: &str = "switchboard_queue_oldest_due_age_seconds";
+    assert_eq!(metric(&server, AGE).await, Some(0.0));
+    let hook = reqwest::Client::new()
+        .post(format!(
+            "{}/wabridges/hooks/age?token=age-token",
+            server.base
+        ))
+        .header("content-type", "application/json")
+        .body(wabridges_message(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let age = metric(&server, AGE).await.unwrap();
+    assert!((1.0..60.0).contains(&age), "{AGE} = {age}");
+    server.stop().await.unwrap();
+}
