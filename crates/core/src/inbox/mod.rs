@@ -24,6 +24,7 @@ use crate::{
     jobs::EnqueueInTx,
     on_pool,
 };
+use process::AsTx as _;
 
 mod dispatch;
 mod postgres_writer;
@@ -675,7 +676,7 @@ impl Inbox {
         let written = on_pool!(&self.db, |p| {
             let mut tx = p.begin().await?;
             for write in writes {
-                write(process::AsTx::as_tx(&mut tx)).await?;
+                write(tx.as_tx()).await?;
             }
             sqlx::query(SQL)
                 .bind(status.as_str())

@@ -47,16 +47,15 @@ tokio::task_local! {
 /// transaction of its own.
 pub async fn write_with_outcome(db: &crate::Db, write: OutcomeWrite) -> Result<(), sqlx::Error> {
     let mut write = Some(write);
-    let kept = OUTCOME_WRITES.try_with(|w| {
-        if let Some(write) = write.take() {
-            w.lock().expect("outcome writes lock").push(write);
-        }
+    // Outside processing there is no task-local list, and the write stays with us.
+    let _ = OUTCOME_WRITES.try_with(|w| {
+        w.lock().expect("outcome writes lock").extend(write.take());
     });
-    match (kept, write) {
-        (Ok(()), _) | (_, None) => Ok(()),
-        (Err(_), Some(write)) => crate::on_pool!(db, |p| {
+    match write {
+        None => Ok(()),
+        Some(write) => crate::on_pool!(db, |p| {
             let mut tx = p.begin().await?;
-            write(tx_of(&mut tx)).await?;
+            write(tx.as_tx()).await?;
             tx.commit().await
         }),
     }
@@ -84,10 +83,6 @@ impl AsTx for sqlx::Transaction<'_, sqlx::Postgres> {
     fn as_tx(&mut self) -> crate::db::Tx<'_> {
         crate::db::Tx::Postgres(&mut *self)
     }
-}
-
-fn tx_of<T: AsTx>(tx: &mut T) -> crate::db::Tx<'_> {
-    tx.as_tx()
 }
 
 pub type Processor = Arc<
