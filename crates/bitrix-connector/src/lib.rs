@@ -138,6 +138,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
         Some("bitrix-connector."),
     )
     .with_api(<openapi::Api as utoipa::OpenApi>::openapi())
+    .with_page(templates::page::page(relay))
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
