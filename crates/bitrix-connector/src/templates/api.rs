@@ -168,6 +168,12 @@ pub async fn start_conversation(
             "`name` must be one line of at most {MAX_NAME_CHARS} characters"
         )));
     }
+    let too_long = |v: &str, max: usize| v.chars().count() > max;
+    if too_long(&req.template, 512) || req.language.as_deref().is_some_and(|l| too_long(l, 20)) {
+        return Err(Error::BadRequest(
+            "`template` is a template's name (at most 512 characters) and `language` a code like en_US".into(),
+        ));
+    }
     let channel = pick_channel(&relay, req.line.as_deref()).await?;
     crate::to_whatsapp::template::synced_once(&relay).await;
     let resolved = fill::resolve(&relay, req.template.trim(), req.language.as_deref())
