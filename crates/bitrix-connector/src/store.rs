@@ -737,6 +737,26 @@ pub async fn record_outbound_from(
     Ok(n == 1)
 }
 
+/// The Bitrix24 chat of an outbound message recorded before its chat existed (a template
+/// sent first, whose conversation opens after Meta accepted it).
+pub async fn set_outbound_chat(
+    db: &Db,
+    bitrix_message_id: &str,
+    bitrix_chat_id: &str,
+) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| {
+        sqlx::query(
+        "UPDATE bitrix_messages SET bitrix_chat_id = $1, updated_at = $2 WHERE bitrix_message_id = $3"
+    )
+    .bind(bitrix_chat_id)
+    .bind(now_ms())
+    .bind(bitrix_message_id)
+    .execute(p)
+    .await
+    .map(drop)
+    })
+}
+
 /// Moves an operator message to `state`. A refusal (`failed`, `blocked_window`) sticks: Meta's
 /// `failed` status can overtake the send job, whose later `sent`/`delivered` must not erase it.
 pub async fn set_outbound(

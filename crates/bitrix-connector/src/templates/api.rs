@@ -205,6 +205,13 @@ pub async fn start_conversation(
             Error::Refused(format!("Meta refused the template: {}", e.explained()))
         }
     })?;
+    super::first::record_sent(&relay.core.db, &wamid, &customer, &channel.phone_number_id)
+        .await
+        .map_err(|e| {
+            Error::Internal(format!(
+                "the template was sent ({wamid}) but could not be recorded: {e}"
+            ))
+        })?;
     let body_text = resolved
         .synced
         .as_ref()

@@ -8,7 +8,7 @@ use serde_json::json;
 use switchboard_core::{JobContext, JobError, JobKind, db::now_ms};
 
 use crate::{
-    bitrix::{BitrixError, truthy},
+    bitrix::{BitrixError, id_text, truthy},
     relay::Relay,
     to_bitrix::render::split_name,
 };
@@ -35,6 +35,32 @@ impl JobKind for OpenConversation {
 /// The idempotency key of the job that opens the chat for a template sent first.
 pub fn open_key(wamid: &str) -> String {
     format!("first:{wamid}")
+}
+
+/// A template sent first stands in the outbound map under this id (it has no Bitrix24 message
+/// of its own), so Meta's `failed` status for it reaches the chat as a note.
+pub fn message_id(wamid: &str) -> String {
+    format!("{FIRST_PREFIX}{wamid}")
+}
+
+const FIRST_PREFIX: &str = "first:";
+
+/// Whether an outbound row is a template sent first: its statuses have no Bitrix24 message to
+/// mark delivered or read.
+pub fn is_first(bitrix_message_id: &str) -> bool {
+    bitrix_message_id.starts_with(FIRST_PREFIX)
+}
+
+/// Records the accepted template in the outbound map, its chat still unknown.
+pub async fn record_sent(
+    db: &switchboard_core::Db,
+    wamid: &str,
+    customer: &str,
+    phone_number_id: &str,
+) -> Result<(), sqlx::Error> {
+    let id = message_id(wamid);
+    crate::store::record_outbound_from(db, &id, "", customer, phone_number_id).await?;
+    crate::store::set_outbound(db, &id, "sent", Some(wamid), None).await
 }
 
 pub async fn open_conversation(
@@ -82,6 +108,12 @@ pub async fn open_conversation(
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         )));
+    }
+    // Meta's later `failed` status is told in this chat.
+    if let Some(chat_id) = id_text(first.and_then(|r| r.pointer("/session/CHAT_ID"))) {
+        crate::store::set_outbound_chat(&relay.core.db, &message_id(&job.wamid), &chat_id)
+            .await
+            .map_err(crate::relay::retry_db)?;
     }
     Ok(())
 }

@@ -476,3 +476,36 @@ async fn meta_template_errors_reach_the_operator_with_their_fix() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_template_sent_first_that_whatsapp_cannot_deliver_is_told_in_its_chat() {
+    let app = app().await;
+    with_workers(&app.core, app.registry(), async {
+        app.ready().await;
+        // Accepted, then reported `failed` by webhook (not a WhatsApp user, say).
+        app.meta.fail_next_deliveries(131026, 1);
+        let (status, started) = api(
+            &app,
+            reqwest::Method::POST,
+            "/api/bitrix/conversations",
+            Some(json!({"to": "+49 176 12345678", "template": "hello_world"})),
+        )
+        .await;
+        assert_eq!(status, 202, "{started}");
+        eventually("the failure told in the chat", 30, || async {
+            notes(&app).iter().any(|n| n.contains("131026"))
+        })
+        .await;
+        let row = bitrix_connector::store::outbound_by_wamid(
+            &app.core.db,
+            started["wamid"].as_str().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(row.state, "failed");
+        eventually("all work finished", 10, || app.idle()).await;
+        assert!(app.dead_letters().await.is_empty());
+    })
+    .await;
+}
