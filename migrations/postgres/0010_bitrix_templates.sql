@@ -12,3 +12,13 @@ CREATE TABLE bitrix_templates (
     synced_at  BIGINT NOT NULL,
     PRIMARY KEY (name, language)
 );
+
+-- Templates sent first through the API under the caller's Idempotency-Key: a retried call
+-- answers with the first one's message instead of sending the template again. wamid is NULL
+-- while the first call is still sending.
+CREATE TABLE bitrix_first_sends (
+    idempotency_key TEXT   PRIMARY KEY,
+    wamid           TEXT,
+    answer          TEXT,
+    created_at      BIGINT NOT NULL
+);

@@ -24,6 +24,9 @@ pub enum Error {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    /// The same request is already being handled.
+    #[error("{0}")]
+    Conflict(String),
     /// Meta refused what was asked, for a reason the caller can fix (the text says how).
     #[error("{0}")]
     Refused(String),
@@ -52,6 +55,7 @@ impl IntoResponse for Error {
             Error::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, m, None),
             Error::Forbidden(m) => error_body(StatusCode::FORBIDDEN, m, None),
             Error::NotFound => error_body(StatusCode::NOT_FOUND, "not found", None),
+            Error::Conflict(m) => error_body(StatusCode::CONFLICT, m, None),
             Error::Refused(m) => error_body(StatusCode::UNPROCESSABLE_ENTITY, m, None),
             Error::Upstream(m) => error_body(StatusCode::BAD_GATEWAY, m, None),
             _ => internal_error(&self),

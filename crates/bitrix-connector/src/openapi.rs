@@ -149,6 +149,9 @@ fn sync_templates() {}
     post,
     path = "/api/bitrix/conversations",
     tag = "bitrix",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Up to 200 characters: a call repeated with the same key answers with the first one's message instead of sending the template again"),
+    ),
     request_body(content = crate::templates::api::StartConversation, content_type = "application/json",
         example = json!({"to": "+49 176 12345678", "template": "order_update", "language": "en_US",
                          "values": {"1": "{name}", "2": "1042"}, "name": "Anna Schmidt"})),
@@ -156,6 +159,7 @@ fn sync_templates() {}
         (status = 202, description = "Meta accepted the template; the chat opens in Bitrix24 in a moment", body = crate::templates::api::Started),
         (status = 400, description = "Bad number, unknown or unapproved template, missing or extra values (named), or a media link that is not public https", body = ErrorBody),
         (status = 401, description = "Admin token missing or wrong", body = ErrorBody),
+        (status = 409, description = "A call with the same Idempotency-Key is still sending", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB"),
         (status = 422, description = "Meta refused the template (paused, disabled, values not matching); the error carries the fix", body = ErrorBody),
         (status = 502, description = "Meta could not be reached; try again", body = ErrorBody),

@@ -20,7 +20,7 @@ use super::{
     stored,
     sync::{self, SyncError, Synced},
 };
-use crate::{Error, channels, meta::MetaClient, relay::Relay};
+use crate::{Error, channels, meta::MetaClient, relay::Relay, store};
 
 pub const TEMPLATES: &str = "/api/bitrix/templates";
 pub const TEMPLATES_SYNC: &str = "/api/bitrix/templates/sync";
@@ -148,6 +148,9 @@ pub struct Started {
 /// The longest customer name taken.
 const MAX_NAME_CHARS: usize = 60;
 
+/// The longest `Idempotency-Key` taken.
+const MAX_KEY_CHARS: usize = 200;
+
 pub async fn start_conversation(
     _: Admin,
     State(relay): State<Relay>,
@@ -156,6 +159,62 @@ pub async fn start_conversation(
 ) -> Result<Response, Error> {
     let req: StartConversation = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("not a valid request: {e}")))?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_CHARS)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible characters"
+                    ))
+                })?
+                .to_string(),
+        ),
+    };
+    let accepted = |answer: String| {
+        (
+            StatusCode::ACCEPTED,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            answer,
+        )
+            .into_response()
+    };
+    let Some(key) = key else {
+        let started = send_first(&relay, &headers, req).await?;
+        return Ok(accepted(
+            serde_json::to_string(&started).unwrap_or_default(),
+        ));
+    };
+    let db = &relay.core.db;
+    match stored::claim(db, &key).await? {
+        stored::Claim::Done(answer) => Ok(accepted(answer)),
+        stored::Claim::Busy => Err(Error::Conflict(
+            "a call with this Idempotency-Key is still sending; ask again in a moment".into(),
+        )),
+        stored::Claim::Mine => match send_first(&relay, &headers, req).await {
+            Ok(started) => {
+                let answer = serde_json::to_string(&started).unwrap_or_default();
+                stored::finish_claim(db, &key, &started.wamid, &answer).await?;
+                Ok(accepted(answer))
+            }
+            Err(e) => {
+                stored::drop_claim(db, &key).await?;
+                Err(e)
+            }
+        },
+    }
+}
+
+/// Sends the template and queues the conversation's opening in Bitrix24.
+async fn send_first(
+    relay: &Relay,
+    headers: &HeaderMap,
+    req: StartConversation,
+) -> Result<Started, Error> {
+    let relay = relay.clone();
     let customer = wa_id(&req.to).ok_or_else(|| {
         Error::BadRequest(format!(
             "`to` must be a phone number in international form with 8 to 15 digits, like +49 176 12345678 (got {:?})",
@@ -196,22 +255,26 @@ pub async fn start_conversation(
     let (template, filled) = fill::fill(&resolved, &given, &shown_name)
         .map_err(|note| Error::BadRequest(plain(&note)))?;
     let meta = MetaClient::for_number(&relay.core, &channel.phone_number_id).await?;
+    // Recorded before the send: Meta's statuses may come back before its answer does.
+    let db = &relay.core.db;
+    let message_id = super::first::new_message_id();
+    store::record_outbound_from(db, &message_id, "", &customer, &channel.phone_number_id).await?;
     let send = serde_json::json!({"messaging_product": "whatsapp", "recipient_type": "individual",
-        "to": customer, "type": "template", "template": template});
-    let wamid = meta.send(&send).await.map_err(|e| {
-        if e.is_retryable() {
-            Error::Upstream(format!("Meta did not take the template: {}", e.explained()))
-        } else {
-            Error::Refused(format!("Meta refused the template: {}", e.explained()))
+        "to": customer, "type": "template", "template": template,
+        "biz_opaque_callback_data": crate::to_whatsapp::send::callback_data(&message_id, 0)});
+    let wamid = match meta.send(&send).await {
+        Ok(w) => w,
+        Err(e) => {
+            store::set_outbound(db, &message_id, "failed", None, Some(&e.to_string())).await?;
+            return Err(if e.is_retryable() {
+                Error::Upstream(format!("Meta did not take the template: {}", e.explained()))
+            } else {
+                Error::Refused(format!("Meta refused the template: {}", e.explained()))
+            });
         }
-    })?;
-    super::first::record_sent(&relay.core.db, &wamid, &customer, &channel.phone_number_id)
-        .await
-        .map_err(|e| {
-            Error::Internal(format!(
-                "the template was sent ({wamid}) but could not be recorded: {e}"
-            ))
-        })?;
+    };
+    store::record_part(db, &message_id, 0, &wamid).await?;
+    store::set_outbound(db, &message_id, "sent", Some(&wamid), None).await?;
     let body_text = resolved
         .synced
         .as_ref()
@@ -230,27 +293,24 @@ pub async fn start_conversation(
         customer: customer.clone(),
         line: channel.line.clone(),
         wamid: wamid.clone(),
+        message_id,
         text,
         name: name.map(str::to_string),
     };
     relay
         .core
         .jobs
-        .push_once(&job, &request_id_of(&headers), &open_key(&wamid))
+        .push_once(&job, &request_id_of(headers), &open_key(&wamid))
         .await
         .map_err(|e| Error::Internal(format!("the template was sent ({wamid}) but the conversation could not be queued for Bitrix24: {e}")))?;
     tracing::info!(%wamid, line = %channel.line, template = %resolved.name, "template sent first to a customer");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Started {
-            wamid,
-            to: customer,
-            line: channel.line,
-            template: resolved.name,
-            language: resolved.language,
-        }),
-    )
-        .into_response())
+    Ok(Started {
+        wamid,
+        to: customer,
+        line: channel.line,
+        template: resolved.name,
+        language: resolved.language,
+    })
 }
 
 /// A note's text for an API answer: without the warning sign.

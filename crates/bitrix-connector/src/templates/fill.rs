@@ -43,9 +43,10 @@ const MAX_COUPON_CHARS: usize = 15;
 /// The longest media link taken.
 const MAX_LINK_CHARS: usize = 2000;
 
-/// Reads the command from an operator's text (already plain, as sent to WhatsApp). It must
-/// open the message, or follow only the operator signature line (`*Maria:*`), so a reply that
-/// merely mentions `/template` further down is an ordinary reply.
+/// Reads the command from an operator's text (already plain, as sent to WhatsApp). It opens
+/// the message (perhaps after the operator signature line, `*Maria:*`) with the values on the
+/// lines below, or stands alone on the last line; a reply that merely mentions `/template`
+/// elsewhere is an ordinary reply.
 pub fn command(plain: &str) -> Option<Command> {
     let lines: Vec<&str> = plain
         .lines()
@@ -53,12 +54,14 @@ pub fn command(plain: &str) -> Option<Command> {
         .filter(|l| !l.is_empty())
         .collect();
     let at = lines.iter().position(|l| is_command(l))?;
-    let before_ok = at == 0
+    let opens = at == 0
         || (at == 1
             && lines[0]
                 .trim_matches(|c| c == '*' || c == '_')
                 .ends_with(':'));
-    if !before_ok {
+    // On the last line, with no values, it is the command as it always was, whatever the
+    // reply says above it.
+    if !opens && at + 1 != lines.len() {
         return None;
     }
     let mut words = lines[at].split_whitespace();
@@ -480,7 +483,11 @@ mod tests {
         assert_eq!(command("/templates"), Some(Command::List));
         assert_eq!(command("*Maria:*\n/templates"), Some(Command::List));
         assert_eq!(command("Hello\nsee /template x"), None);
-        assert_eq!(command("Hello\nthere\n/template x"), None);
+        assert!(matches!(
+            command("Hello\nthere\n/template x"),
+            Some(Command::Send { name, given, .. }) if name == "x" && given.is_empty()
+        ));
+        assert_eq!(command("Hello\n/template x\n1=a"), None);
         assert_eq!(command("/templatex"), None);
         assert_eq!(command("/template"), None);
         assert_eq!(command("/TEMPLATE x"), None, "commands are lower-case");

@@ -9,7 +9,7 @@ use switchboard_core::{JobContext, JobError, JobKind, db::now_ms};
 
 use crate::{
     bitrix::{BitrixError, id_text, truthy},
-    relay::Relay,
+    relay::{Relay, retry_db},
     to_bitrix::render::split_name,
 };
 
@@ -22,6 +22,8 @@ pub struct OpenConversation {
     /// The template send's wamid: the message's id in Bitrix24, so a second run is the same
     /// message.
     pub wamid: String,
+    /// Its row in the outbound map ([`new_message_id`]).
+    pub message_id: String,
     /// What the operators read: which template, and its body as filled.
     pub text: String,
     /// The customer's name, when the caller gave one.
@@ -37,10 +39,11 @@ pub fn open_key(wamid: &str) -> String {
     format!("first:{wamid}")
 }
 
-/// A template sent first stands in the outbound map under this id (it has no Bitrix24 message
-/// of its own), so Meta's `failed` status for it reaches the chat as a note.
-pub fn message_id(wamid: &str) -> String {
-    format!("{FIRST_PREFIX}{wamid}")
+/// A template sent first stands in the outbound map under an id of its own (it has no
+/// Bitrix24 message), recorded before the send and echoed by Meta in the send's statuses, so
+/// a `failed` status however early reaches the chat as a note.
+pub fn new_message_id() -> String {
+    format!("{FIRST_PREFIX}{:032x}", rand::random::<u128>())
 }
 
 const FIRST_PREFIX: &str = "first:";
@@ -49,18 +52,6 @@ const FIRST_PREFIX: &str = "first:";
 /// mark delivered or read.
 pub fn is_first(bitrix_message_id: &str) -> bool {
     bitrix_message_id.starts_with(FIRST_PREFIX)
-}
-
-/// Records the accepted template in the outbound map, its chat still unknown.
-pub async fn record_sent(
-    db: &switchboard_core::Db,
-    wamid: &str,
-    customer: &str,
-    phone_number_id: &str,
-) -> Result<(), sqlx::Error> {
-    let id = message_id(wamid);
-    crate::store::record_outbound_from(db, &id, "", customer, phone_number_id).await?;
-    crate::store::set_outbound(db, &id, "sent", Some(wamid), None).await
 }
 
 pub async fn open_conversation(
@@ -109,11 +100,26 @@ pub async fn open_conversation(
                 .unwrap_or_default()
         )));
     }
-    // Meta's later `failed` status is told in this chat.
+    // Meta's later `failed` status is told in this chat; one that came before it opened, now.
     if let Some(chat_id) = id_text(first.and_then(|r| r.pointer("/session/CHAT_ID"))) {
-        crate::store::set_outbound_chat(&relay.core.db, &message_id(&job.wamid), &chat_id)
+        let db = &relay.core.db;
+        let id = job.message_id.clone();
+        crate::store::set_outbound_chat(db, &id, &chat_id)
             .await
-            .map_err(crate::relay::retry_db)?;
+            .map_err(retry_db)?;
+        let failed = crate::store::outbound_by_message(db, &id)
+            .await
+            .map_err(retry_db)?
+            .is_some_and(|r| r.state == "failed");
+        if failed
+            && let Some(note) = crate::store::outbound_error(db, &id)
+                .await
+                .map_err(retry_db)?
+        {
+            crate::bitrix::notes::post(&relay.bitrix, &chat_id, &note)
+                .await
+                .map_err(BitrixError::into_job_error)?;
+        }
     }
     Ok(())
 }

@@ -155,16 +155,36 @@ async fn first_status(
     unit: &StatusUnit,
 ) -> Result<(), JobError> {
     match unit.status.as_str() {
-        "failed" if row.bitrix_chat_id.is_empty() => Err(JobError::Retry(
-            "the conversation of the template sent first is not open in Bitrix24 yet".into(),
-        )),
         "failed" => {
             let code = unit
                 .errors
                 .first()
                 .and_then(|e| e.get("code"))
                 .and_then(Value::as_i64);
-            crate::to_whatsapp::failed::report_failed_status(relay, row, code, &unit.errors).await
+            if row.bitrix_chat_id.is_empty() {
+                // Before its conversation opened: kept, and told when it opens.
+                let detail = unit
+                    .errors
+                    .first()
+                    .and_then(|e| {
+                        e.pointer("/error_data/details")
+                            .or_else(|| e.get("message"))
+                    })
+                    .and_then(Value::as_str)
+                    .unwrap_or("no details");
+                let note = crate::to_whatsapp::failed::note_for(code, detail);
+                if store::fail_unopened(&relay.core.db, &row.bitrix_message_id, &note)
+                    .await
+                    .map_err(retry_db)?
+                {
+                    return Ok(());
+                }
+            }
+            let row = store::outbound_by_message(&relay.core.db, &row.bitrix_message_id)
+                .await
+                .map_err(retry_db)?
+                .unwrap_or_else(|| row.clone());
+            crate::to_whatsapp::failed::report_failed_status(relay, &row, code, &unit.errors).await
         }
         "delivered" | "read" if row.state != "failed" => store::set_outbound(
             &relay.core.db,

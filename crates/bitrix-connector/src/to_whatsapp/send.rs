@@ -273,7 +273,7 @@ async fn mark_read(relay: &Relay, m: &OperatorMessage) {
 
 /// Echoed by Meta in every status of the part, so a status that arrives before the send job
 /// recorded the part's wamid still finds its message.
-fn callback_data(bitrix_message_id: &str, part: i64) -> String {
+pub(crate) fn callback_data(bitrix_message_id: &str, part: i64) -> String {
     format!("{CALLBACK_PREFIX}{bitrix_message_id}:{part}")
 }
 

@@ -509,3 +509,38 @@ async fn a_template_sent_first_that_whatsapp_cannot_deliver_is_told_in_its_chat(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_write_first_call_repeated_with_its_idempotency_key_sends_once() {
+    let app = app().await;
+    with_workers(&app.core, app.registry(), async {
+        app.ready().await;
+        let call = |key: &'static str| {
+            let url = format!("{}/api/bitrix/conversations", app.url);
+            async move {
+                let resp = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .header("idempotency-key", key)
+                    .json(&json!({"to": "+49 176 12345678", "template": "hello_world"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap())
+            }
+        };
+        let (first_status, first) = call("deal-1042-welcome").await;
+        let (again_status, again) = call("deal-1042-welcome").await;
+        assert_eq!((first_status, again_status), (202, 202), "{first} {again}");
+        assert_eq!(first, again);
+        assert_eq!(app.meta.sent_messages().len(), 1);
+        // Another key is another message.
+        let (status, other) = call("deal-1043-welcome").await;
+        assert_eq!(status, 202);
+        assert_ne!(other["wamid"], first["wamid"]);
+        assert_eq!(app.meta.sent_messages().len(), 2);
+        eventually("all work finished", 20, || app.idle()).await;
+    })
+    .await;
+}
