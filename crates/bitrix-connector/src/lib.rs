@@ -2,8 +2,8 @@
 //! operator replies back. Owns `/webhook/whatsapp`, `/bitrix/*`, `/media/{id}`, the relay jobs
 //! and the Meta and Bitrix clients, and the `bitrix …` / `whatsapp …` CLI commands
 //! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
-//! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
-//! binary does).
+//! tables (`store.rs`, `media.rs`, `templates/stored.rs`), depend on another bridge, or start
+//! workers itself (the binary does).
 //!
 //! # Layout
 //!
