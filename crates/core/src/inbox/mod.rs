@@ -386,9 +386,16 @@ impl Inbox {
             // arbitrates between them).
             Db::Postgres(pool) => {
                 let rx = Arc::new(tokio::sync::Mutex::new(rx));
+                // Connections of their own: jobs, pages and commands share the main pool, and
+                // a burst of work holding all of it must not turn acknowledgements into errors
+                // (each would wait out the pool's timeout, then answer 500).
+                let own = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(postgres_writer::WRITERS as u32)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect_lazy_with((*pool.connect_options()).clone());
                 for _ in 0..postgres_writer::WRITERS {
                     tokio::spawn(postgres_writer::run(
-                        pool.clone(),
+                        own.clone(),
                         rx.clone(),
                         new_work.clone(),
                     ));

@@ -247,6 +247,45 @@ async fn rows_left_by_a_dead_process_are_processed_after_restart() {
     }
 }
 
+/// Acknowledgements don't wait for the connections that processing, pages and commands share:
+/// with every one of them taken, a new call is still committed and answered at once.
+#[tokio::test]
+async fn calls_are_recorded_while_the_shared_connections_are_all_taken() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    // Warm: the writer's own connections exist before the shared ones run out.
+    core.inbox
+        .record(incoming("test", "before", "{}"))
+        .await
+        .unwrap();
+    let (mut held_sqlite, mut held_postgres) = (Vec::new(), Vec::new());
+    match &core.db {
+        switchboard_core::Db::Sqlite(p) => {
+            for _ in 0..p.options().get_max_connections() {
+                held_sqlite.push(p.acquire().await.unwrap());
+            }
+        }
+        switchboard_core::Db::Postgres(p) => {
+            for _ in 0..p.options().get_max_connections() {
+                held_postgres.push(p.acquire().await.unwrap());
+            }
+        }
+    }
+    let recorded = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        core.inbox.record(incoming("test", "while-busy", "{}")),
+    )
+    .await
+    .expect("answered without waiting for a shared connection")
+    .unwrap();
+    assert!(matches!(recorded, Recorded::New(_)), "{recorded:?}");
+    drop((held_sqlite, held_postgres));
+    assert_eq!(
+        core.inbox.get(recorded.id()).await.unwrap().unwrap().status,
+        "received"
+    );
+}
+
 /// On SQLite, a new row goes to this process's worker in the commit that stores it: by the
 /// time the caller is acknowledged, its processing job exists, taken by the worker, with the
 /// row claimed for it, and no second commit (the dispatcher's) stands before the work. It runs
