@@ -79,6 +79,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     let probing = relay.clone();
     let counting = relay.clone();
     let alerting = relay.clone();
+    let acting = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -111,6 +112,10 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     .with_checks(move || {
         let relay = probing.clone();
         async move { setup::checks(&relay).await }
+    })
+    .with_actions(move |name, choice| {
+        let relay = acting.clone();
+        async move { setup::run_action(&relay, &name, choice).await }
     })
     .with_traffic(move || {
         let relay = counting.clone();

@@ -26,6 +26,7 @@ mod files;
 mod inbound;
 mod install;
 mod oauth;
+pub mod pages;
 mod php;
 mod rest;
 mod state;
@@ -173,6 +174,11 @@ impl FakeBitrix {
             .route("/oauth/token", any(oauth::issue_token))
             .route("/rest/{method}", any(rest::call_method))
             .route("/pub/im.file.php", get(files::serve_signed))
+            .route(
+                pages::LOCAL_APP_PATH,
+                get(pages::local_app).post(pages::install),
+            )
+            .route(pages::OPEN_LINES_PATH, get(pages::open_lines))
             // Short links are `/~<code>`: not a whole-segment route parameter.
             .fallback(files::short_link)
             .with_state(shared.clone())

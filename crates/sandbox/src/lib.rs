@@ -8,6 +8,7 @@
 //! product's structs would agree with the product's misreadings of the protocol.
 
 pub mod bitrix;
+pub mod console;
 pub mod harness;
 pub mod meta;
 pub mod pbx;

@@ -16,6 +16,7 @@ mod messages;
 mod payload;
 mod sender;
 mod state;
+mod subscriptions;
 mod validate;
 
 pub use errors::GraphError;
@@ -23,6 +24,7 @@ pub use messages::{Customer, InboundMedia, InboundMessage, Status};
 pub use payload::{WebhookPayload, meta_json_bytes};
 pub use sender::{Delivered, DeliveryError, Signature, VerifyError, WebhookSender};
 pub use state::{MediaOrigin, SentMessage, StoredMedia, WebhookDelivery};
+pub use subscriptions::AppSubscription;
 
 use std::{sync::Arc, time::Duration};
 
@@ -304,6 +306,16 @@ impl FakeMeta {
 
     pub fn is_subscribed(&self) -> bool {
         self.shared.state().subscribed
+    }
+
+    /// The app's saved webhooks (`POST /{app-id}/subscriptions`).
+    pub fn app_subscriptions(&self) -> Vec<AppSubscription> {
+        self.shared.state().app_subscriptions.clone()
+    }
+
+    /// Where webhooks go now, if anywhere.
+    pub fn webhook_target(&self) -> Option<String> {
+        self.shared.state().webhook_target.clone()
     }
 
     /// Distinct Graph versions seen in request paths, first use first.
