@@ -333,7 +333,7 @@ async fn bitrix_checks(relay: &Relay) -> Vec<Check> {
     rows.push(Check::new(
         "Bitrix24 app installed",
         grant.is_some(),
-        "In Bitrix24, signed in as an administrator: Developer resources → Other → Local application, type Server; handler path {public}/bitrix/events, initial installation path the install URL below; scopes imopenlines, imconnector, crm, im; save, paste its client id and secret in /admin/credentials, then open the app once: Bitrix posts the grant here by itself and the connector is registered with it.",
+        "In Bitrix24, signed in as an administrator: Developer resources → Other → Local application, type Server; handler path {public}/bitrix/events, initial installation path {public}/bitrix/install (the install URL below); scopes imopenlines, imconnector, crm, im; save, paste its client id and secret in /admin/credentials, then open the app once: Bitrix posts the grant here by itself and the connector is registered with it.",
     ).with_copy("Install URL", "{public}/bitrix/install"));
     let Some(grant) = grant else {
         return rows;

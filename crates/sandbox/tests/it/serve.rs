@@ -58,7 +58,7 @@ async fn serve_comes_up_prints_its_urls_and_stays_up() {
             _ => panic!("serve did not finish starting:\n{}", lines.join("\n")),
         }
     }
-    let product = value_after(&lines, "Switchboard ");
+    let product = value_after(&lines, "Switchboard   ");
     let setup = value_after(&lines, "setup checklist");
     let admin = value_after(&lines, "admin token");
     let portal_page = value_after(&lines, "local app page");
@@ -84,9 +84,23 @@ async fn serve_comes_up_prints_its_urls_and_stays_up() {
     assert_eq!(health["database"]["reachable"], true, "{health}");
     // Nothing is configured yet: the connector waits for its credentials.
     assert_eq!(health["bridges"]["bitrix"]["state"], "off", "{health}");
-    let setup_page = http.get(&setup).send().await.unwrap();
-    assert_eq!(setup_page.status(), 200);
-    assert!(setup_page.text().await.unwrap().contains("Setup checklist"));
+    // The printed setup link signs the operator in: a session cookie, then /setup.
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&setup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/setup");
+    assert!(
+        signed_in.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("switchboard_admin=")
+    );
     for page in [&portal_page, &console] {
         assert_eq!(
             http.get(page.as_str()).send().await.unwrap().status(),
