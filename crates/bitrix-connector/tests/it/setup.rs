@@ -58,6 +58,7 @@ async fn setup_rows_turn_green_step_by_step() {
         app.core.settings.set(setting, value).await.unwrap();
     }
     let info = bitrix_connector::info(&app.relay);
+    // The reports of the buttons, which the CLI commands print too.
     for (action, done) in [
         ("subscribe-waba", "subscribed to WhatsApp Business Account"),
         ("register-webhook", "Meta verified"),
