@@ -109,8 +109,8 @@ pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, Co
         }
     }
     report.push(
-        "next: Contact Center → the connector → Connect, bind it to an Open Channel, then run \
-         `switchboard bitrix activate-connector --line ID`"
+        "next: pick the Open Channel line on /setup (or run \
+         `switchboard bitrix activate-connector --line ID`)"
             .into(),
     );
     Ok(report.join("\n"))

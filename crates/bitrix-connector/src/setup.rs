@@ -172,6 +172,25 @@ async fn meta_checks(relay: &Relay) -> Vec<Check> {
         }
     };
     let token = setting(core, crate::catalogue::META_ACCESS_TOKEN).await;
+    let number = setting(core, crate::catalogue::META_PHONE_NUMBER_ID).await;
+    // Before a line is chosen there is no channel yet, but the token and number can be probed.
+    if let (Some(token), Some(number), true) = (&token, &number, served.is_empty()) {
+        let fingerprint = format!("{token}\n{number}");
+        let label = "Meta access token valid";
+        rows.push(
+            probes
+                .of(number)
+                .0
+                .get_or_probe(fingerprint.as_bytes(), async {
+                    match commands::check_number(relay, number).await {
+                        Ok(_) => Check::new(label, true, ""),
+                        Err(e) => Check::new(label, false, e.0)
+                            .with_action(Action::new(CHECK_TOKEN, "Check the token again")),
+                    }
+                })
+                .await,
+        );
+    }
     if let Some(token) = &token {
         for c in &served {
             let fingerprint = format!("{token}\n{}", c.phone_number_id);

@@ -259,7 +259,9 @@ async fn demo() -> anyhow::Result<()> {
     ] {
         println!("   {:<62} {what}", format!("{base}{path}"));
     }
-    println!("\nDemo finished; the product and the fakes stop now.");
+    println!(
+        "\nDemo finished; the product and the fakes stop now. `just sandbox` starts them for you to explore, until Ctrl-C."
+    );
     drop(product);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -283,6 +283,41 @@ async fn an_operator_sets_up_meta_and_bitrix24_from_the_browser() {
     })
     .await;
 
+    // The buttons need the admin session and the page's CSRF token (read from a form: the
+    // checklist, all ✓, has no button left).
+    b.goto(&format!("{base}/admin/credentials")).await;
+    let csrf = b.attr("input[name=csrf]", "value").await.unwrap();
+    let http = reqwest::Client::new();
+    let action = format!("{base}/setup/bitrix/subscribe-waba");
+    let anonymous = http
+        .post(&action)
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let session = b
+        .client
+        .get_named_cookie("switchboard_admin")
+        .await
+        .unwrap();
+    let forged = http
+        .post(&action)
+        .header("cookie", format!("switchboard_admin={}", session.value()))
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let unknown = http
+        .post(format!("{base}/setup/bitrix/drop-everything"))
+        .header("cookie", format!("switchboard_admin={}", session.value()))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
     eprintln!(
         "guided set-up: {} browser actions ({} fields typed, {} clicks, {} pages opened by address)",
         n.total(),
