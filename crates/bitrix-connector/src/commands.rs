@@ -310,22 +310,30 @@ pub async fn use_line(relay: &Relay, line: &str) -> Result<String, CommandFailed
         )));
     };
     report.push(activate_line(relay, &connector, &line).await?);
-    if !crate::channels::listed(relay) {
-        core.settings
-            .set(crate::catalogue::BITRIX_LINE_ID, &line)
-            .await
-            .map_err(|e| {
-                CommandFailed(format!("could not save the line as bitrix.line_id: {e}"))
-            })?;
-        report.push(format!("saved {line} as bitrix.line_id"));
-    } else if !crate::channels::all(relay)
-        .await?
-        .iter()
-        .any(|c| c.line == line)
-    {
-        report.push(format!(
-            "note: line {line} is in no [[bitrix.channels]] entry of the config file, so nothing is relayed into it until one names it"
-        ));
+    if crate::channels::listed(relay) {
+        if !crate::channels::all(relay)
+            .await?
+            .iter()
+            .any(|c| c.line == line)
+        {
+            report.push(format!(
+                "note: line {line} is in no [[bitrix.channels]] entry of the config file, so nothing is relayed into it until one names it"
+            ));
+        }
+    } else {
+        let current =
+            crate::setting_values::optional(core, crate::catalogue::BITRIX_LINE_ID).await?;
+        // An unchanged value stays where it is set: copied into the store it would silently
+        // outrank the environment from then on.
+        if current.as_deref() != Some(line.as_str()) {
+            core.settings
+                .set(crate::catalogue::BITRIX_LINE_ID, &line)
+                .await
+                .map_err(|e| {
+                    CommandFailed(format!("could not save the line as bitrix.line_id: {e}"))
+                })?;
+            report.push(format!("saved {line} as bitrix.line_id"));
+        }
     }
     Ok(report.join("\n"))
 }

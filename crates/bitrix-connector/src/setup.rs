@@ -149,11 +149,19 @@ pub async fn checks(relay: &Relay) -> Vec<Check> {
     // What Bitrix24 reported by event (a line deleted, the connector disconnected).
     for (name, reason) in crate::store::alerts(&core.db).await.unwrap_or_default() {
         let line = name.strip_prefix("line:").unwrap_or(&name);
-        rows.push(Check::new(
+        let mut row = Check::new(
             format!("Open Channel line {line} still connected"),
             false,
             reason,
-        ));
+        );
+        // A disconnected connector is connected again by activating it on the line.
+        if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+            row = row.with_action(
+                Action::new(USE_LINE, "Activate the connector on this line again")
+                    .with_choices(vec![(line.to_string(), format!("line {line}"))]),
+            );
+        }
+        rows.push(row);
     }
     fill_public(core, rows)
 }
