@@ -126,6 +126,8 @@ pub struct BridgeInfo {
     pub readiness: ReadinessFn,
     checks: Option<ChecksFn>,
     actions: Option<ActionsFn>,
+    /// Settings (by environment name) that one of its `/setup` buttons sets.
+    set_by_actions: &'static [&'static str],
     traffic: Option<TrafficFn>,
     /// The inbox sources it records (its events and their traffic).
     pub sources: &'static [&'static str],
@@ -167,6 +169,7 @@ impl BridgeInfo {
             }),
             checks: None,
             actions: None,
+            set_by_actions: &[],
             traffic: None,
             sources: &[],
             job_prefix: None,
@@ -271,6 +274,13 @@ impl BridgeInfo {
             let f = f.clone();
             Box::pin(async move { f(name, choice).await })
         }));
+        self
+    }
+
+    /// Settings (by environment name) that its `/setup` buttons set, so the "configured" row
+    /// sends the operator to the button instead of the credentials form for them.
+    pub fn with_settings_set_by_actions(mut self, settings: &'static [&'static str]) -> Self {
+        self.set_by_actions = settings;
         self
     }
 

@@ -96,7 +96,7 @@ async fn render(
         let mut rows = vec![Check::new(
             format!("{}: configured", b.title),
             r.configured,
-            missing_fix(s.core.config.catalogue(), &r.missing),
+            missing_fix(s.core.config.catalogue(), &r.missing, b.set_by_actions),
         )];
         rows.extend(b.checks().await);
         sections.push((b.title.to_string(), rows));
@@ -167,7 +167,9 @@ async fn render(
 
 /// Where each missing setting can be set: the form takes storable ones; the others need the
 /// environment or the config file, and a restart.
-fn missing_fix(catalogue: &Catalogue, missing: &[&str]) -> String {
+fn missing_fix(catalogue: &Catalogue, missing: &[&str], by_button: &[&str]) -> String {
+    let (buttons, missing): (Vec<&str>, Vec<&str>) =
+        missing.iter().partition(|name| by_button.contains(name));
     let (form, env): (Vec<&str>, Vec<&str>) = missing
         .iter()
         .partition(|name| catalogue.find_by_env(name).is_some_and(|s| s.storable));
@@ -180,6 +182,9 @@ fn missing_fix(catalogue: &Catalogue, missing: &[&str]) -> String {
             "Set {} in the environment or the config file, then restart.",
             env.join(", ")
         ));
+    }
+    if !buttons.is_empty() {
+        parts.push(format!("The buttons below set {}.", buttons.join(", ")));
     }
     parts.join(" ")
 }

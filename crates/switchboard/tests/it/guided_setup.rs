@@ -139,6 +139,15 @@ async fn an_operator_sets_up_meta_and_bitrix24_from_the_browser() {
     // /setup shows the install URL to paste into the portal's local application.
     press(&b, &mut n, r#"nav a[href="/setup"]"#).await;
     let before = rows(&b, "Bitrix24 connector").await;
+    // What is still missing is what the buttons set, and the page says so.
+    let page = b.source().await;
+    assert!(
+        page.contains(
+            "The buttons below set SWITCHBOARD_META_VERIFY_TOKEN, SWITCHBOARD_BITRIX_LINE_ID."
+        ),
+        "{page}"
+    );
+    assert!(!page.contains("Set SWITCHBOARD_META_VERIFY_TOKEN"), "{page}");
     assert!(
         failing(&before).contains(&"Bitrix24 app installed"),
         "{before:?}"
