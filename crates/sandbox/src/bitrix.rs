@@ -16,6 +16,9 @@
 //! `$result[key][FIELD]` references to earlier scalar results. `batch.rs` lists what is not
 //! served; those cases fail loudly instead of passing.
 //!
+//! `pages.rs` is what a person clicks in the sandbox: the local application's install and the
+//! Open Channels with their chats.
+//!
 //! Read `rest.rs` (dispatch, auth, limits), then `batch.rs`, `connector.rs` and `inbound.rs`.
 
 mod batch;

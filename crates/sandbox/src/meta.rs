@@ -1,7 +1,8 @@
 //! Fake Meta WhatsApp Cloud API, following `shared/protocols/meta-whatsapp-cloud-api.md`.
 //!
 //! Serves the Graph routes the product calls (send, mark read, media upload/node/download/delete,
-//! phone-number node, `subscribed_apps`) with Meta's validation, error shapes and HTTP statuses,
+//! phone-number node, `subscribed_apps`, the app's webhook `subscriptions` with their
+//! verification handshake) with Meta's validation, error shapes and HTTP statuses,
 //! and plays Meta's side towards the product: signed webhooks with Meta's byte encoding, retries
 //! until a 200, the verification handshake, and status notifications after each send — `sent`
 //! and `delivered` inside the 24-hour window, `failed` 131047 outside it, as Meta answers 200

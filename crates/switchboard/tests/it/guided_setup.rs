@@ -147,7 +147,10 @@ async fn an_operator_sets_up_meta_and_bitrix24_from_the_browser() {
         ),
         "{page}"
     );
-    assert!(!page.contains("Set SWITCHBOARD_META_VERIFY_TOKEN"), "{page}");
+    assert!(
+        !page.contains("Set SWITCHBOARD_META_VERIFY_TOKEN"),
+        "{page}"
+    );
     assert!(
         failing(&before).contains(&"Bitrix24 app installed"),
         "{before:?}"
