@@ -360,8 +360,9 @@ async fn bitrix_checks(relay: &Relay) -> Vec<Check> {
     rows.push(Check::new(
         "Bitrix24 app installed",
         grant.is_some(),
-        "In Bitrix24, signed in as an administrator: Developer resources → Other → Local application, type Server; handler path {public}/bitrix/events, initial installation path {public}/bitrix/install (the install URL below); scopes imopenlines, imconnector, crm, im; save, paste its client id and secret in /admin/credentials, then open the app once: Bitrix posts the grant here by itself and the connector is registered with it.",
-    ).with_copy("Install URL", "{public}/bitrix/install"));
+        "In Bitrix24, signed in as an administrator: Developer resources → Other → Local application, type Server; handler path {public}/bitrix/events (the handler URL below), initial installation path {public}/bitrix/install (the install URL below); scopes imopenlines, imconnector, crm, im; save, paste its client id and secret in /admin/credentials, then open the app once: Bitrix posts the grant here by itself and the connector is registered with it.",
+    ).with_copy("Install URL", "{public}/bitrix/install")
+    .with_copy("Handler URL", "{public}/bitrix/events"));
     let Some(grant) = grant else {
         return rows;
     };
@@ -467,7 +468,7 @@ fn fill_public(core: &Core, rows: Vec<Check>) -> Vec<Check> {
     rows.into_iter()
         .map(|mut c| {
             c.fix = c.fix.replace("{public}", public);
-            if let Some((_, value)) = &mut c.copy {
+            for (_, value) in &mut c.copy {
                 *value = value.replace("{public}", public.trim_end_matches('/'));
             }
             c

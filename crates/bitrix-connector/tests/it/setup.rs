@@ -160,3 +160,65 @@ async fn a_refused_meta_token_is_invalid_and_counted_on_metrics() {
         switchboard_core::metrics::render()
     );
 }
+
+#[tokio::test]
+async fn a_new_open_channel_is_created_and_used_from_setup() {
+    let app = TestApp::start_with(
+        sandbox::bitrix::BitrixConfig::default(),
+        &["SWITCHBOARD_BITRIX_LINE_ID"],
+    )
+    .await;
+    app.install().await;
+    let info = bitrix_connector::info(&app.relay);
+    let line = row(&info.checks().await, "Open Channel line activated").clone();
+    assert!(!line.ok);
+    let offered = line.action.expect("a button to pick the line");
+    assert_eq!(offered.name, "use-line");
+    let configured = app.bitrix.config().line_id.to_string();
+    assert!(
+        offered.choices.iter().any(|(v, _)| *v == configured),
+        "{:?}",
+        offered.choices
+    );
+    assert!(
+        offered.choices.iter().any(|(v, _)| v == "new"),
+        "{:?}",
+        offered.choices
+    );
+
+    let report = info
+        .act("use-line".into(), Some("new".into()))
+        .await
+        .expect("a known action")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("created Open Channel"), "{report}");
+    let created = app
+        .bitrix
+        .config()
+        .extra_lines
+        .last()
+        .copied()
+        .expect("a new line");
+    let status = app
+        .bitrix
+        .connector_status("switchboard_whatsapp", created)
+        .expect("the connector is on the new line");
+    assert!(status.active && status.configured());
+    assert_eq!(
+        app.core
+            .settings
+            .get(bitrix_connector::catalogue::BITRIX_LINE_ID)
+            .await
+            .unwrap(),
+        Some(created.to_string())
+    );
+    assert!(row(&info.checks().await, "Open Channel line activated").ok);
+
+    // Not an id: refused, nothing changed.
+    let refused = info
+        .act("use-line".into(), Some("3; DROP".into()))
+        .await
+        .expect("a known action")
+        .expect_err("no such line");
+    assert!(refused.contains("pick a line"), "{refused}");
+}

@@ -51,9 +51,9 @@ pub struct Check {
     pub label: String,
     pub ok: bool,
     pub fix: String,
-    /// A value the operator pastes elsewhere (a callback URL for Meta, say), shown on the row
-    /// whatever its state, with what it is for.
-    pub copy: Option<(String, String)>,
+    /// Values the operator pastes elsewhere (a callback URL for Meta, say), shown on the row
+    /// whatever its state, each with what it is for.
+    pub copy: Vec<(String, String)>,
     /// What this product can do about a failing row itself: a button on the row.
     pub action: Option<Action>,
 }
@@ -90,14 +90,14 @@ impl Check {
             label: label.into(),
             ok,
             fix: fix.into(),
-            copy: None,
+            copy: Vec::new(),
             action: None,
         }
     }
 
     /// Shows `value` on the row to copy, introduced by `what` ("Callback URL").
     pub fn with_copy(mut self, what: impl Into<String>, value: impl Into<String>) -> Self {
-        self.copy = Some((what.into(), value.into()));
+        self.copy.push((what.into(), value.into()));
         self
     }
 

@@ -140,7 +140,7 @@ async fn render(
                         div {
                             div.label { (c.label) }
                             @if !c.ok { div.fix { (c.fix) } }
-                            @if let Some((what, value)) = &c.copy {
+                            @for (what, value) in &c.copy {
                                 div.copy { (what) ": " input.copy type="text" readonly value=(value) aria-label=(what); }
                             }
                             @if let (false, Some(a), Some(bridge)) = (c.ok, &c.action, names.get(i).filter(|n| !n.is_empty())) {
