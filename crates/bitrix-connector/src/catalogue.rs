@@ -94,7 +94,7 @@ pub const META_WABA_ID: &Setting = &Setting {
     storable: true,
     group: META_GROUP,
     label: "WABA ID",
-    help: "WhatsApp Business Account id.",
+    help: "WhatsApp Business Account id; its message templates are loaded from it.",
 };
 
 pub const META_VERIFY_TOKEN: &Setting = &Setting {

@@ -24,6 +24,15 @@ pub enum Error {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    /// The same request is already being handled.
+    #[error("{0}")]
+    Conflict(String),
+    /// Meta refused what was asked, for a reason the caller can fix (the text says how).
+    #[error("{0}")]
+    Refused(String),
+    /// Meta could not be reached or failed; trying again later may work.
+    #[error("{0}")]
+    Upstream(String),
     #[error(transparent)]
     Inbox(#[from] InboxError),
     #[error(transparent)]
@@ -46,6 +55,9 @@ impl IntoResponse for Error {
             Error::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, m, None),
             Error::Forbidden(m) => error_body(StatusCode::FORBIDDEN, m, None),
             Error::NotFound => error_body(StatusCode::NOT_FOUND, "not found", None),
+            Error::Conflict(m) => error_body(StatusCode::CONFLICT, m, None),
+            Error::Refused(m) => error_body(StatusCode::UNPROCESSABLE_ENTITY, m, None),
+            Error::Upstream(m) => error_body(StatusCode::BAD_GATEWAY, m, None),
             _ => internal_error(&self),
         }
     }
@@ -63,6 +75,11 @@ pub mod fix {
     pub const META_190: &str = "Meta access token invalid or expired. Generate a non-expiring System User token, save it as meta.access_token, and verify with `switchboard whatsapp check-token`.";
     pub const META_131030: &str = "Using a test number: add the recipient to the allowed list in the Meta app, or move to a production number.";
     pub const META_131047: &str = "More than 24 hours since the customer's last message: WhatsApp only allows an approved template now. Send one with `/template NAME`, or wait for the customer to write.";
+    pub const META_132000: &str = "The values do not match the template's variables (Meta's copy may have changed since the last sync). Type /templates to see what it needs now, then send it again with every variable filled.";
+    pub const META_132001: &str = "Meta has no approved template of that name in that language. Type /templates for the approved ones, or check the name and language in WhatsApp Manager → Message templates.";
+    pub const META_132012: &str = "A value has the wrong format for its variable (say, text where the header needs an image link). Type /templates to see what each variable takes.";
+    pub const META_132015: &str = "Meta paused this template for low quality. Pick another approved template (/templates lists them), or edit the template in WhatsApp Manager → Message templates and wait for its review.";
+    pub const META_132016: &str = "Meta disabled this template for good after repeated pauses. Create a new template in WhatsApp Manager → Message templates, and send another approved one meanwhile (/templates lists them).";
     pub const APPLICATION_TOKEN: &str = "bitrix.application_token doesn't match the token Bitrix sends. Clear it to use the token of the verified install, or set it to the local app's application token (a re-install may change it).";
     pub const NO_APPLICATION_TOKEN: &str = "No application token is known, so events can't be told from forgeries (an event never supplies it). Install the local app from inside Bitrix24 as a portal administrator — the verified install stores the token — or set bitrix.application_token.";
     pub const INSTALL_AS_ADMIN: &str = "Install the local application from inside Bitrix24 while signed in as a portal administrator; an ordinary user's tokens are not accepted as the app's grant.";

@@ -2,8 +2,8 @@
 //! operator replies back. Owns `/webhook/whatsapp`, `/bitrix/*`, `/media/{id}`, the relay jobs
 //! and the Meta and Bitrix clients, and the `bitrix …` / `whatsapp …` CLI commands
 //! ([`commands`]). Must not touch SQL except through `switchboard_core`'s pools and its own
-//! tables (`store.rs`, `media.rs`), depend on another bridge, or start workers itself (the
-//! binary does).
+//! tables (`store.rs`, `media.rs`, `templates/stored.rs`), depend on another bridge, or start
+//! workers itself (the binary does).
 //!
 //! # Layout
 //!
@@ -18,6 +18,8 @@
 //! - [`bitrix`]: talking to Bitrix24: REST client, OAuth grant, rate limit, errors, PHP
 //!   forms, events, install, chat notes.
 //! - [`store`]: this bridge's tables: inbound order, outbound map, customers, leads.
+//! - [`templates`]: the account's message templates: synced from Meta into their own table,
+//!   filled from an operator's `/template` lines, listed and sent first over the admin API.
 //! - [`media`]: re-hosted copies of media in either direction, served at `/media/{id}`.
 //! - [`commands`]: the `bitrix …` / `whatsapp …` CLI commands.
 //! - [`setup`]: this bridge's rows on `/setup`, with their live probes.
@@ -37,6 +39,7 @@ mod routes;
 mod setting_values;
 pub mod setup;
 pub mod store;
+pub mod templates;
 pub mod to_bitrix;
 pub mod to_whatsapp;
 
@@ -95,6 +98,9 @@ pub fn info(relay: &Relay) -> BridgeInfo {
             "/bitrix/events",
             "/bitrix/install",
             "/media/{id}",
+            templates::api::TEMPLATES,
+            templates::api::TEMPLATES_SYNC,
+            templates::api::CONVERSATIONS,
         ],
         move || {
             let settings = settings.clone();
@@ -145,6 +151,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
         Some("bitrix-connector."),
     )
     .with_api(<openapi::Api as utoipa::OpenApi>::openapi())
+    .with_page(templates::page::page(relay))
 }
 
 /// Registers this bridge's job handlers and inbox processors (called by the binary).
@@ -170,6 +177,11 @@ pub fn register(relay: &Relay, jobs: &mut JobRegistry, processors: &mut Processo
         async move { to_whatsapp::send::relay_to_whatsapp(&r, job, ctx).await }
     });
     let r = relay.clone();
+    jobs.register(move |job: templates::first::OpenConversation, ctx| {
+        let r = r.clone();
+        async move { templates::first::open_conversation(&r, job, ctx).await }
+    });
+    let r = relay.clone();
     jobs.register(move |job: to_bitrix::status::RelayStatusToBitrix, ctx| {
         let r = r.clone();
         async move { to_bitrix::status::relay_status_to_bitrix(&r, job, ctx).await }
@@ -184,7 +196,19 @@ const KEEP_ALIVE_AFTER_SECS: i64 = 20 * 24 * 3600;
 pub fn scheduled(relay: &Relay) -> Vec<Task> {
     let db = relay.core.db.clone();
     let r = relay.clone();
+    let syncing = relay.clone();
+    let synced_here = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     vec![
+        // Looks every few minutes: the first look after start syncs, then once a day.
+        Task::new(
+            "bitrix.sync-templates",
+            When::Every(std::time::Duration::from_secs(300)),
+            move || {
+                let r = syncing.clone();
+                let synced_here = synced_here.clone();
+                async move { templates::sync::when_due(&r, &synced_here).await }
+            },
+        ),
         Task::new(
             "bitrix.prune-media",
             When::Every(std::time::Duration::from_secs(3600)),

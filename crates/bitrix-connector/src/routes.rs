@@ -5,6 +5,7 @@ use crate::{
     bitrix::install::{install_app, show_install},
     media,
     relay::Relay,
+    templates,
     to_bitrix::receive::{receive_meta_webhook, verify_meta_subscription},
     to_whatsapp::receive::receive_bitrix_event,
 };
@@ -32,6 +33,9 @@ const BITRIX_EVENT_LIMIT: usize = 1024 * 1024;
 /// placement's options): well under 1 KiB in practice.
 const BITRIX_INSTALL_LIMIT: usize = 64 * 1024;
 
+/// A write-first request names a number, a template and its values: a few KiB at most.
+const CONVERSATION_LIMIT: usize = 64 * 1024;
+
 pub fn router(relay: &Relay) -> Router {
     Router::new()
         .route(
@@ -52,6 +56,19 @@ pub fn router(relay: &Relay) -> Router {
                 .layer(DefaultBodyLimit::max(BITRIX_INSTALL_LIMIT)),
         )
         .route("/media/{id}", get(serve_media))
+        .route(
+            templates::api::TEMPLATES,
+            get(templates::api::list_templates),
+        )
+        .route(
+            templates::api::TEMPLATES_SYNC,
+            axum::routing::post(templates::api::sync_templates),
+        )
+        .route(
+            templates::api::CONVERSATIONS,
+            axum::routing::post(templates::api::start_conversation)
+                .layer(DefaultBodyLimit::max(CONVERSATION_LIMIT)),
+        )
         .with_state(relay.clone())
 }
 

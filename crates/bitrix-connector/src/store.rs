@@ -737,6 +737,62 @@ pub async fn record_outbound_from(
     Ok(n == 1)
 }
 
+/// The Bitrix24 chat of an outbound message recorded before its chat existed (a template
+/// sent first, whose conversation opens after Meta accepted it).
+pub async fn set_outbound_chat(
+    db: &Db,
+    bitrix_message_id: &str,
+    bitrix_chat_id: &str,
+) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| {
+        sqlx::query(
+        "UPDATE bitrix_messages SET bitrix_chat_id = $1, updated_at = $2 WHERE bitrix_message_id = $3"
+    )
+    .bind(bitrix_chat_id)
+    .bind(now_ms())
+    .bind(bitrix_message_id)
+    .execute(p)
+    .await
+    .map(drop)
+    })
+}
+
+/// Marks a template sent first `failed` with `note` while its conversation is not open yet;
+/// `false` once it is (then the note goes to its chat as for any reply). One statement, so a
+/// conversation opening at the same time either sees the failure or is seen by it.
+pub async fn fail_unopened(
+    db: &Db,
+    bitrix_message_id: &str,
+    note: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = on_pool!(db, |p| sqlx::query(
+        "UPDATE bitrix_messages SET state = 'failed', error = $1, updated_at = $2
+         WHERE bitrix_message_id = $3 AND bitrix_chat_id = ''
+           AND state NOT IN ('failed', 'blocked_window')"
+    )
+    .bind(note)
+    .bind(now_ms())
+    .bind(bitrix_message_id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// Why an outbound message failed, as recorded.
+pub async fn outbound_error(
+    db: &Db,
+    bitrix_message_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT error FROM bitrix_messages WHERE bitrix_message_id = $1"
+    )
+    .bind(bitrix_message_id)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.and_then(|(e,)| e))
+}
+
 /// Moves an operator message to `state`. A refusal (`failed`, `blocked_window`) sticks: Meta's
 /// `failed` status can overtake the send job, whose later `sent`/`delivered` must not erase it.
 pub async fn set_outbound(

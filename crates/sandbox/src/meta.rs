@@ -2,7 +2,8 @@
 //!
 //! Serves the Graph routes the product calls (send, mark read, media upload/node/download/delete,
 //! phone-number node, `subscribed_apps`, the app's webhook `subscriptions` with their
-//! verification handshake) with Meta's validation, error shapes and HTTP statuses,
+//! verification handshake, the paginated `message_templates`) with Meta's validation
+//! (templates: status, language, each component's variables), error shapes and HTTP statuses,
 //! and plays Meta's side towards the product: signed webhooks with Meta's byte encoding, retries
 //! until a 200, the verification handshake, and status notifications after each send — `sent`
 //! and `delivered` inside the 24-hour window, `failed` 131047 outside it, as Meta answers 200
@@ -30,6 +31,7 @@ pub use subscriptions::AppSubscription;
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use serde_json::{Value, json};
 
 use crate::{Recorder, Served};
 use state::Shared;
@@ -58,7 +60,8 @@ pub struct MetaConfig {
     pub auto_statuses: bool,
     /// Whether the app starts subscribed to the WABA; unsubscribed, no status webhooks flow.
     pub subscribed: bool,
-    /// Approved templates; any other name/language is refused with 132001.
+    /// The account's templates, listed by `message_templates`; a send of any other
+    /// name/language is refused with 132001.
     pub templates: Vec<Template>,
     /// Further business numbers of the same WABA and app (a team with sales and support
     /// numbers): each takes sends at its own `/{phone_number_id}/messages` and keeps its own
@@ -130,25 +133,56 @@ impl Default for MetaConfig {
     }
 }
 
-/// An approved message template.
+/// A message template of the WhatsApp Business Account, as `message_templates` lists it.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub name: String,
     pub language: String,
-    /// Number of `{{n}}` variables in the body; a send must supply exactly that many (132000).
-    pub body_params: usize,
-    /// `utility`, `marketing` or `authentication`; shows up as `pricing.category`.
+    /// `utility`, `marketing` or `authentication`; shows up as `pricing.category`. Listed
+    /// upper-case, as Graph does.
     pub category: String,
+    /// `APPROVED`, `PAUSED`, `DISABLED`, `PENDING`, `REJECTED`: only an approved one is sent
+    /// (132015 paused, 132016 disabled, 132001 otherwise).
+    pub status: String,
+    /// Graph's `components`: `HEADER` (`format` TEXT/IMAGE/VIDEO/DOCUMENT), `BODY`, `FOOTER`,
+    /// `BUTTONS`, with `{{1}}` variables. A send must fill each variable (132000).
+    pub components: Vec<Value>,
 }
 
 impl Template {
+    /// An approved utility template whose body has `body_params` variables.
     pub fn new(name: &str, language: &str, body_params: usize) -> Self {
+        let vars: Vec<String> = (1..=body_params).map(|i| format!("{{{{{i}}}}}")).collect();
+        let text = if vars.is_empty() {
+            "Hello from Zuse GmbH.".to_string()
+        } else {
+            format!("Hello {}.", vars.join(", "))
+        };
+        Self::with_components(name, language, vec![json!({"type": "BODY", "text": text})])
+    }
+
+    /// An approved utility template made of `components` as Graph lists them.
+    pub fn with_components(name: &str, language: &str, components: Vec<Value>) -> Self {
         Self {
             name: name.into(),
             language: language.into(),
-            body_params,
             category: "utility".into(),
+            status: "APPROVED".into(),
+            components,
         }
+    }
+
+    /// Graph's listing of the template.
+    pub fn listed(&self, id: usize) -> Value {
+        json!({
+            "name": self.name,
+            "language": self.language,
+            "status": self.status,
+            "category": self.category.to_ascii_uppercase(),
+            "parameter_format": "POSITIONAL",
+            "components": self.components,
+            "id": format!("{}", 900_000_000_000_000u64 + id as u64),
+        })
     }
 }
 
@@ -253,6 +287,23 @@ impl FakeMeta {
             .state()
             .async_failures
             .extend(std::iter::repeat_n(code, count));
+    }
+
+    /// Moves a template to `status` (`PAUSED`, `DISABLED`, `APPROVED`…), as Meta does when its
+    /// quality drops; sends follow at once, listings too.
+    pub fn set_template_status(&self, name: &str, language: &str, status: &str) {
+        let mut st = self.shared.state();
+        for t in st.templates.iter_mut() {
+            if t.name == name && t.language == language {
+                t.status = status.to_string();
+            }
+        }
+    }
+
+    /// The most templates a `message_templates` page holds, whatever its `limit` asks: fewer
+    /// per page make a client page through the cursors.
+    pub fn set_templates_page_size(&self, size: usize) {
+        self.shared.state().templates_page_size = size.max(1);
     }
 
     /// Replaces the valid token; the old one then fails with 190 "Session has expired".

@@ -47,6 +47,11 @@ impl MetaError {
             0 | 190 => Some(fix::META_190),
             131030 => Some(fix::META_131030),
             131047 => Some(fix::META_131047),
+            132000 => Some(fix::META_132000),
+            132001 => Some(fix::META_132001),
+            132012 => Some(fix::META_132012),
+            132015 => Some(fix::META_132015),
+            132016 => Some(fix::META_132016),
             _ => None,
         }
     }
@@ -243,6 +248,35 @@ impl MetaClient {
                     "fields",
                     "display_phone_number,verified_name,quality_rating",
                 )])
+                .bearer_auth(self.token.expose())
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// One page of the account's templates (`GET /{waba-id}/message_templates`), from the
+    /// cursor `after` of the page before. The next page is asked for by cursor on this
+    /// client's own base, never by following the `paging.next` URL an answer carries.
+    pub async fn message_templates(
+        &self,
+        waba_id: &str,
+        after: Option<&str>,
+    ) -> Result<Value, MetaError> {
+        let mut query = vec![
+            (
+                "fields",
+                "name,language,status,category,components,parameter_format",
+            ),
+            ("limit", "100"),
+        ];
+        if let Some(a) = after {
+            query.push(("after", a));
+        }
+        Self::read(
+            self.http
+                .get(format!("{}/{waba_id}/message_templates", self.base))
+                .query(&query)
                 .bearer_auth(self.token.expose())
                 .send()
                 .await,

@@ -56,6 +56,9 @@ pub async fn relay_status_to_bitrix(
         // Not a message this bridge sent for an operator (or sent before the map existed).
         return Ok(());
     };
+    if crate::templates::first::is_first(&row.bitrix_message_id) {
+        return first_status(relay, &row, &unit).await;
+    }
     if row.state == "received" && unit.status != "failed" {
         // The reply's send job is still at work (a later part pending or retrying): it
         // confirms delivery with every part's wamid when done, and `read` changes nothing in
@@ -142,4 +145,56 @@ pub async fn relay_status_to_bitrix(
             .map_err(retry_db)?;
     }
     Ok(())
+}
+
+/// A status of a template sent first: no Bitrix24 message to mark, so `delivered` and `read`
+/// are only kept; `failed` is told in the chat once it is open.
+async fn first_status(
+    relay: &Relay,
+    row: &store::OutboundRow,
+    unit: &StatusUnit,
+) -> Result<(), JobError> {
+    match unit.status.as_str() {
+        "failed" => {
+            let code = unit
+                .errors
+                .first()
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_i64);
+            if row.bitrix_chat_id.is_empty() {
+                // Before its conversation opened: kept, and told when it opens.
+                let detail = unit
+                    .errors
+                    .first()
+                    .and_then(|e| {
+                        e.pointer("/error_data/details")
+                            .or_else(|| e.get("message"))
+                    })
+                    .and_then(Value::as_str)
+                    .unwrap_or("no details");
+                let note = crate::to_whatsapp::failed::note_for(code, detail);
+                if store::fail_unopened(&relay.core.db, &row.bitrix_message_id, &note)
+                    .await
+                    .map_err(retry_db)?
+                {
+                    return Ok(());
+                }
+            }
+            let row = store::outbound_by_message(&relay.core.db, &row.bitrix_message_id)
+                .await
+                .map_err(retry_db)?
+                .unwrap_or_else(|| row.clone());
+            crate::to_whatsapp::failed::report_failed_status(relay, &row, code, &unit.errors).await
+        }
+        "delivered" | "read" if row.state != "failed" => store::set_outbound(
+            &relay.core.db,
+            &row.bitrix_message_id,
+            &unit.status,
+            None,
+            None,
+        )
+        .await
+        .map_err(retry_db),
+        _ => Ok(()),
+    }
 }

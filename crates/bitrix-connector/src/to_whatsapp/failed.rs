@@ -15,6 +15,11 @@ pub fn note_for(code: Option<i64>, detail: &str) -> String {
         Some(131047) => Some(fix::META_131047),
         Some(190) | Some(0) => Some(fix::META_190),
         Some(131030) => Some(fix::META_131030),
+        Some(132000) => Some(fix::META_132000),
+        Some(132001) => Some(fix::META_132001),
+        Some(132012) => Some(fix::META_132012),
+        Some(132015) => Some(fix::META_132015),
+        Some(132016) => Some(fix::META_132016),
         _ => None,
     };
     let code_text = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());

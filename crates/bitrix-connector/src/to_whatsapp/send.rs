@@ -8,8 +8,9 @@ use switchboard_core::{JobContext, JobError, JobKind, db::now_ms};
 
 use super::{
     bbcode, failed, files, portal_file,
-    template::{template_body, template_command, unknown_template},
+    template::{self, template_body, template_command},
 };
+use crate::templates::fill::Command;
 use crate::{
     bitrix::events::OperatorMessage,
     channels::Channel,
@@ -89,7 +90,7 @@ struct Part {
 
 /// Sends the reply's parts that Meta has not accepted yet, recording each as it is accepted,
 /// so a retry after a failed later part never repeats an earlier one. `false` when nothing
-/// was sent because the operator asked for a template that is not configured.
+/// was sent: the operator's template command was answered with a note instead.
 async fn send(
     relay: &Relay,
     m: &OperatorMessage,
@@ -118,13 +119,21 @@ async fn send(
         context: context.as_deref(),
     };
     match template_command(&m.text) {
-        Some(name) => match template_body(relay, m, &name).await? {
-            Some(body) => sender.send(Part { index: 0, body }).await?,
-            None => {
-                unknown_template(relay, m, &name).await?;
+        Some(Command::Send {
+            name,
+            language,
+            given,
+        }) => match template_body(relay, m, &name, language.as_deref(), &given).await? {
+            Ok(body) => sender.send(Part { index: 0, body }).await?,
+            Err(note) => {
+                template::refuse(relay, m, &note).await?;
                 return Ok(false);
             }
         },
+        Some(Command::List) => {
+            template::list(relay, m).await?;
+            return Ok(false);
+        }
         None => send_content(relay, m, &mut sender).await?,
     }
     let first = store::sent_parts(db, &m.message_id)
@@ -264,7 +273,7 @@ async fn mark_read(relay: &Relay, m: &OperatorMessage) {
 
 /// Echoed by Meta in every status of the part, so a status that arrives before the send job
 /// recorded the part's wamid still finds its message.
-fn callback_data(bitrix_message_id: &str, part: i64) -> String {
+pub(crate) fn callback_data(bitrix_message_id: &str, part: i64) -> String {
     format!("{CALLBACK_PREFIX}{bitrix_message_id}:{part}")
 }
 

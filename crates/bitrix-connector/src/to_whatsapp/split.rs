@@ -10,6 +10,7 @@ use switchboard_core::{
 };
 
 use super::{send::RelayToWhatsapp, template::template_command};
+use crate::templates::fill::{self, Command};
 use crate::{
     bitrix::{events, notes, php_form},
     relay::{Relay, reply_key, retry_db},
@@ -43,6 +44,7 @@ pub async fn process_bitrix_event(
     let mut pushed = 0;
     let mut blocked = None;
     let mut unrouted = None;
+    let mut answered = 0;
     for m in msgs {
         let channel = crate::channels::for_reply(relay, m.line.as_deref())
             .await
@@ -82,15 +84,25 @@ pub async fn process_bitrix_event(
             .await
             .map_err(retry_db)?;
         let open = last.is_some_and(|t| now_ms() - t < WINDOW_MS);
-        if !open && template_command(&m.text).is_none() {
+        let command = template_command(&m.text);
+        if !open && command.is_none() {
             let why = "reply outside WhatsApp's 24-hour window: not sent".to_string();
-            notes::post(&relay.bitrix, &m.chat_id, &format!("⚠ This reply was not sent: the customer's last WhatsApp message is more than 24 hours old. {}", crate::error::fix::META_131047))
+            // The note offers what can go out now: the approved templates.
+            super::template::synced_once(relay).await;
+            let offer = fill::listing(relay).await;
+            notes::post(&relay.bitrix, &m.chat_id, &format!("⚠ This reply was not sent: the customer's last WhatsApp message is more than 24 hours old. {}\n{offer}", crate::error::fix::META_131047))
                 .await
                 .map_err(|e| e.into_job_error())?;
             store::set_outbound(db, &m.message_id, "blocked_window", None, Some(&why))
                 .await
                 .map_err(retry_db)?;
             blocked = Some(why);
+            continue;
+        }
+        if command == Some(Command::List) {
+            // Answered here with a note: nothing goes to the customer, in or out of the window.
+            super::template::list(relay, &m).await?;
+            answered += 1;
             continue;
         }
         let key = reply_key(&m.message_id);
@@ -104,6 +116,7 @@ pub async fn process_bitrix_event(
     }
     Ok(match (blocked, pushed) {
         (Some(why), _) => ProcessOutcome::BlockedWindow(why),
+        (None, 0) if answered > 0 => ProcessOutcome::Processed,
         (None, 0) if let Some(why) = unrouted => ProcessOutcome::Skipped(why),
         (None, 0) => ProcessOutcome::Skipped("duplicate: every message was handled before".into()),
         _ => ProcessOutcome::Processed,

@@ -1,6 +1,7 @@
 //! Approved templates, the one thing that may go out after the 24-hour window: an operator
-//! asks for one by name on the reply's last line, and it must be configured in
-//! `[[bitrix.templates]]`.
+//! types `/template NAME [lang]` and the values on the lines after it ([`crate::templates`]
+//! finds and fills it), or `/templates` for the list. `[[bitrix.templates]]` in the config
+//! file overrides a template's language and default body values.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,6 +16,10 @@ use crate::{
     catalogue::TEMPLATES,
     relay::{Relay, retry_db},
     store,
+    templates::{
+        fill::{self, Command, Given},
+        stored, sync,
+    },
 };
 
 /// An approved WhatsApp template the operator may send, a row of `[[bitrix.templates]]`.
@@ -71,83 +76,81 @@ pub fn templates(core: &Core) -> &[Template] {
     core.config.rows(TEMPLATES)
 }
 
-/// `/template NAME` on the reply's last line asks for a configured approved template, which may
-/// be sent outside the window. The last line, because the operator signature prefix
-/// (`[b]Name:[/b][br]`) may come first.
-pub(super) fn template_command(text: &str) -> Option<String> {
-    let plain = bbcode::to_whatsapp(text);
-    let line = plain.lines().rev().find(|l| !l.trim().is_empty())?.trim();
-    let name = line.strip_prefix("/template")?;
-    // `/templates` or `/templateX` is not the command.
-    if !name.is_empty() && !name.starts_with(char::is_whitespace) {
-        return None;
+/// The operator's `/template` or `/templates` command, if the reply is one.
+pub(super) fn template_command(text: &str) -> Option<Command> {
+    fill::command(&bbcode::to_whatsapp(text))
+}
+
+/// Loads the account's templates before the first template send of a fresh install, so the
+/// operator need not wait for the scheduled sync. A failed sync leaves the config file's list.
+pub(crate) async fn synced_once(relay: &Relay) {
+    if matches!(stored::last_synced(&relay.core.db).await, Ok(None))
+        && let Err(e) = sync::run(relay).await
+    {
+        tracing::debug!(error = %e, "templates not synced before a template send");
     }
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
 }
 
-/// The operator typed a template name that is not in `[[bitrix.templates]]`: nothing is sent,
-/// and the note lists what is configured. Not a dead letter: there is nothing to retry.
-pub(super) async fn unknown_template(
-    relay: &Relay,
-    m: &OperatorMessage,
-    name: &str,
-) -> Result<(), JobError> {
-    let names: Vec<&str> = templates(&relay.core)
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
-    let note = format!(
-        "⚠ Not sent: no template named \"{name}\" is configured. Configured templates: {}.",
-        if names.is_empty() {
-            "none (add them as [[bitrix.templates]] in the config file)".to_string()
-        } else {
-            names.join(", ")
-        }
-    );
-    tracing::warn!(bitrix_message_id = %m.message_id, template = name, "unknown template requested");
-    notes::post(&relay.bitrix, &m.chat_id, &note)
-        .await
-        .map_err(|e| e.into_job_error())?;
-    store::set_outbound(&relay.core.db, &m.message_id, "failed", None, Some(&note))
-        .await
-        .map_err(retry_db)
-}
-
-/// The configured template, its `{name}` parameters filled with the customer's name.
+/// The send body of the template the operator asked for, filled from their lines; `Err` is
+/// the note saying why nothing goes out.
 pub(super) async fn template_body(
     relay: &Relay,
     m: &OperatorMessage,
     name: &str,
-) -> Result<Option<Value>, JobError> {
-    let Some(t) = templates(&relay.core)
-        .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(name))
-    else {
-        return Ok(None);
+    language: Option<&str>,
+    given: &Given,
+) -> Result<Result<Value, String>, JobError> {
+    synced_once(relay).await;
+    let resolved = match fill::resolve(relay, name, language).await {
+        Ok(r) => r,
+        Err(note) => return Ok(Err(note)),
     };
-    let mut template = json!({"name": t.name, "language": {"code": t.language}});
-    if !t.body_parameters.is_empty() {
-        let customer = store::customer_name(&relay.core.db, &m.customer)
-            .await
-            .map_err(retry_db)?
-            .unwrap_or_else(|| m.customer.clone());
-        let params: Vec<Value> = t
-            .body_parameters
-            .iter()
-            .map(|p| json!({"type": "text", "text": p.replace("{name}", &customer)}))
-            .collect();
-        template["components"] = json!([{"type": "body", "parameters": params}]);
-    }
-    Ok(Some(
-        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
-                "to": m.customer, "type": "template", "template": template}),
-    ))
+    let customer = store::customer_name(&relay.core.db, &m.customer)
+        .await
+        .map_err(retry_db)?
+        .unwrap_or_else(|| m.customer.clone());
+    Ok(
+        fill::fill(&resolved, given, &customer).map(|(template, _)| {
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": m.customer, "type": "template", "template": template})
+        }),
+    )
+}
+
+/// Nothing was sent: the note tells the operator why and what to type instead. Not a dead
+/// letter: there is nothing to retry.
+pub(super) async fn refuse(relay: &Relay, m: &OperatorMessage, note: &str) -> Result<(), JobError> {
+    tracing::warn!(bitrix_message_id = %m.message_id, "template not sent: {note}");
+    notes::post(&relay.bitrix, &m.chat_id, note)
+        .await
+        .map_err(|e| e.into_job_error())?;
+    store::set_outbound(&relay.core.db, &m.message_id, "failed", None, Some(note))
+        .await
+        .map_err(retry_db)
+}
+
+/// `/templates`: a note listing the approved templates and their variables; nothing goes to
+/// the customer.
+pub(super) async fn list(relay: &Relay, m: &OperatorMessage) -> Result<(), JobError> {
+    synced_once(relay).await;
+    let note = fill::listing(relay).await;
+    notes::post(&relay.bitrix, &m.chat_id, &note)
+        .await
+        .map_err(|e| e.into_job_error())?;
+    store::set_outbound(
+        &relay.core.db,
+        &m.message_id,
+        "command",
+        None,
+        Some("/templates: answered with a note, nothing sent"),
+    )
+    .await
+    .map_err(retry_db)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Template, parse_templates, template_command};
+    use super::{Command, Template, parse_templates, template_command};
 
     fn parse(text: &str) -> Result<Vec<String>, String> {
         let table: toml::Table = text.parse().unwrap();
@@ -180,18 +183,12 @@ mod tests {
     }
 
     #[test]
-    fn the_template_command_is_the_last_line() {
-        assert_eq!(
-            template_command("[b]Maria:[/b][br] /template order_update").as_deref(),
-            Some("order_update")
-        );
-        assert_eq!(
-            template_command("/TEMPLATE x").as_deref(),
-            None,
-            "commands are lower-case, like Bitrix's own"
-        );
-        assert_eq!(template_command("/templates"), None);
+    fn the_template_command_follows_the_signature() {
+        assert!(matches!(
+            template_command("[b]Maria:[/b][br] /template order_update"),
+            Some(Command::Send { name, .. }) if name == "order_update"
+        ));
+        assert_eq!(template_command("/templates"), Some(Command::List));
         assert_eq!(template_command("/template   "), None);
-        assert_eq!(template_command("/template a\nthanks"), None);
     }
 }

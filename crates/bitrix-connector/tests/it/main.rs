@@ -18,6 +18,9 @@
 //!   addresses.
 //! - `setup`: each `/setup` row turns green only when its step is really done on the portal
 //!   and Meta, and says what to do while it isn't.
+//! - `templates`: the account's templates synced page by page, filled from an operator's
+//!   lines into the exact Graph payload or refused with a note naming what is missing,
+//!   `/templates`, writing first over the admin API, and Meta's template errors explained.
 //! - `support`: `TestApp`, the connector served over the fakes, and the scenario helpers the
 //!   other modules share.
 
@@ -28,3 +31,4 @@ mod inbound;
 mod outbound;
 mod setup;
 mod support;
+mod templates;

@@ -469,7 +469,10 @@ async fn an_unknown_template_name_sends_nothing_and_lists_the_configured_ones() 
         .await;
         let note = &system_notes(&app)[0];
         assert!(note.contains("\"order_updaet\""), "{note}");
-        assert!(note.contains("order_update, hello_world"), "{note}");
+        assert!(
+            note.contains("order_update (en_US)") && note.contains("hello_world (en_US)"),
+            "{note}"
+        );
         eventually("all work finished", 10, || app.idle()).await;
         assert!(app.meta.sent_messages().is_empty());
         // An operator typo is not an operations problem: no dead letter.

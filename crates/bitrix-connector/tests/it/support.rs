@@ -29,6 +29,8 @@ fn config(pairs: &[(&str, &str)]) -> Config {
 
 pub const VERIFY_TOKEN: &str = "verify-me-please";
 pub const ANNA: &str = "4917612345678";
+/// The admin token of apps started [`TestApp::start_with_account`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-the-template-tests";
 
 pub struct TestApp {
     pub core: Core,
@@ -68,13 +70,21 @@ impl TestApp {
 
     /// `omit` lists env names to leave unset (to test "not configured").
     pub async fn start_with(bitrix_cfg: BitrixConfig, omit: &[&str]) -> Self {
-        Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None, None).await
+        Self::start_full(MetaConfig::default(), bitrix_cfg, omit, None, None, &[]).await
     }
 
     /// Over `db` (say, one an older release left behind, already brought up to date), with a
     /// config file holding `file_toml` when given.
     pub async fn start_on(db: TestDb, meta_cfg: MetaConfig, file_toml: Option<&str>) -> Self {
-        Self::start_full(meta_cfg, BitrixConfig::default(), &[], file_toml, Some(db)).await
+        Self::start_full(
+            meta_cfg,
+            BitrixConfig::default(),
+            &[],
+            file_toml,
+            Some(db),
+            &[],
+        )
+        .await
     }
 
     /// With a config file holding `file_toml` (say, `[[bitrix.templates]]`), loaded the way
@@ -86,6 +96,25 @@ impl TestApp {
             &[],
             Some(file_toml),
             None,
+            &[],
+        )
+        .await
+    }
+
+    /// With the account's id (so templates sync from `meta_cfg`'s) and an admin token for the
+    /// JSON API, plus a config file holding `file_toml` when given.
+    pub async fn start_with_account(meta_cfg: MetaConfig, file_toml: Option<&str>) -> Self {
+        let waba = meta_cfg.waba_id.clone();
+        Self::start_full(
+            meta_cfg,
+            BitrixConfig::default(),
+            &[],
+            file_toml,
+            None,
+            &[
+                ("SWITCHBOARD_META_WABA_ID", &waba),
+                ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN),
+            ],
         )
         .await
     }
@@ -96,6 +125,7 @@ impl TestApp {
         omit: &[&str],
         file_toml: Option<&str>,
         db: Option<TestDb>,
+        extra: &[(&str, &str)],
     ) -> Self {
         let meta = FakeMeta::start(meta_cfg).await;
         let bitrix = FakeBitrix::start(bitrix_cfg).await;
@@ -121,6 +151,10 @@ impl TestApp {
             ("SWITCHBOARD_BITRIX_CLIENT_SECRET", bc.client_secret.clone()),
             ("SWITCHBOARD_BITRIX_LINE_ID", bc.line_id.to_string()),
         ];
+        let pairs: Vec<(&str, String)> = pairs
+            .into_iter()
+            .chain(extra.iter().map(|(k, v)| (*k, v.to_string())))
+            .collect();
         let pairs: Vec<(&str, &str)> = pairs
             .iter()
             .filter(|(k, _)| !omit.contains(k))

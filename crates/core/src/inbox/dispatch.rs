@@ -1,5 +1,6 @@
 //! The dispatcher: turns stored inbox rows into `core.process-event` jobs. The ack commits the
-//! row alone; this hands it to the job queue later, in larger transactions of its own, in the
+//! row (on SQLite, with its job when this process's worker had room: see [`Inbox::hand_to`]);
+//! this hands the rest to the job queue later, in larger transactions of its own, in the
 //! processes that run workers.
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::{
 /// on one PostgreSQL skip each other's locked rows, and the idempotency key makes a hand-off
 /// done twice a no-op.
 pub fn spawn_dispatcher(inbox: Inbox, jobs: Jobs) -> tokio::task::JoinHandle<()> {
+    inbox.hand_to(&jobs);
     tokio::spawn(dispatch_loop(inbox, jobs))
 }
 
@@ -183,7 +185,12 @@ async fn any_waiting(db: &Db) -> Result<bool, sqlx::Error> {
 }
 
 /// The job that processes inbox row `id` on its `replays`-th dispatch, with its idempotency key.
-fn process_event_job(id: i64, source: &str, request_id: &str, replays: i64) -> (Job, String) {
+pub(super) fn process_event_job(
+    id: i64,
+    source: &str,
+    request_id: &str,
+    replays: i64,
+) -> (Job, String) {
     (
         Job {
             kind: ProcessEvent::KIND.to_string(),

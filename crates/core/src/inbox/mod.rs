@@ -7,12 +7,14 @@
 //! Commits are grouped: concurrent `record` calls queue for a writer that inserts a whole
 //! batch in one transaction, so many acks share one fsync. On SQLite that writer is a thread of
 //! its own with its own connection (`inbox/sqlite_writer.rs`); on PostgreSQL, a few tasks on
-//! the pool (`inbox/postgres_writer.rs`). The ack commits the inbox row
-//! only: the row itself is the unit of work. Handing new rows to the job queue is the
-//! dispatcher's job ([`dispatch_pending`], `inbox/dispatch.rs`), in its own larger transactions in the
-//! processes that run workers, so job rows and their indexes stay off the ack path. A row
-//! stays `dispatched_at IS NULL` until its job is committed, so a crash at any point leaves it
-//! to be handed over again.
+//! the pool (`inbox/postgres_writer.rs`). The row itself is the unit of work. Handing new rows
+//! to the job queue is the dispatcher's job ([`dispatch_pending`], `inbox/dispatch.rs`), in its
+//! own larger transactions in the processes that run workers, so that under load job rows and
+//! their indexes stay off the ack path. One exception, on SQLite: while this process's worker
+//! has room for more, the writer writes a new row's job, taken by that worker, and claims the
+//! row for it in the ack's own commit ([`Inbox::hand_to`]), since a lone message otherwise
+//! waited for a second commit before its work began. A row stays `dispatched_at IS NULL` until
+//! its job is committed, so a crash at any point leaves it to be handed over again.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -334,8 +336,27 @@ pub struct Inbox {
     /// Rows the dispatcher claimed in the transaction that handed them to this process's
     /// worker, by the task id of their job: that job starts on them without a claim of its
     /// own, one commit fewer between the ack and the work.
-    preclaimed: Arc<std::sync::Mutex<HashMap<String, StoredEvent>>>,
+    preclaimed: Preclaimed,
+    /// This process's jobs, once it runs workers: the SQLite writer hands new rows straight
+    /// to their worker ([`Inbox::hand_to`]).
+    hand_off: HandOff,
 }
+
+/// Rows claimed for a job when it was handed over, by the job's task id, with when.
+type Preclaimed = Arc<std::sync::Mutex<HashMap<String, (Instant, StoredEvent)>>>;
+
+/// Keeps `event`, claimed for job `task_id`, for that job to start on. An entry whose job never
+/// started (its worker stopped first) is dropped once its claim has lapsed: the job, run later
+/// by any worker, claims the row again.
+fn keep_preclaimed(held: &Preclaimed, task_id: String, event: StoredEvent) {
+    let lease = std::time::Duration::from_millis(process::CLAIM_LEASE_MS as u64);
+    let mut held = held.lock().expect("preclaimed lock");
+    held.retain(|_, (at, _)| at.elapsed() < lease);
+    held.insert(task_id, (Instant::now(), event));
+}
+
+/// The jobs a writer hands new rows to, set once the process runs workers.
+type HandOff = Arc<std::sync::OnceLock<crate::jobs::Jobs>>;
 
 impl Inbox {
     /// Starts the group-commit writer. The dispatcher is woken after each commit that stored
@@ -343,11 +364,18 @@ impl Inbox {
     pub fn start(db: Db) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let new_work = Arc::new(Notify::new());
+        let preclaimed = Preclaimed::default();
+        let hand_off = HandOff::default();
         match &db {
             // SQLite has one writer at a time whatever we do, so one thread batches best.
             Db::Sqlite(pool) => {
                 let path = pool.connect_options().get_filename().to_path_buf();
-                if let Err(e) = sqlite_writer::spawn(path, rx, new_work.clone()) {
+                let writer = sqlite_writer::Writer {
+                    new_work: new_work.clone(),
+                    hand_off: hand_off.clone(),
+                    preclaimed: preclaimed.clone(),
+                };
+                if let Err(e) = sqlite_writer::spawn(path, rx, writer) {
                     // Every record() then fails with WriterGone: acks answer 5xx, nothing is
                     // acknowledged unstored.
                     tracing::error!(error = %e, "inbox writer thread failed to start");
@@ -371,23 +399,31 @@ impl Inbox {
             db,
             tx,
             new_work,
-            preclaimed: Arc::default(),
+            preclaimed,
+            hand_off,
         }
+    }
+
+    /// From now on, new rows may go straight to `jobs`' worker: the SQLite writer writes each
+    /// one's job, taken by that worker and with the row claimed for it, in the commit that
+    /// stores the row, while the worker has room. A message then waits for one commit before
+    /// it is processed, not two (the ack's, then the dispatcher's). PostgreSQL's writers store
+    /// a batch in one statement without a transaction of their own, and leave new rows to the
+    /// dispatcher.
+    pub(crate) fn hand_to(&self, jobs: &crate::jobs::Jobs) {
+        let _ = self.hand_off.set(jobs.clone());
     }
 
     /// Keeps `event`, claimed for job `task_id`, for that job to start on.
     fn preclaimed(&self, task_id: String, event: StoredEvent) {
-        self.preclaimed
-            .lock()
-            .expect("preclaimed lock")
-            .insert(task_id, event);
+        keep_preclaimed(&self.preclaimed, task_id, event);
     }
 
     /// The row claimed for job `task_id` when it was handed over, if it is row `id`.
     fn take_preclaimed(&self, task_id: &str, id: i64) -> Option<StoredEvent> {
         let mut held = self.preclaimed.lock().expect("preclaimed lock");
-        if held.get(task_id).is_some_and(|e| e.id == id) {
-            held.remove(task_id)
+        if held.get(task_id).is_some_and(|(_, e)| e.id == id) {
+            held.remove(task_id).map(|(_, e)| e)
         } else {
             None
         }
@@ -772,17 +808,23 @@ fn claim_sql() -> String {
 }
 
 /// Metrics, the dispatcher's wake-up, the log line for a failed commit, then each caller's
-/// answer: the same for both engines' writers.
+/// answer: the same for both engines' writers. `handed`: how many of the new rows the writer
+/// handed to a worker itself; the dispatcher is woken only for the rest.
 fn deliver(
     began: Instant,
     outcomes: Vec<RecordResult>,
     items: Vec<Incoming>,
     replies: Vec<Reply>,
     new_work: &Notify,
+    handed: usize,
 ) {
     metrics::histogram!("switchboard_inbox_commit_seconds").record(began.elapsed().as_secs_f64());
     metrics::histogram!("switchboard_inbox_batch_size").record(outcomes.len() as f64);
-    if outcomes.iter().any(|o| matches!(o, Ok(Recorded::New(_)))) {
+    let new = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Recorded::New(_))))
+        .count();
+    if new > handed {
         new_work.notify_one();
     }
     if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {

@@ -30,7 +30,7 @@ pub(super) async fn run(
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
         let outcomes = commit_batch(&pool, &items).await;
-        deliver(began, outcomes, items, replies, &new_work);
+        deliver(began, outcomes, items, replies, &new_work, 0);
     }
 }
 

@@ -17,8 +17,14 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{Notify, mpsc};
 
-use super::{Incoming, MAX_BATCH, RecordResult, Recorded, Reply, Status, deliver};
-use crate::db::now_ms;
+use super::{
+    HandOff, Incoming, MAX_BATCH, Preclaimed, RecordResult, Recorded, Reply, Status, StoredEvent,
+    deliver,
+};
+use crate::{
+    db::now_ms,
+    jobs::{Job, Lane, LaneSlot},
+};
 
 /// As long as the sqlx pool waits for the lock, so both sides give up alike.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,20 +42,36 @@ const INSERT_ONE: &str = "INSERT INTO inbox_events (request_id, source, route, d
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (source, dedupe_key) DO NOTHING";
 
+/// What the writer tells, and hands new rows to, once a batch is committed.
+pub(super) struct Writer {
+    pub(super) new_work: Arc<Notify>,
+    pub(super) hand_off: HandOff,
+    pub(super) preclaimed: Preclaimed,
+}
+
 pub(super) fn spawn(
     path: PathBuf,
     rx: mpsc::Receiver<(Incoming, Reply)>,
-    new_work: Arc<Notify>,
+    writer: Writer,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("inbox-writer".into())
-        .spawn(move || run(&path, rx, &new_work))
+        .spawn(move || run(&path, rx, &writer))
         .map(drop)
+}
+
+/// A new row whose job was written in the batch's transaction, taken by this process's worker,
+/// with the row claimed for it: run once the commit lands.
+struct Handed {
+    task_id: String,
+    job: Job,
+    slot: LaneSlot,
+    event: StoredEvent,
 }
 
 /// Ends when every [`super::Inbox`] handle is gone. The connection is not the pool's, so
 /// closing the pool at shutdown never waits for this thread.
-fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: &Notify) {
+fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, writer: &Writer) {
     let mut conn: Option<Connection> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -62,16 +84,29 @@ fn run(path: &Path, mut rx: mpsc::Receiver<(Incoming, Reply)>, new_work: &Notify
         }
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.drain(..).unzip();
         let began = Instant::now();
-        let outcomes: Vec<RecordResult> = match commit(&mut conn, path, &items) {
-            Ok(recorded) => recorded.into_iter().map(Ok).collect(),
-            Err(e) => {
-                // Start the next batch on a fresh connection: this one may be in any state.
-                conn = None;
-                let e: Arc<str> = e.to_string().into();
-                items.iter().map(|_| Err(e.clone())).collect()
+        let lane = writer.hand_off.get().and_then(|jobs| jobs.lane());
+        let mut handed = Vec::new();
+        let outcomes: Vec<RecordResult> =
+            match commit(&mut conn, path, &items, lane.as_ref(), &mut handed) {
+                Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    // Start the next batch on a fresh connection: this one may be in any state.
+                    conn = None;
+                    // Nothing of the batch was stored: its slots go back unused.
+                    handed.clear();
+                    let e: Arc<str> = e.to_string().into();
+                    items.iter().map(|_| Err(e.clone())).collect()
+                }
+            };
+        let handed_n = handed.len();
+        if let Some(lane) = &lane {
+            for h in handed {
+                // Kept before the job can start, so it finds its row claimed.
+                super::keep_preclaimed(&writer.preclaimed, h.task_id.clone(), h.event);
+                lane.run(h.task_id, h.job, h.slot);
             }
-        };
-        deliver(began, outcomes, items, replies, new_work);
+        }
+        deliver(began, outcomes, items, replies, &writer.new_work, handed_n);
     }
 }
 
@@ -101,6 +136,8 @@ fn commit(
     conn: &mut Option<Connection>,
     path: &Path,
     items: &[Incoming],
+    lane: Option<&Lane>,
+    handed: &mut Vec<Handed>,
 ) -> rusqlite::Result<Vec<Recorded>> {
     let conn = match conn {
         Some(c) => c,
@@ -152,6 +189,9 @@ fn commit(
                 )?;
                 if let Some(id) = new {
                     out.push(Recorded::New(id));
+                    if let Some(h) = hand(conn, lane, i, id, now)? {
+                        handed.push(h);
+                    }
                     continue;
                 }
                 // Seen before: kept for the audit log under dedupe_ref only, nothing to do.
@@ -172,6 +212,9 @@ fn commit(
             )?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             out.push(if work {
+                if let Some(h) = hand(conn, lane, i, id, now)? {
+                    handed.push(h);
+                }
                 Recorded::New(id)
             } else {
                 Recorded::Logged(id)
@@ -180,4 +223,101 @@ fn commit(
     }
     conn.prepare_cached("COMMIT")?.execute([])?;
     Ok(out)
+}
+
+/// Marks new row `id` dispatched and claimed, and writes its job taken by `lane`'s worker, in
+/// the batch's transaction, if the worker has room for one more job now. As the dispatcher
+/// does it, in the ack's commit instead of a commit of its own.
+///
+/// Never fails the batch: the acknowledgements must not depend on the job queue. A hand-off
+/// that can't be written (the worker, just restarted after an outage, is not registered yet,
+/// and its job row would name an unknown worker) is undone alone, and the row waits for the
+/// dispatcher as it would have.
+fn hand(
+    conn: &Connection,
+    lane: Option<&Lane>,
+    incoming: &Incoming,
+    id: i64,
+    now: i64,
+) -> rusqlite::Result<Option<Handed>> {
+    let Some((lane, slot)) = lane.and_then(|l| l.try_slot().map(|s| (l, s))) else {
+        return Ok(None);
+    };
+    conn.prepare_cached("SAVEPOINT hand_off")?.execute([])?;
+    match write_hand_off(conn, lane, slot, incoming, id, now) {
+        Ok(handed) => {
+            conn.prepare_cached("RELEASE hand_off")?.execute([])?;
+            Ok(handed)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "new inbox row left to the dispatcher");
+            conn.prepare_cached("ROLLBACK TO hand_off")?.execute([])?;
+            conn.prepare_cached("RELEASE hand_off")?.execute([])?;
+            Ok(None)
+        }
+    }
+}
+
+fn write_hand_off(
+    conn: &Connection,
+    lane: &Lane,
+    slot: LaneSlot,
+    incoming: &Incoming,
+    id: i64,
+    now: i64,
+) -> rusqlite::Result<Option<Handed>> {
+    let (job, key) =
+        super::dispatch::process_event_job(id, &incoming.source, &incoming.request_id, 0);
+    let task_id = ulid::Ulid::generate().to_string();
+    let bytes = crate::jobs::job_bytes(&job)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let written = conn.prepare_cached(taken_job_sql())?.execute(params![
+        bytes,
+        task_id,
+        crate::jobs::QUEUE,
+        crate::jobs::MAX_ATTEMPTS as i64,
+        key,
+        lane.worker,
+    ])? == 1;
+    if !written {
+        // Its key was taken before (a copy of this database restored over a newer queue?):
+        // the dispatcher hands the row over as it would any other.
+        return Ok(None);
+    }
+    let lease_end = now + super::process::CLAIM_LEASE_MS;
+    conn.prepare_cached(CLAIM_NEW)?
+        .execute(params![now, lease_end, id])?;
+    let event = StoredEvent {
+        id,
+        request_id: incoming.request_id.clone(),
+        source: incoming.source.clone(),
+        route: incoming.route.clone(),
+        dedupe_key: incoming.dedupe_key.clone(),
+        status: Status::Received.as_str().to_string(),
+        body: incoming.body.clone(),
+        headers: incoming.headers.clone(),
+        received_at: now,
+        duration_ms: Some(incoming.started.elapsed().as_millis() as i64),
+        error: incoming.error.clone(),
+        attempts: 1,
+        processed_at: None,
+        body_size: incoming.body_size,
+        body_sha256: incoming.body_sha256.clone(),
+    };
+    Ok(Some(Handed {
+        task_id,
+        job,
+        slot,
+        event,
+    }))
+}
+
+/// A new row handed to a worker: dispatched, and claimed for its job as the dispatcher's claim
+/// would ([`super::claim_sql`]).
+const CLAIM_NEW: &str = "UPDATE inbox_events SET dispatched_at = ?1, claimed_until = ?2, attempts = attempts + 1 WHERE id = ?3";
+
+/// The job queue's own statement for a row taken by a worker, built once.
+fn taken_job_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| crate::jobs::insert_taken_sql(true))
 }

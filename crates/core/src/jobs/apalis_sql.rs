@@ -562,13 +562,13 @@ pub(super) async fn insert_taken(
     Ok(n == 1)
 }
 
-fn job_bytes(job: &Job) -> Result<Vec<u8>, sqlx::Error> {
+pub(crate) fn job_bytes(job: &Job) -> Result<Vec<u8>, sqlx::Error> {
     serde_json::to_vec(job).map_err(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
 /// The row of a job taken by a worker as it is written: binds job, id, queue, max attempts,
 /// idempotency key, worker.
-fn insert_taken_sql(sqlite: bool) -> String {
+pub(crate) fn insert_taken_sql(sqlite: bool) -> String {
     let (table, now) = if sqlite {
         ("Jobs", "strftime('%s', 'now')")
     } else {

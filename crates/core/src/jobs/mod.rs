@@ -23,10 +23,10 @@ mod apalis_sql;
 mod queue;
 mod worker;
 
-pub(crate) use apalis_sql::{EnqueueInTx, migrate};
+pub(crate) use apalis_sql::{EnqueueInTx, insert_taken_sql, job_bytes, migrate};
 pub use queue::{JobRow, Jobs, QueueError, QueueStats};
 pub use worker::{LEASE, LEASE_MARGIN, WorkersHealth, run_workers};
-pub(crate) use worker::{hold, take_unwritten};
+pub(crate) use worker::{Lane, LaneSlot, hold, take_unwritten};
 
 /// Queue name in apalis' table, shared by every process of one deployment.
 pub const QUEUE: &str = "switchboard";

@@ -6,7 +6,8 @@
 //! PostgreSQL workers use apalis' LISTEN/NOTIFY, so a job pushed by any process starts at once.
 //! A job a handler pushes with [`Jobs::push_once_here`] skips the pickup: it runs right after
 //! that handler, in the same task. So does the processing of a stored event: the dispatcher
-//! writes its job already taken by this process's worker and hands it to the worker's
+//! (or on SQLite the inbox writer, in the ack's own commit) writes its job already taken by
+//! this process's worker and hands it to the worker's
 //! [`Lane`], while the lane has room (a quarter of the worker's concurrency); the rest go
 //! through the queue. A single message went through fetch and lock writes of its own, a third
 //! of its way from the webhook to Bitrix24.

@@ -32,6 +32,7 @@ const DOCS: &[(&str, &str)] = &[
         "bitrix-connector",
         include_str!("../../../../docs/bitrix-connector.md"),
     ),
+    ("templates", include_str!("../../../../docs/templates.md")),
     ("deploy", include_str!("../../../../docs/deploy.md")),
     (
         "reliability",

@@ -59,6 +59,9 @@ pub(super) async fn show_landing(State(s): State<OpsState>) -> Response {
                         p.muted { (reason) }
                     }
                     @for line in traffic { p { (line) } }
+                    @for page in &b.pages {
+                        p { a href=(format!("/admin/pages/{}/{}", b.name, page.slug)) { (page.title) } }
+                    }
                     p.muted { "Routes: " @for (i, route) in b.routes.iter().enumerate() { @if i > 0 { ", " } code { (route) } } }
                 }
             }

@@ -8,6 +8,7 @@
 //! carries a CSRF token (`session.rs`). Read the route table in [`router`], then the page
 //! modules in the same order.
 
+mod bridge_page;
 mod credentials_form;
 mod docs_page;
 mod events_page;
@@ -138,6 +139,68 @@ pub struct BridgeInfo {
     alerts: Option<AlertsFn>,
     /// Its routes' OpenAPI description, merged into `/openapi.json`.
     api: Option<utoipa::openapi::OpenApi>,
+    /// Its own admin pages, at `/admin/pages/{name}/{slug}`.
+    pub pages: Vec<BridgePage>,
+}
+
+/// What a bridge page shows: plain text, escaped by the page.
+#[derive(Debug, Clone, Default)]
+pub struct PageView {
+    /// Paragraphs above the table.
+    pub intro: Vec<String>,
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+    /// Shown instead of an empty table.
+    pub empty: String,
+}
+
+pub type PageFn = Arc<dyn Fn() -> BoxFuture<'static, Result<PageView, String>> + Send + Sync>;
+/// A page's action: what it did, or why it could not.
+pub type ActionFn = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// An admin page of a bridge, behind the admin sign-in like the others.
+#[derive(Clone)]
+pub struct BridgePage {
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub load: PageFn,
+    /// One button (its label) posted with the session's CSRF token.
+    pub action: Option<(&'static str, ActionFn)>,
+}
+
+impl BridgePage {
+    pub fn new<F, Fut>(slug: &'static str, title: &'static str, load: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<PageView, String>> + Send + 'static,
+    {
+        let load = Arc::new(load);
+        Self {
+            slug,
+            title,
+            load: Arc::new(move || {
+                let l = load.clone();
+                Box::pin(async move { l().await })
+            }),
+            action: None,
+        }
+    }
+
+    pub fn with_action<F, Fut>(mut self, label: &'static str, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.action = Some((
+            label,
+            Arc::new(move || {
+                let f = f.clone();
+                Box::pin(async move { f().await })
+            }),
+        ));
+        self
+    }
 }
 
 /// Problems a bridge knows of that no job shows (say, its Bitrix24 line was deleted): each
@@ -176,7 +239,14 @@ impl BridgeInfo {
             record_only: false,
             alerts: None,
             api: None,
+            pages: Vec::new(),
         }
+    }
+
+    /// Adds an admin page of the bridge at `/admin/pages/{name}/{slug}`, linked from `/`.
+    pub fn with_page(mut self, page: BridgePage) -> Self {
+        self.pages.push(page);
+        self
     }
 
     /// Adds the bridge's standing alerts: while `f` returns any, `/health` reports the bridge
@@ -430,6 +500,10 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route("/admin/events/{id}/payload", get(events_page::show_payload))
         .route("/admin/jobs", get(jobs_page::show_jobs))
         .route("/admin/jobs/retry", post(jobs_page::retry_jobs))
+        .route(
+            "/admin/pages/{bridge}/{page}",
+            get(bridge_page::show_page).post(bridge_page::run_action),
+        )
         .route("/api/events", get(events_page::events_json))
         .route("/api/jobs", get(jobs_page::jobs_json))
         .with_state(OpsState::new(core, bridges))

@@ -247,6 +247,81 @@ async fn rows_left_by_a_dead_process_are_processed_after_restart() {
     }
 }
 
+/// On SQLite, a new row goes to this process's worker in the commit that stores it: by the
+/// time the caller is acknowledged, its processing job exists, taken by the worker, with the
+/// row claimed for it, and no second commit (the dispatcher's) stands before the work. It runs
+/// once.
+#[tokio::test]
+async fn a_new_row_is_taken_by_the_worker_in_the_commit_that_acknowledges_it() {
+    let db = TestDb::new().await;
+    let core = db.core(config(&[]));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut registry = JobRegistry::default();
+    let mut processors = Processors::default();
+    let (gate, counter) = (release.clone(), runs.clone());
+    processors.register("test", move |_ev, _ctx| {
+        let (gate, counter) = (gate.clone(), counter.clone());
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gate.notified().await;
+            Ok(ProcessOutcome::Processed)
+        }
+    });
+    processors.install(core.inbox.clone(), &mut registry);
+    let c = core.clone();
+    with_workers(&core, registry, async {
+        // Until the worker has registered, new rows go through the dispatcher.
+        eventually("the worker is running", 20, || {
+            let c = c.clone();
+            async move { c.jobs.workers_health().state == "running" }
+        })
+        .await;
+        let id = c
+            .inbox
+            .record(incoming("test", "handed-1", "{}"))
+            .await
+            .unwrap()
+            .id();
+        let job_of_row = || {
+            let c = c.clone();
+            async move {
+                c.jobs
+                    .list(false, 50)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|j| j.event_id == Some(id))
+            }
+        };
+        if switchboard_core::testing::wants_postgres() {
+            // PostgreSQL's writers leave new rows to the dispatcher.
+            eventually("the row's job is taken", 20, || async {
+                job_of_row().await.is_some_and(|j| j.state == "running")
+            })
+            .await;
+        } else {
+            let job = job_of_row()
+                .await
+                .expect("the job exists as the ack returns");
+            assert_eq!(job.state, "running", "{job:?}");
+        }
+        eventually("the processor has the row", 20, || async {
+            runs.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        release.notify_one();
+        eventually("processed", 20, || async {
+            c.inbox.get(id).await.unwrap().unwrap().status == "processed"
+        })
+        .await;
+        let ev = c.inbox.get(id).await.unwrap().unwrap();
+        assert_eq!(ev.attempts, 1, "claimed once");
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Flaky {
     n: u32,

@@ -35,6 +35,7 @@ pub fn router(shared: Arc<Shared>, recorder: Recorder) -> Router {
         )
         .route("/{version}/{id}/messages", post(send_message))
         .route("/{version}/{id}/media", post(media::upload_media))
+        .route("/{version}/{id}/message_templates", get(list_templates))
         .route(
             "/{version}/{id}/subscribed_apps",
             get(list_subscribed_apps)
@@ -129,7 +130,8 @@ async fn send_message(
     check_phone_path(&s, &headers, query.as_deref(), &version, &id, "post")?;
     // Graph parses what it can; an unreadable body simply lacks every parameter.
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    match validate::parse(&body, &s.cfg.templates)? {
+    let templates = s.state().templates.clone();
+    match validate::parse(&body, &templates)? {
         Request::MarkRead { message_id } => mark_read(&s, message_id),
         Request::Send(mut send) => {
             send.from_phone_number_id = id;
@@ -405,4 +407,123 @@ async fn unsubscribe_app(
     check_waba_path(&s, &headers, query.as_deref(), &version, &id, "delete")?;
     s.state().subscribed = false;
     Ok(Json(json!({"success": true})))
+}
+
+/// The most templates one `message_templates` page holds, as Graph caps `limit`.
+const TEMPLATES_MAX_LIMIT: usize = 100;
+
+/// `GET /{waba-id}/message_templates`: the account's templates a page at a time, with Graph's
+/// cursor paging (`paging.cursors.after`, and `paging.next` while more follow). `status`
+/// filters (`APPROVED`), `fields` picks the fields, `name` only those of that name.
+async fn list_templates(
+    State(s): State<Arc<Shared>>,
+    Path((version, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, GraphError> {
+    check_waba_path(&s, &headers, query.as_deref(), &version, &id, "get")?;
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let param = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let (all, page_cap) = {
+        let st = s.state();
+        (st.templates.clone(), st.templates_page_size)
+    };
+    let limit = match param("limit") {
+        None => 25,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=TEMPLATES_MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                GraphError::invalid_parameter(format!(
+                    "Param limit must be a number from 1 to {TEMPLATES_MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let start = match param("after") {
+        None => 0,
+        Some(c) => decode_cursor(&c)
+            .ok_or_else(|| GraphError::invalid_parameter("Param after is not a valid cursor"))?,
+    };
+    let status = param("status").map(|v| v.to_ascii_uppercase());
+    let name = param("name");
+    let listed: Vec<(usize, &super::Template)> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| status.as_ref().is_none_or(|st| &t.status == st))
+        .filter(|(_, t)| name.as_ref().is_none_or(|n| &t.name == n))
+        .collect();
+    // Graph may answer fewer than `limit`; a client must follow the cursor, not count.
+    let page: Vec<&(usize, &super::Template)> = listed
+        .iter()
+        .skip(start)
+        .take(limit.min(page_cap))
+        .collect();
+    let fields = requested_fields(query.as_deref());
+    let data: Vec<Value> = page
+        .iter()
+        .map(|(i, t)| {
+            let full = t.listed(*i);
+            if fields.is_empty() {
+                return full;
+            }
+            let mut out = serde_json::Map::new();
+            for f in fields.iter().chain(std::iter::once(&"id".to_string())) {
+                if let Some(v) = full.get(f.as_str()) {
+                    out.insert(f.clone(), v.clone());
+                }
+            }
+            Value::Object(out)
+        })
+        .collect();
+    let mut answer = json!({"data": data});
+    if !page.is_empty() {
+        let end = start + page.len();
+        let mut paging = json!({"cursors": {
+            "before": encode_cursor(start),
+            "after": encode_cursor(end),
+        }});
+        if end < listed.len() {
+            let mut next_pairs: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter(|(k, _)| k != "after" && k != "access_token")
+                .collect();
+            next_pairs.push(("after".into(), encode_cursor(end)));
+            let q = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(next_pairs)
+                .finish();
+            paging["next"] = json!(format!(
+                "{}/{version}/{id}/message_templates?{q}",
+                s.base_url()
+            ));
+        }
+        answer["paging"] = paging;
+    }
+    Ok(Json(answer))
+}
+
+/// Graph's cursors are opaque base64; these carry the position of the next template.
+fn encode_cursor(position: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("tpl:{position}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(cursor)
+        .ok()?;
+    String::from_utf8(raw)
+        .ok()?
+        .strip_prefix("tpl:")?
+        .parse()
+        .ok()
 }

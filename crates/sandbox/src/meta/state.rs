@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::MetaConfig;
+use super::{MetaConfig, Template};
 
 /// Wall clock plus a test-controlled offset, so window and URL-expiry tests need no sleeping.
 #[derive(Debug, Default)]
@@ -110,6 +110,10 @@ pub struct State {
     pub subscribed: bool,
     pub graph_versions: Vec<String>,
     pub webhook_log: Vec<WebhookDelivery>,
+    /// The account's templates as they stand now (a template may be paused after a sync).
+    pub templates: Vec<Template>,
+    /// The most templates one `message_templates` page holds, whatever `limit` asks.
+    pub templates_page_size: usize,
 }
 
 /// Everything handlers and the webhook sender share.
@@ -131,6 +135,8 @@ impl Shared {
             access_token: cfg.access_token.clone(),
             auto_statuses: cfg.auto_statuses,
             subscribed: cfg.subscribed,
+            templates: cfg.templates.clone(),
+            templates_page_size: 100,
             ..State::default()
         };
         Arc::new(Self {

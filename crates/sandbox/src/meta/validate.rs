@@ -267,32 +267,165 @@ fn check_template(obj: &Value, templates: &[Template]) -> Result<String, GraphEr
         .ok_or_else(|| GraphError::param_required("template['language']"))?;
     let code = str_field(language, "code")
         .ok_or_else(|| GraphError::param_required("template['language']['code']"))?;
-    let approved = templates
+    let not_found = || {
+        GraphError::for_code(132_001)
+            .with_details(format!("template name ({name}) does not exist in {code}"))
+    };
+    let template = templates
         .iter()
         .find(|t| t.name == name && t.language == code)
-        .ok_or_else(|| {
-            GraphError::for_code(132_001)
-                .with_details(format!("template name ({name}) does not exist in {code}"))
-        })?;
-    let given = obj["components"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| {
+        .ok_or_else(not_found)?;
+    match template.status.as_str() {
+        "APPROVED" => {}
+        "PAUSED" => return Err(GraphError::for_code(132_015)),
+        "DISABLED" => return Err(GraphError::for_code(132_016)),
+        _ => return Err(not_found()),
+    }
+    let given: Vec<&Value> = obj["components"].as_array().into_iter().flatten().collect();
+    let of_type = |kind: &str| -> Vec<&Value> {
+        given
+            .iter()
+            .copied()
+            .filter(|c| {
+                c["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(kind))
+            })
+            .collect()
+    };
+    let params = |c: &Value| c["parameters"].as_array().cloned().unwrap_or_default();
+    let mismatch = |component: &str, given: usize, expected: usize| {
+        GraphError::for_code(132_000).with_details(format!(
+            "{component}: number of localizable_params ({given}) does not match the expected \
+             number of params ({expected})"
+        ))
+    };
+    let defined = |kind: &str| {
+        template.components.iter().find(|c| {
             c["type"]
                 .as_str()
-                .is_some_and(|t| t.eq_ignore_ascii_case("body"))
+                .is_some_and(|t| t.eq_ignore_ascii_case(kind))
         })
-        .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
-        .sum::<usize>();
-    if given != approved.body_params {
-        return Err(GraphError::for_code(132_000).with_details(format!(
-            "body: number of localizable_params ({given}) does not match the expected number of \
-             params ({})",
-            approved.body_params
-        )));
+    };
+    // Header: a text header takes its variables as text, a media header exactly one object
+    // of its format.
+    let header_given: Vec<Value> = of_type("header").into_iter().flat_map(params).collect();
+    match defined("header") {
+        Some(h) if h["format"].as_str().is_some_and(is_media_format) => {
+            let format = h["format"].as_str().unwrap_or("").to_ascii_lowercase();
+            if header_given.len() != 1 {
+                return Err(mismatch("header", header_given.len(), 1));
+            }
+            let p = &header_given[0];
+            let object = &p[format.as_str()];
+            if p["type"].as_str() != Some(format.as_str())
+                || (str_field(object, "link").is_none() && str_field(object, "id").is_none())
+            {
+                return Err(GraphError::for_code(132_012).with_details(format!(
+                    "header: expected a {format} parameter with a link or an id"
+                )));
+            }
+        }
+        h => {
+            let expected = h.map_or(0, |h| variables(h["text"].as_str().unwrap_or("")));
+            if header_given.len() != expected {
+                return Err(mismatch("header", header_given.len(), expected));
+            }
+            check_text_params(&header_given, "header")?;
+        }
     }
-    Ok(approved.category.clone())
+    let body_given: Vec<Value> = of_type("body").into_iter().flat_map(params).collect();
+    let body_expected = defined("body").map_or(0, |b| variables(b["text"].as_str().unwrap_or("")));
+    if body_given.len() != body_expected {
+        return Err(mismatch("body", body_given.len(), body_expected));
+    }
+    check_text_params(&body_given, "body")?;
+    // Buttons: each one with a variable (a URL's suffix, a coupon code) needs its own
+    // component, by index; a button without one takes none.
+    let buttons: Vec<Value> = defined("buttons")
+        .and_then(|b| b["buttons"].as_array().cloned())
+        .unwrap_or_default();
+    let button_given = of_type("button");
+    for c in &button_given {
+        let index = c["index"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| c["index"].as_u64().map(|n| n.to_string()))
+            .and_then(|i| i.parse::<usize>().ok())
+            .ok_or_else(|| GraphError::param_required("template['components'][]['index']"))?;
+        let Some(button) = buttons.get(index) else {
+            return Err(mismatch(
+                &format!("button at index {index}"),
+                params(c).len(),
+                0,
+            ));
+        };
+        let expected = button_variables(button);
+        if params(c).len() != expected {
+            return Err(mismatch(
+                &format!("button at index {index}"),
+                params(c).len(),
+                expected,
+            ));
+        }
+    }
+    for (index, button) in buttons.iter().enumerate() {
+        let expected = button_variables(button);
+        let filled = button_given.iter().any(|c| {
+            c["index"].as_str() == Some(index.to_string().as_str())
+                || c["index"].as_u64() == Some(index as u64)
+        });
+        if expected > 0 && !filled {
+            return Err(mismatch(&format!("button at index {index}"), 0, expected));
+        }
+    }
+    Ok(template.category.clone())
+}
+
+fn is_media_format(f: &str) -> bool {
+    ["IMAGE", "VIDEO", "DOCUMENT"].contains(&f.to_ascii_uppercase().as_str())
+}
+
+/// The distinct `{{…}}` variables of a component's text.
+pub fn variables(text: &str) -> usize {
+    let mut seen = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            break;
+        };
+        let name = after[..close].trim();
+        if !name.is_empty() && !seen.contains(&name) {
+            seen.push(name);
+        }
+        rest = &after[close + 2..];
+    }
+    seen.len()
+}
+
+/// A URL button's variable is in its `url`, a copy-code button always takes its code.
+fn button_variables(button: &Value) -> usize {
+    match button["type"]
+        .as_str()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        Some("URL") => variables(button["url"].as_str().unwrap_or("")),
+        Some("COPY_CODE") => 1,
+        _ => 0,
+    }
+}
+
+/// Text parameters must carry non-empty text (Meta: 132012 / 100).
+fn check_text_params(params: &[Value], component: &str) -> Result<(), GraphError> {
+    for p in params {
+        if p["type"].as_str() == Some("text") && str_field(p, "text").is_none() {
+            return Err(GraphError::for_code(132_012)
+                .with_details(format!("{component}: a text parameter has no text")));
+        }
+    }
+    Ok(())
 }
 
 fn check_reaction(obj: &Value) -> Result<(), GraphError> {

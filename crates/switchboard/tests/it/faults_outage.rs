@@ -410,7 +410,12 @@ async fn workers_come_back_after_the_database_was_unreachable() {
         .send_inbound(&customer, InboundMessage::text("after the outage"))
         .await
         .unwrap();
-    assert_eq!(sent.status, 200, "acknowledged after the outage");
+    assert_eq!(
+        sent.status,
+        200,
+        "acknowledged after the outage; log:\n{}",
+        tail(&serve.log_text(), 30)
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     while !world.bitrix_inbound().contains_key(&sent.wamid) {
         assert!(

@@ -46,6 +46,9 @@ mod pbx_bridge;
 /// opens, arguments that name nothing, the credential and key commands, masked passwords,
 /// request counters by route, SIGTERM.
 mod platform;
+/// The message templates' admin page: behind the sign-in, linked from `/`, each template with
+/// its status and variables, and a sync by its button with the session's CSRF token.
+mod templates_page;
 /// wabridges hooks end to end: events posted end up in the state API; an event whose forward
 /// fails is not `processed` until the forward is.
 mod wabridges;

@@ -33,6 +33,7 @@ const NOT_JSON: &[&str] = &[
     "/admin/events/{id}/payload",
     "/admin/jobs",
     "/admin/jobs/retry",
+    "/admin/pages/{bridge}/{page}",
     "/bitrix/install",
     "/media/{id}",
 ];
