@@ -1,5 +1,6 @@
 //! This bridge's tables (migrations `0003_bitrix.sql`, `0004_bitrix_parts.sql`,
-//! `0007_bitrix_relay_order.sql`, `0008_bitrix_channels.sql`), written once with `$n` placeholders
+//! `0007_bitrix_relay_order.sql`, `0008_bitrix_channels.sql`, `0009_bitrix_conversation.sql`,
+//! `0011_bitrix_customer_came_from.sql`), written once with `$n` placeholders
 //! for both engines. Every "only once" guarantee here rests on a primary key or unique index
 //! and `ON CONFLICT DO NOTHING`, so it holds across worker tasks and across processes.
 
@@ -33,6 +34,8 @@ pub struct Inbound<'a> {
     /// The customer's new number, for a `user_changed_number` notice: replies go there from now
     /// on, in the same chat.
     pub moved_to: Option<&'a str>,
+    /// The ad or post the message came from, in words; the customer keeps the first one.
+    pub came_from: Option<String>,
 }
 
 /// How much of a message is kept for quoting.
@@ -60,11 +63,12 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
         m.place,
     );
     let body: Option<String> = m.body.map(|b| b.chars().take(BODY_KEPT_CHARS).collect());
-    let (phone, user_id, username, moved_to) = (
+    let (phone, user_id, username, moved_to, came_from) = (
         m.phone.map(str::to_string),
         m.user_id.map(str::to_string),
         m.username.map(str::to_string),
         m.moved_to.map(str::to_string),
+        m.came_from.clone(),
     );
     write_with_outcome(
         db,
@@ -96,6 +100,13 @@ pub async fn record_inbound(db: &Db, m: &Inbound<'_>) -> Result<bool, sqlx::Erro
                         .bind(&username)
                         .execute(&mut *c)
                         .await?;
+                    if let Some(came_from) = &came_from {
+                        sqlx::query("UPDATE bitrix_customers SET came_from = $1 WHERE wa_id = $2 AND came_from IS NULL")
+                            .bind(came_from)
+                            .bind(&customer)
+                            .execute(&mut *c)
+                            .await?;
+                    }
                     if let Some(new) = &moved_to {
                         sqlx::query("UPDATE bitrix_customers SET phone = $1, updated_at = $2 WHERE wa_id = $3")
                             .bind(new)
@@ -181,6 +192,17 @@ pub async fn address_of(db: &Db, customer: &str) -> Result<Address, sqlx::Error>
 }
 
 /// The customer's username, when they set one.
+/// The ad or post the customer first came from, in words, if they came from one.
+pub async fn customer_came_from(db: &Db, customer: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT came_from FROM bitrix_customers WHERE wa_id = $1"
+    )
+    .bind(customer)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.and_then(|(c,)| c))
+}
+
 pub async fn customer_username(db: &Db, customer: &str) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(Option<String>,)> = on_pool!(db, |p| sqlx::query_as(
         "SELECT username FROM bitrix_customers WHERE wa_id = $1"

@@ -97,7 +97,12 @@ async fn find_or_create_lead(
         fields["LAST_NAME"] = json!(last);
     }
     // A customer who came from a click-to-WhatsApp ad: the lead says so (protocol §7 sources).
-    if let Some(source) = super::conversation::lead_source(unit) {
+    // The ad rides on the first message only, and a later message's job may be the one that
+    // gets here first: the customer's record keeps it.
+    let came_from = store::customer_came_from(&relay.core.db, &unit.customer)
+        .await
+        .map_err(|e| BitrixError::Storage(e.to_string()))?;
+    if let Some(source) = came_from.or_else(|| super::conversation::lead_source(unit)) {
         fields["SOURCE_ID"] = json!("ADVERTISING");
         fields["SOURCE_DESCRIPTION"] = json!(source);
     }

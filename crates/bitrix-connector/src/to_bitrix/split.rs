@@ -76,6 +76,7 @@ pub async fn process_meta_event(
             user_id: unit.user_id.as_deref(),
             username: unit.username.as_deref(),
             moved_to: render::new_number(&unit.message),
+            came_from: super::conversation::lead_source(&unit),
         };
         if store::record_inbound(db, &recorded)
             .await

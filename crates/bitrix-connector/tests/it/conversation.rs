@@ -218,6 +218,59 @@ async fn a_customer_from_an_ad_shows_the_ad_once_and_the_lead_names_it_as_source
     .await;
 }
 
+/// The ad rides on the customer's first message only. When a later message's job is the one
+/// that creates the lead (here the first one's lead call failed and waits for its retry), the
+/// lead still names the ad.
+#[tokio::test]
+async fn the_lead_names_the_ad_even_when_a_later_message_creates_it() {
+    let app = TestApp::start().await;
+    app.ready().await;
+    app.bitrix
+        .fail_next("crm.lead.add", "INTERNAL_SERVER_ERROR", 500, 1);
+    with_workers(&app.core, app.registry(), async {
+        let hooks = app.meta.webhooks();
+        hooks
+            .send_inbound(
+                &anna(),
+                InboundMessage::text("Is the sale still on?").from_ad(
+                    "120208812345",
+                    "Spring sale",
+                    "20% off every box",
+                ),
+            )
+            .await
+            .unwrap();
+        eventually(
+            "the first message in, its lead refused once",
+            20,
+            || async {
+                app.customer_messages(ANNA).len() == 1
+                    && app
+                        .bitrix
+                        .recorder()
+                        .all()
+                        .iter()
+                        .any(|r| r.path.contains("crm.lead.add") || r.path.contains("/batch"))
+            },
+        )
+        .await;
+        assert!(app.bitrix.leads().is_empty());
+        hooks
+            .send_inbound(&anna(), InboundMessage::text("I want two"))
+            .await
+            .unwrap();
+        eventually("the second message and the lead", 20, || async {
+            app.customer_messages(ANNA).len() == 2 && app.bitrix.leads().len() == 1
+        })
+        .await;
+        let lead = &app.bitrix.leads()[0];
+        assert_eq!(lead.fields["SOURCE_ID"], "ADVERTISING", "{:?}", lead.fields);
+        let described = lead.fields["SOURCE_DESCRIPTION"].as_str().unwrap();
+        assert!(described.contains("Spring sale"), "{described}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_customer_who_hides_their_number_gets_replies_by_user_id_in_one_chat() {
     let app = TestApp::start().await;
