@@ -26,6 +26,12 @@ demo:
     cargo build -p switchboard
     cargo run -q -p sandbox --bin switchboard-sandbox -- demo
 
+# The sandbox to explore by hand: the fakes and the product, which you set up through /setup
+# with the fake accounts' credentials it prints; stays up until Ctrl-C.
+sandbox:
+    cargo build -p switchboard
+    cargo run -q -p sandbox --bin switchboard-sandbox -- serve
+
 # Fuzz every parser that reads outside input for SECONDS each (libFuzzer via cargo-fuzz; the
 # stable toolchain is allowed its nightly flags with RUSTC_BOOTSTRAP).
 fuzz SECONDS="60":

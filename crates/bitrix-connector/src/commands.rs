@@ -109,8 +109,8 @@ pub async fn register_connector(relay: &Relay, fresh: bool) -> Result<String, Co
         }
     }
     report.push(
-        "next: Contact Center → the connector → Connect, bind it to an Open Channel, then run \
-         `switchboard bitrix activate-connector --line ID`"
+        "next: pick the Open Channel line on /setup (or run \
+         `switchboard bitrix activate-connector --line ID`)"
             .into(),
     );
     Ok(report.join("\n"))
@@ -241,4 +241,159 @@ async fn check_with(meta: MetaClient) -> Result<String, CommandFailed> {
         field("display_phone_number"),
         field("quality_rating")
     ))
+}
+
+/// An Open Channel of the portal, as `imopenlines.config.list.get` lists it.
+#[derive(Debug, Clone)]
+pub struct OpenChannel {
+    pub id: String,
+    pub name: String,
+}
+
+/// The portal's Open Channels (the app's grant needs the `imopenlines` scope).
+pub async fn open_channels(relay: &Relay) -> Result<Vec<OpenChannel>, CommandFailed> {
+    let list = relay
+        .bitrix
+        .call("imopenlines.config.list.get", json!({}))
+        .await?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let id = crate::bitrix::id_text(c.get("ID"))?;
+            let name = c
+                .get("LINE_NAME")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(80)
+                .collect();
+            Some(OpenChannel { id, name })
+        })
+        .collect())
+}
+
+/// Name of the Open Channel created when the operator asks for a new one.
+pub const NEW_LINE_NAME: &str = "WhatsApp";
+
+/// The `choice` that creates a new Open Channel instead of using an existing one.
+pub const NEW_LINE: &str = "new";
+
+/// `/setup`'s "use this line": `line` is an Open Channel id, or [`NEW_LINE`] to create one
+/// (`imopenlines.config.add`). The connector is activated on it and, with one channel, the
+/// line is saved as `bitrix.line_id` so relays use it.
+pub async fn use_line(relay: &Relay, line: &str) -> Result<String, CommandFailed> {
+    let core = &relay.core;
+    let connector = required(core, crate::catalogue::BITRIX_CONNECTOR_ID).await?;
+    let mut report = Vec::new();
+    let line = if line == NEW_LINE {
+        let created = relay
+            .bitrix
+            .call(
+                "imopenlines.config.add",
+                json!({"PARAMS": {"LINE_NAME": NEW_LINE_NAME}}),
+            )
+            .await?;
+        let id = crate::bitrix::id_text(Some(&created)).ok_or_else(|| {
+            CommandFailed(format!(
+                "imopenlines.config.add answered {created} instead of the new line's id"
+            ))
+        })?;
+        report.push(format!("created Open Channel {id} \"{NEW_LINE_NAME}\""));
+        id
+    } else if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+        line.to_string()
+    } else {
+        return Err(CommandFailed(format!(
+            "{line:?} is no Open Channel id: pick a line from the list"
+        )));
+    };
+    report.push(activate_line(relay, &connector, &line).await?);
+    if crate::channels::listed(relay) {
+        if !crate::channels::all(relay)
+            .await?
+            .iter()
+            .any(|c| c.line == line)
+        {
+            report.push(format!(
+                "note: line {line} is in no [[bitrix.channels]] entry of the config file, so nothing is relayed into it until one names it"
+            ));
+        }
+    } else {
+        let current =
+            crate::setting_values::optional(core, crate::catalogue::BITRIX_LINE_ID).await?;
+        // An unchanged value stays where it is set: copied into the store it would silently
+        // outrank the environment from then on.
+        if current.as_deref() != Some(line.as_str()) {
+            core.settings
+                .set(crate::catalogue::BITRIX_LINE_ID, &line)
+                .await
+                .map_err(|e| {
+                    CommandFailed(format!("could not save the line as bitrix.line_id: {e}"))
+                })?;
+            report.push(format!("saved {line} as bitrix.line_id"));
+        }
+    }
+    Ok(report.join("\n"))
+}
+
+/// `switchboard whatsapp subscribe-waba`: subscribes the app of the access token to the
+/// WhatsApp Business Account, without which Meta posts no webhook at all.
+pub async fn subscribe_waba(relay: &Relay) -> Result<String, CommandFailed> {
+    let core = &relay.core;
+    let waba = required(core, crate::catalogue::META_WABA_ID).await?;
+    let meta = MetaClient::from_settings(core).await?;
+    meta.subscribe_app(&waba)
+        .await
+        .map_err(|e| CommandFailed(e.explained()))?;
+    let apps = meta
+        .subscribed_apps(&waba)
+        .await
+        .map_err(|e| CommandFailed(e.explained()))?;
+    Ok(format!(
+        "subscribed to WhatsApp Business Account {waba}; subscribed apps: {}",
+        apps.join(", ")
+    ))
+}
+
+/// `switchboard whatsapp register-webhook`: registers `{public}/webhook/whatsapp` as the Meta
+/// app's webhook for the `messages` field, with the verify token (one is generated and stored
+/// when none is set). Meta checks the callback with the verify handshake before it answers,
+/// so this server must be reachable at its public URL.
+pub async fn register_webhook(relay: &Relay) -> Result<String, CommandFailed> {
+    let core = &relay.core;
+    let app = crate::meta::AppCredentials::from_settings(core).await?;
+    let mut report = Vec::new();
+    let verify_token =
+        match crate::setting_values::optional(core, crate::catalogue::META_VERIFY_TOKEN).await? {
+            Some(t) => t,
+            None => {
+                let generated = hex::encode(rand::random::<[u8; 24]>());
+                core.settings
+                    .set(crate::catalogue::META_VERIFY_TOKEN, &generated)
+                    .await
+                    .map_err(|e| {
+                        CommandFailed(format!("could not store a new verify token: {e}"))
+                    })?;
+                report.push("generated and stored a webhook verify token".to_string());
+                generated
+            }
+        };
+    let callback = public_link(core, crate::routes::META_WEBHOOK);
+    MetaClient::from_settings(core)
+        .await?
+        .register_webhook(&app, &callback, &verify_token)
+        .await
+        .map_err(|e| {
+            CommandFailed(format!(
+                "{}. Meta calls {callback} to verify it before saving: check that SWITCHBOARD_PUBLIC_URL is this server's public https address and that it answers there; an error about the app means Meta App ID or App Secret is wrong.",
+                e
+            ))
+        })?;
+    report.push(format!(
+        "Meta verified {callback} and posts the messages field of app {} there",
+        app.id
+    ));
+    Ok(report.join("\n"))
 }

@@ -66,6 +66,13 @@ const REQUIRED: &[&Setting] = &[
     catalogue::BITRIX_LINE_ID,
 ];
 
+/// Settings `/setup`'s buttons set: the verify token (generated when the webhook is
+/// registered) and the line (picked from the portal's list).
+const SET_BY_BUTTONS: &[&str] = &[
+    catalogue::META_VERIFY_TOKEN.env,
+    catalogue::BITRIX_LINE_ID.env,
+];
+
 /// The settings that form the one channel when the config file lists none.
 const SINGLE_CHANNEL: &[&Setting] = &[catalogue::META_PHONE_NUMBER_ID, catalogue::BITRIX_LINE_ID];
 
@@ -82,6 +89,7 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     let probing = relay.clone();
     let counting = relay.clone();
     let alerting = relay.clone();
+    let acting = relay.clone();
     BridgeInfo::new(
         "bitrix",
         "Bitrix24 connector (WhatsApp ⇄ Open Channel)",
@@ -117,6 +125,11 @@ pub fn info(relay: &Relay) -> BridgeInfo {
     .with_checks(move || {
         let relay = probing.clone();
         async move { setup::checks(&relay).await }
+    })
+    .with_settings_set_by_actions(SET_BY_BUTTONS)
+    .with_actions(move |name, choice| {
+        let relay = acting.clone();
+        async move { setup::run_action(&relay, &name, choice).await }
     })
     .with_traffic(move || {
         let relay = counting.clone();

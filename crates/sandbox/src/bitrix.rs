@@ -16,6 +16,9 @@
 //! `$result[key][FIELD]` references to earlier scalar results. `batch.rs` lists what is not
 //! served; those cases fail loudly instead of passing.
 //!
+//! `pages.rs` is what a person clicks in the sandbox: the local application's install and the
+//! Open Channels with their chats.
+//!
 //! Read `rest.rs` (dispatch, auth, limits), then `batch.rs`, `connector.rs` and `inbound.rs`.
 
 mod batch;
@@ -26,6 +29,7 @@ mod files;
 mod inbound;
 mod install;
 mod oauth;
+pub mod pages;
 mod php;
 mod rest;
 mod state;
@@ -173,6 +177,11 @@ impl FakeBitrix {
             .route("/oauth/token", any(oauth::issue_token))
             .route("/rest/{method}", any(rest::call_method))
             .route("/pub/im.file.php", get(files::serve_signed))
+            .route(
+                pages::LOCAL_APP_PATH,
+                get(pages::local_app).post(pages::install),
+            )
+            .route(pages::OPEN_LINES_PATH, get(pages::open_lines))
             // Short links are `/~<code>`: not a whole-segment route parameter.
             .fallback(files::short_link)
             .with_state(shared.clone())

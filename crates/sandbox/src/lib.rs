@@ -2,12 +2,14 @@
 //! Cloud API (`meta`), a Bitrix24 portal with its OAuth server (`bitrix`), AstraPBX (`pbx`) and a
 //! wabridges event sender (`wabridges`). Each fake is an axum app on a random loopback port that
 //! records every request it receives and follows `shared/protocols/`, so a test against a fake
-//! fails where the product would fail against the real service.
+//! fails where the product would fail against the real service. `console` is the page
+//! `switchboard-sandbox serve` offers for writing to the fake WhatsApp number as a customer.
 //!
 //! Must not depend on any Switchboard crate or reuse their types: a fake that shares the
 //! product's structs would agree with the product's misreadings of the protocol.
 
 pub mod bitrix;
+pub mod console;
 pub mod harness;
 pub mod meta;
 pub mod pbx;

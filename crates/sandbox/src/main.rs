@@ -4,7 +4,9 @@
 //!   lines, sends a WhatsApp message to each, shows each arrive in its own line's chat, sends an
 //!   operator reply back from the right number, places a PBX click-to-call through the bridge,
 //!   and prints where to look. No account anywhere.
-//! - `serve`: runs the fakes on fixed loopback ports until Ctrl-C, for trying the product by hand.
+//! - `serve`: starts the fakes and the product and stays up until Ctrl-C, printing the URLs, the
+//!   admin token and the fake accounts' credentials, for walking through `/setup` by hand; a
+//!   small console page writes to the WhatsApp number as a customer.
 
 use std::process::Command;
 
@@ -257,27 +259,114 @@ async fn demo() -> anyhow::Result<()> {
     ] {
         println!("   {:<62} {what}", format!("{base}{path}"));
     }
-    println!("\nDemo finished; the product and the fakes stop now.");
+    println!(
+        "\nDemo finished; the product and the fakes stop now. `just sandbox` starts them for you to explore, until Ctrl-C."
+    );
     drop(product);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
+/// `serve`: the fakes and the product, wired together and left running for a person to explore:
+/// the product starts with only what a deployment puts in its environment (public URL, admin
+/// token, master key, where Meta and Bitrix24 are), so `/setup` walks through the whole set-up
+/// with the fake accounts' credentials, printed here.
 async fn serve() -> anyhow::Result<()> {
-    let meta = FakeMeta::start(MetaConfig::default()).await;
-    let bitrix = FakeBitrix::start(BitrixConfig::default()).await;
+    let meta = FakeMeta::start(MetaConfig {
+        // A new app is subscribed to nothing: /setup's button does it.
+        subscribed: false,
+        ..MetaConfig::default()
+    })
+    .await;
+    let bitrix = FakeBitrix::start(BitrixConfig {
+        preinstalled: false,
+        extra_lines: vec![SALES_LINE],
+        ..BitrixConfig::default()
+    })
+    .await;
     let pbx = FakePbx::start().await;
     pbx.add_org("demo_org", "demo_secret", "Demo Org");
+
+    let dir = std::env::temp_dir().join(format!("switchboard-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let admin = hex::encode(rand::random::<[u8; 16]>());
+    let master_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    };
+    let (mc, bc) = (meta.config().clone(), bitrix.config());
+    let env: Vec<(String, String)> = [
+        ("SWITCHBOARD_PUBLIC_URL", base.clone()),
+        ("SWITCHBOARD_ADMIN_TOKEN", admin.clone()),
+        ("SWITCHBOARD_MASTER_KEY", master_key),
+        ("SWITCHBOARD_META_GRAPH_URL", meta.url()),
+        ("SWITCHBOARD_META_GRAPH_VERSION", mc.graph_version.clone()),
+        ("SWITCHBOARD_BITRIX_OAUTH_URL", bitrix.oauth_url()),
+        ("SWITCHBOARD_PBX_BASE_URL", pbx.url()),
+        ("SWITCHBOARD_WABRIDGES_TOKEN", "sandbox-hook-token".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let product = start(switchboard(&dir, port, &env), port, "/health")
+        .await
+        .context("starting the switchboard binary (build it first: cargo build -p switchboard)")?;
+    let console = sandbox::console::start(meta.webhooks(), &base).await;
+
     println!(
-        "fake Meta Graph  {}  (access token and app secret: MetaConfig::default())",
-        meta.url()
+        "Switchboard sandbox: every outside service is a local fake; nothing leaves this machine."
     );
-    println!("fake Bitrix24    {}", bitrix.portal_url());
+    println!();
+    println!("Switchboard        {base}");
+    println!("  setup checklist  {base}/setup?token={admin}");
+    println!("  admin token      {admin}");
+    println!("Fake Bitrix24      {}", bitrix.portal_url());
     println!(
-        "fake AstraPBX    {}  (org demo_org / demo_secret)",
+        "  local app page   {}{}",
+        bitrix.portal_url(),
+        sandbox::bitrix::pages::LOCAL_APP_PATH
+    );
+    println!(
+        "  Open Channels    {}{}",
+        bitrix.portal_url(),
+        sandbox::bitrix::pages::OPEN_LINES_PATH
+    );
+    println!("Fake Meta Graph    {}", meta.url());
+    println!(
+        "Customer console   {}  (write to the WhatsApp number as a customer)",
+        console.url()
+    );
+    println!(
+        "Fake AstraPBX      {}  (org demo_org / demo_secret)",
         pbx.url()
     );
-    println!("Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    println!();
+    println!("Type these into {base}/admin/credentials, then follow /setup:");
+    for (what, value) in [
+        ("Meta App ID", mc.app_id.as_str()),
+        ("Meta App Secret", mc.app_secret.as_str()),
+        ("Meta Access Token", mc.access_token.as_str()),
+        ("Meta Phone Number ID", mc.phone_number_id.as_str()),
+        ("Meta WhatsApp Business Account ID", mc.waba_id.as_str()),
+        ("Bitrix24 Portal URL", bitrix.portal_url().as_str()),
+        ("Bitrix24 Client ID", bc.client_id.as_str()),
+        ("Bitrix24 Client Secret", bc.client_secret.as_str()),
+    ] {
+        println!("  {what:<36} {value}");
+    }
+    println!();
+    println!("Running until Ctrl-C.");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = terminate.recv() => {}
+    }
+    println!("Stopping.");
+    drop(console);
+    drop(product);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Fake Meta WhatsApp Cloud API, following `shared/protocols/meta-whatsapp-cloud-api.md`.
 //!
 //! Serves the Graph routes the product calls (send, mark read, media upload/node/download/delete,
-//! phone-number node, `subscribed_apps`, the paginated `message_templates`) with Meta's
-//! validation (templates: status, language, each component's variables), error shapes and HTTP
-//! statuses, and plays Meta's side towards the product: signed webhooks with Meta's byte encoding, retries
+//! phone-number node, `subscribed_apps`, the app's webhook `subscriptions` with their
+//! verification handshake, the paginated `message_templates`) with Meta's validation
+//! (templates: status, language, each component's variables), error shapes and HTTP statuses,
+//! and plays Meta's side towards the product: signed webhooks with Meta's byte encoding, retries
 //! until a 200, the verification handshake, and status notifications after each send — `sent`
 //! and `delivered` inside the 24-hour window, `failed` 131047 outside it, as Meta answers 200
 //! first and reports the failure later.
@@ -17,6 +18,7 @@ mod messages;
 mod payload;
 mod sender;
 mod state;
+mod subscriptions;
 mod validate;
 
 pub use errors::GraphError;
@@ -24,6 +26,7 @@ pub use messages::{Customer, InboundMedia, InboundMessage, Status};
 pub use payload::{WebhookPayload, meta_json_bytes};
 pub use sender::{Delivered, DeliveryError, Signature, VerifyError, WebhookSender};
 pub use state::{MediaOrigin, SentMessage, StoredMedia, WebhookDelivery};
+pub use subscriptions::AppSubscription;
 
 use std::{sync::Arc, time::Duration};
 
@@ -355,6 +358,16 @@ impl FakeMeta {
 
     pub fn is_subscribed(&self) -> bool {
         self.shared.state().subscribed
+    }
+
+    /// The app's saved webhooks (`POST /{app-id}/subscriptions`).
+    pub fn app_subscriptions(&self) -> Vec<AppSubscription> {
+        self.shared.state().app_subscriptions.clone()
+    }
+
+    /// Where webhooks go now, if anywhere.
+    pub fn webhook_target(&self) -> Option<String> {
+        self.shared.state().webhook_target.clone()
     }
 
     /// Distinct Graph versions seen in request paths, first use first.

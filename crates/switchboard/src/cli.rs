@@ -100,6 +100,12 @@ enum BitrixCommand {
 enum WhatsappCommand {
     /// Probe the Meta phone-number node to confirm the access token works (catches error 190).
     CheckToken,
+    /// Subscribe the Meta app to the WhatsApp Business Account (meta.waba_id); without it Meta
+    /// posts no webhook.
+    SubscribeWaba,
+    /// Register {public URL}/webhook/whatsapp as the Meta app's webhook (field messages) with
+    /// the verify token, generating one when none is set. Needs meta.app_id and meta.app_secret.
+    RegisterWebhook,
 }
 
 #[derive(Subcommand)]
@@ -268,12 +274,21 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Events(e) => events(config, e).await,
         Command::Jobs(j) => jobs_command(config, j).await,
         Command::Bitrix(b) => bitrix_command(config, b).await,
-        Command::Whatsapp(WhatsappCommand::CheckToken) => {
+        Command::Whatsapp(w) => {
             let wiring = switchboard::Wiring::new(&start(config).await?);
-            println!(
-                "{}",
-                bitrix_connector::commands::check_token(&wiring.bitrix).await?
-            );
+            let relay = &wiring.bitrix;
+            let report = match w {
+                WhatsappCommand::CheckToken => {
+                    bitrix_connector::commands::check_token(relay).await?
+                }
+                WhatsappCommand::SubscribeWaba => {
+                    bitrix_connector::commands::subscribe_waba(relay).await?
+                }
+                WhatsappCommand::RegisterWebhook => {
+                    bitrix_connector::commands::register_webhook(relay).await?
+                }
+            };
+            println!("{report}");
             Ok(())
         }
     }

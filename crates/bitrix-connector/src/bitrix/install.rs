@@ -74,7 +74,17 @@ pub async fn install_app(
     };
     let grant = accept_grant(&s, &grant).await?;
     tracing::info!(member_id = %grant.member_id, ui = with_ui, "Bitrix24 app installed; grant verified and stored");
-    Ok(installed_page(with_ui).into_response())
+    // The connector needs the grant and nothing the operator chooses, so it is registered now;
+    // a failure only leaves the /setup button to press.
+    let registered = match crate::commands::register_connector(&s, false).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "registering the connector right after the install failed; /setup offers it again");
+            false
+        }
+    };
+    s.probes.clear().await;
+    Ok(installed_page(with_ui, registered).into_response())
 }
 
 fn grant_from_event(form: &Value) -> Result<Grant, Error> {
@@ -172,7 +182,7 @@ fn unverified(e: crate::bitrix::BitrixError, refused: &str) -> Error {
     }
 }
 
-fn installed_page(with_ui: bool) -> Html<String> {
+fn installed_page(with_ui: bool, registered: bool) -> Html<String> {
     let finish = if with_ui {
         // Without this call Bitrix keeps the app half-installed: no events, no placements.
         r#"<script src="https://api.bitrix24.com/api/v1/"></script>
@@ -182,9 +192,14 @@ fn installed_page(with_ui: bool) -> Html<String> {
     };
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>WhatsApp bridge installed</title>{finish}</head>\
-         <body><h1>WhatsApp bridge installed</h1><p>The OAuth grant is stored encrypted. Next: \
-         <code>switchboard bitrix register-connector</code>, bind the connector to an Open Channel, then \
-         <code>switchboard bitrix activate-connector --line ID</code>.</p></body></html>"
+         <body><h1>WhatsApp bridge installed</h1><p>The OAuth grant is stored encrypted{}. Next: \
+         open Switchboard's setup checklist (/setup) to pick the Open Channel line and finish the \
+         Meta steps.</p></body></html>",
+        if registered {
+            " and the WhatsApp connector is registered"
+        } else {
+            "; registering the connector failed, so /setup offers it as a button"
+        }
     ))
 }
 

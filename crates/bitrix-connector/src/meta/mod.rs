@@ -98,6 +98,25 @@ fn token_seen<T>(result: &Result<T, MetaError>) {
     }
 }
 
+/// The Meta app's id and secret, for the app-level calls (webhook subscriptions).
+pub struct AppCredentials {
+    pub id: String,
+    secret: Secret,
+}
+
+impl AppCredentials {
+    pub async fn from_settings(core: &Core) -> Result<Self, crate::Error> {
+        Ok(Self {
+            id: required(core, crate::catalogue::META_APP_ID).await?,
+            secret: required_secret(core, crate::catalogue::META_APP_SECRET).await?,
+        })
+    }
+
+    fn token(&self) -> Secret {
+        Secret::new(format!("{}|{}", self.id, self.secret.expose()))
+    }
+}
+
 #[derive(Clone)]
 pub struct MetaClient {
     http: reqwest::Client,
@@ -263,6 +282,123 @@ impl MetaClient {
                 .await,
         )
         .await
+    }
+
+    /// `POST /{waba-id}/subscribed_apps`: the token's app receives the WABA's webhooks. Without
+    /// it Meta posts nothing, however the webhook is set up (protocol §0).
+    pub async fn subscribe_app(&self, waba_id: &str) -> Result<(), MetaError> {
+        let answer = Self::read(
+            self.http
+                .post(format!("{}/{waba_id}/subscribed_apps", self.base))
+                .bearer_auth(self.token.expose())
+                .send()
+                .await,
+        )
+        .await?;
+        if answer.get("success").and_then(Value::as_bool) == Some(true) {
+            Ok(())
+        } else {
+            Err(MetaError::Unexpected(
+                "subscribed_apps did not answer success".into(),
+            ))
+        }
+    }
+
+    /// The ids of the apps subscribed to the WABA.
+    pub async fn subscribed_apps(&self, waba_id: &str) -> Result<Vec<String>, MetaError> {
+        let answer = Self::read(
+            self.http
+                .get(format!("{}/{waba_id}/subscribed_apps", self.base))
+                .bearer_auth(self.token.expose())
+                .send()
+                .await,
+        )
+        .await?;
+        Ok(answer
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                a.pointer("/whatsapp_business_api_data/id")
+                    .or_else(|| a.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// `POST /{app-id}/subscriptions` for `whatsapp_business_account` / `messages`: what the
+    /// App Dashboard's webhook form does. Meta calls `callback_url` with the verify handshake
+    /// before it answers, so this only succeeds once this server answers there. App-level
+    /// calls take the app access token `{app-id}|{app-secret}`, not the System User token.
+    pub async fn register_webhook(
+        &self,
+        app: &AppCredentials,
+        callback_url: &str,
+        verify_token: &str,
+    ) -> Result<(), MetaError> {
+        let answer = Self::read_answer(
+            self.http
+                .post(format!("{}/{}/subscriptions", self.base, app.id))
+                .bearer_auth(app.token().expose())
+                .form(&[
+                    ("object", "whatsapp_business_account"),
+                    ("callback_url", callback_url),
+                    ("verify_token", verify_token),
+                    ("fields", "messages"),
+                ])
+                .send()
+                .await,
+        )
+        .await?;
+        if answer.get("success").and_then(Value::as_bool) == Some(true) {
+            Ok(())
+        } else {
+            Err(MetaError::Unexpected(
+                "subscriptions did not answer success".into(),
+            ))
+        }
+    }
+
+    /// The app's webhook for `whatsapp_business_account`, if any: its callback URL and fields.
+    pub async fn webhook_subscription(
+        &self,
+        app: &AppCredentials,
+    ) -> Result<Option<(String, Vec<String>)>, MetaError> {
+        let answer = Self::read_answer(
+            self.http
+                .get(format!("{}/{}/subscriptions", self.base, app.id))
+                .bearer_auth(app.token().expose())
+                .send()
+                .await,
+        )
+        .await?;
+        Ok(answer
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s.get("object").and_then(Value::as_str) == Some("whatsapp_business_account")
+                    && s.get("active").and_then(Value::as_bool) != Some(false)
+            })
+            .map(|s| {
+                let url = s
+                    .get("callback_url")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let fields = s
+                    .get("fields")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.get("name").or(Some(f)).and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect();
+                (url, fields)
+            }))
     }
 
     /// Marks a customer's message (and the ones before it) read (protocol §3).

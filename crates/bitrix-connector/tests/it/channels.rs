@@ -260,6 +260,7 @@ async fn a_message_to_a_number_without_a_channel_is_answered_and_not_relayed() {
         assert_eq!(app.bitrix_calls("imconnector.send.messages"), 0);
         assert!(app.dead_letters().await.is_empty());
 
+        app.meta_set_up().await;
         let checks = bitrix_connector::info(&app.relay).checks().await;
         let label = format!("WhatsApp number {STRANGER} has a channel");
         let row = checks

@@ -36,19 +36,83 @@ async fn setup_rows_turn_green_step_by_step() {
     assert!(row(&after_install, "Bitrix24 app installed").ok);
     assert!(row(&after_install, "Bitrix24 grant fresh").ok);
     assert!(row(&after_install, "Application token known").ok);
-    let registered = row(&after_install, "Connector registered");
-    assert!(!registered.ok);
-    assert!(
-        registered.fix.contains("register-connector"),
-        "{}",
-        registered.fix
-    );
+    // The install registers the connector by itself.
+    assert!(row(&after_install, "Connector registered").ok);
 
     app.ready().await;
     let ready = bitrix_connector::info(&app.relay).checks().await;
+    // Meta's side is not done yet: the WABA id and the app id are unknown.
+    for label in [
+        "App subscribed to the WhatsApp Business Account",
+        "Webhook registered with Meta (field messages)",
+    ] {
+        let r = row(&ready, label);
+        assert!(!r.ok);
+        assert!(r.fix.contains("/admin/credentials"), "{}", r.fix);
+    }
+    let mc = app.meta.config().clone();
+    for (setting, value) in [
+        (bitrix_connector::catalogue::META_WABA_ID, &mc.waba_id),
+        (bitrix_connector::catalogue::META_APP_ID, &mc.app_id),
+    ] {
+        app.core.settings.set(setting, value).await.unwrap();
+    }
+    let info = bitrix_connector::info(&app.relay);
+    // The reports of the buttons, which the CLI commands print too.
+    for (action, done) in [
+        ("subscribe-waba", "subscribed to WhatsApp Business Account"),
+        ("register-webhook", "Meta verified"),
+    ] {
+        let report = info
+            .act(action.to_string(), None)
+            .await
+            .expect("a known action")
+            .unwrap_or_else(|e| panic!("{action}: {e}"));
+        assert!(report.contains(done), "{report}");
+    }
+    assert!(info.act("no-such-button".into(), None).await.is_none());
+    let ready = info.checks().await;
     for c in &ready {
         assert!(c.ok, "{} still failing: {}", c.label, c.fix);
     }
+    let hooks = app.meta.app_subscriptions();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(
+        hooks[0].callback_url,
+        format!("{}/webhook/whatsapp", app.url)
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_app_secret_registers_no_webhook_and_says_so() {
+    let app = TestApp::start().await;
+    let mc = app.meta.config().clone();
+    app.core
+        .settings
+        .set(bitrix_connector::catalogue::META_APP_ID, &mc.app_id)
+        .await
+        .unwrap();
+    app.core
+        .settings
+        .set(
+            bitrix_connector::catalogue::META_APP_SECRET,
+            "not-the-app-secret",
+        )
+        .await
+        .unwrap();
+    let err = bitrix_connector::info(&app.relay)
+        .act("register-webhook".into(), None)
+        .await
+        .expect("a known action")
+        .expect_err("Meta refuses the app token");
+    assert!(err.contains("190") && err.contains("App Secret"), "{err}");
+    assert!(
+        !err.contains("not-the-app-secret"),
+        "the secret is never shown: {err}"
+    );
+    assert!(app.meta.app_subscriptions().is_empty());
+    let webhook = bitrix_connector::info(&app.relay).checks().await;
+    assert!(!row(&webhook, "Webhook registered with Meta (field messages)").ok);
 }
 
 #[tokio::test]
@@ -95,4 +159,66 @@ async fn a_refused_meta_token_is_invalid_and_counted_on_metrics() {
         "{}",
         switchboard_core::metrics::render()
     );
+}
+
+#[tokio::test]
+async fn a_new_open_channel_is_created_and_used_from_setup() {
+    let app = TestApp::start_with(
+        sandbox::bitrix::BitrixConfig::default(),
+        &["SWITCHBOARD_BITRIX_LINE_ID"],
+    )
+    .await;
+    app.install().await;
+    let info = bitrix_connector::info(&app.relay);
+    let line = row(&info.checks().await, "Open Channel line activated").clone();
+    assert!(!line.ok);
+    let offered = line.action.expect("a button to pick the line");
+    assert_eq!(offered.name, "use-line");
+    let configured = app.bitrix.config().line_id.to_string();
+    assert!(
+        offered.choices.iter().any(|(v, _)| *v == configured),
+        "{:?}",
+        offered.choices
+    );
+    assert!(
+        offered.choices.iter().any(|(v, _)| v == "new"),
+        "{:?}",
+        offered.choices
+    );
+
+    let report = info
+        .act("use-line".into(), Some("new".into()))
+        .await
+        .expect("a known action")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("created Open Channel"), "{report}");
+    let created = app
+        .bitrix
+        .config()
+        .extra_lines
+        .last()
+        .copied()
+        .expect("a new line");
+    let status = app
+        .bitrix
+        .connector_status("switchboard_whatsapp", created)
+        .expect("the connector is on the new line");
+    assert!(status.active && status.configured());
+    assert_eq!(
+        app.core
+            .settings
+            .get(bitrix_connector::catalogue::BITRIX_LINE_ID)
+            .await
+            .unwrap(),
+        Some(created.to_string())
+    );
+    assert!(row(&info.checks().await, "Open Channel line activated").ok);
+
+    // Not an id: refused, nothing changed.
+    let refused = info
+        .act("use-line".into(), Some("3; DROP".into()))
+        .await
+        .expect("a known action")
+        .expect_err("no such line");
+    assert!(refused.contains("pick a line"), "{refused}");
 }

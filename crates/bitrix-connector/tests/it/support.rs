@@ -219,6 +219,25 @@ impl TestApp {
         assert!(report.contains("STATUS:true, CONFIGURED:true"), "{report}");
     }
 
+    /// Meta's side as `/setup`'s buttons do it: the WABA and app ids saved, the app subscribed
+    /// to the WABA and the webhook registered (Meta verifies it against this server).
+    pub async fn meta_set_up(&self) {
+        let mc = self.meta.config().clone();
+        for (setting, value) in [
+            (bitrix_connector::catalogue::META_WABA_ID, &mc.waba_id),
+            (bitrix_connector::catalogue::META_APP_ID, &mc.app_id),
+        ] {
+            self.core.settings.set(setting, value).await.unwrap();
+        }
+        let info = bitrix_connector::info(&self.relay);
+        for action in ["subscribe-waba", "register-webhook"] {
+            info.act(action.to_string(), None)
+                .await
+                .expect("a known action")
+                .unwrap_or_else(|e| panic!("{action}: {e}"));
+        }
+    }
+
     pub fn customer_messages(&self, wa_id: &str) -> Vec<CustomerMessage> {
         self.bitrix
             .messages_in_chat(wa_id)

@@ -52,6 +52,37 @@ pub struct Check {
     pub label: String,
     pub ok: bool,
     pub fix: String,
+    /// Values the operator pastes elsewhere (a callback URL for Meta, say), shown on the row
+    /// whatever its state, each with what it is for.
+    pub copy: Vec<(String, String)>,
+    /// What this product can do about a failing row itself: a button on the row.
+    pub action: Option<Action>,
+}
+
+/// A button on a `/setup` row. Pressing it posts to `/setup/{bridge}/{name}` (admin session
+/// and CSRF token required), which runs the bridge's action of that name (see
+/// [`BridgeInfo::with_actions`]) and shows its result above the checklist.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Action {
+    pub name: String,
+    pub button: String,
+    /// When not empty, a list to pick from first, posted as the `choice` field: (value, text).
+    pub choices: Vec<(String, String)>,
+}
+
+impl Action {
+    pub fn new(name: impl Into<String>, button: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            button: button.into(),
+            choices: Vec::new(),
+        }
+    }
+
+    pub fn with_choices(mut self, choices: Vec<(String, String)>) -> Self {
+        self.choices = choices;
+        self
+    }
 }
 
 impl Check {
@@ -60,9 +91,30 @@ impl Check {
             label: label.into(),
             ok,
             fix: fix.into(),
+            copy: Vec::new(),
+            action: None,
         }
     }
+
+    /// Shows `value` on the row to copy, introduced by `what` ("Callback URL").
+    pub fn with_copy(mut self, what: impl Into<String>, value: impl Into<String>) -> Self {
+        self.copy.push((what.into(), value.into()));
+        self
+    }
+
+    /// Offers `action` as a button while the row fails.
+    pub fn with_action(mut self, action: Action) -> Self {
+        self.action = Some(action);
+        self
+    }
 }
+
+/// The outcome of a `/setup` button: a report to show, or what went wrong with its fix.
+pub type ActionResult = Result<String, String>;
+
+/// Runs the bridge's action `name` with the posted `choice`; `None` when it has no such action.
+pub type ActionsFn =
+    Arc<dyn Fn(String, Option<String>) -> BoxFuture<'static, Option<ActionResult>> + Send + Sync>;
 
 pub type ChecksFn = Arc<dyn Fn() -> BoxFuture<'static, Vec<Check>> + Send + Sync>;
 
@@ -74,6 +126,9 @@ pub struct BridgeInfo {
     pub routes: &'static [&'static str],
     pub readiness: ReadinessFn,
     checks: Option<ChecksFn>,
+    actions: Option<ActionsFn>,
+    /// Settings (by environment name) that one of its `/setup` buttons sets.
+    set_by_actions: &'static [&'static str],
     traffic: Option<TrafficFn>,
     /// The inbox sources it records (its events and their traffic).
     pub sources: &'static [&'static str],
@@ -176,6 +231,8 @@ impl BridgeInfo {
                 Box::pin(async move { r().await })
             }),
             checks: None,
+            actions: None,
+            set_by_actions: &[],
             traffic: None,
             sources: &[],
             job_prefix: None,
@@ -272,6 +329,39 @@ impl BridgeInfo {
         self
     }
 
+    /// The bridge's `/setup` buttons: `f(name, choice)` runs the action a [`Check`] offered
+    /// through [`Check::with_action`] and answers `None` for a name it doesn't know. Core calls
+    /// it only for a signed-in operator whose form carries the CSRF token, so `f` needn't check
+    /// either; it should drop its probe caches so the page shows the new state at once. The
+    /// report and error texts are shown on the page: no secrets in them.
+    pub fn with_actions<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(String, Option<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<ActionResult>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.actions = Some(Arc::new(move |name, choice| {
+            let f = f.clone();
+            Box::pin(async move { f(name, choice).await })
+        }));
+        self
+    }
+
+    /// Settings (by environment name) that its `/setup` buttons set, so the "configured" row
+    /// sends the operator to the button instead of the credentials form for them.
+    pub fn with_settings_set_by_actions(mut self, settings: &'static [&'static str]) -> Self {
+        self.set_by_actions = settings;
+        self
+    }
+
+    /// Runs the bridge's action `name`; `None` if it has none of that name.
+    pub async fn act(&self, name: String, choice: Option<String>) -> Option<ActionResult> {
+        match &self.actions {
+            Some(f) => f(name, choice).await,
+            None => None,
+        }
+    }
+
     /// Adds lines of recent traffic to the bridge's card on `/` (say, messages per channel in
     /// the last 24 hours). `/` is public: a line must hold counts and names an operator chose,
     /// never a value, a payload or a customer's number, and `f` must be cheap (it runs on every
@@ -347,6 +437,12 @@ impl ProbeCache {
         *slot = Some((Instant::now(), key, check.clone()));
         check
     }
+
+    /// Forgets the cached result, so the next view probes again (after a `/setup` button
+    /// changed what the probe looks at).
+    pub async fn clear(&self) {
+        *self.slot.lock().await = None;
+    }
 }
 
 #[derive(Clone)]
@@ -392,6 +488,7 @@ pub fn router(core: &Core, bridges: Vec<BridgeInfo>) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route(layout::STYLESHEET_PATH, get(layout::stylesheet))
         .route("/setup", get(setup::show_setup))
+        .route("/setup/{bridge}/{action}", post(setup::run_action))
         .route("/admin", get(|| async { session::see_other("/setup") }))
         .route("/admin/sign-in", post(session::sign_in_form))
         .route(

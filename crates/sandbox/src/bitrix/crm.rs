@@ -153,3 +153,50 @@ pub(crate) fn openlines_config(s: &Shared, params: &Value) -> MethodResult {
         "QUEUE_TYPE": "evenly",
     })))
 }
+
+/// `imopenlines.config.list.get`: the portal's Open Channels, as a plain `result` list with
+/// string ids and `Y`/`N` flags like every Open Lines config read.
+pub(crate) fn openlines_list(s: &Shared) -> MethodResult {
+    let portal = s.portal();
+    let mut ids = vec![portal.cfg.line_id];
+    ids.extend(portal.cfg.extra_lines.iter().copied());
+    ids.sort_unstable();
+    ids.dedup();
+    let list: Vec<Value> = ids
+        .into_iter()
+        .map(|id| {
+            let name = portal
+                .line_names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("Open Channel {id}"));
+            json!({"ID": id.to_string(), "ACTIVE": "Y", "LINE_NAME": name})
+        })
+        .collect();
+    Ok(Reply::Result(json!(list)))
+}
+
+/// `imopenlines.config.add`: creates an Open Channel from `PARAMS` (`LINE_NAME` at least)
+/// and answers its new id as a number.
+pub(crate) fn openlines_add(s: &Shared, params: &Value) -> MethodResult {
+    let name = php::param(params, "PARAMS")
+        .and_then(|p| p.get("LINE_NAME"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let mut portal = s.portal();
+    let next = portal
+        .cfg
+        .extra_lines
+        .iter()
+        .copied()
+        .chain([portal.cfg.line_id])
+        .max()
+        .unwrap_or(0)
+        + 1;
+    portal.cfg.extra_lines.push(next);
+    let name = name.unwrap_or_else(|| format!("Open Channel {next}"));
+    portal.line_names.insert(next, name);
+    Ok(Reply::Result(json!(next)))
+}

@@ -304,6 +304,8 @@ async fn dispatch(s: &Shared, method: &str, params: &Value, caller: &Caller) -> 
             s.portal().cfg.admin_user_ids.contains(&caller.user_id)
         ))),
         "imopenlines.config.get" => crm::openlines_config(s, params),
+        "imopenlines.config.list.get" => crm::openlines_list(s),
+        "imopenlines.config.add" => crm::openlines_add(s, params),
         _ => Err(RestError::new(
             404,
             "ERROR_METHOD_NOT_FOUND",

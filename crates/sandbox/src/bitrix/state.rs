@@ -288,6 +288,9 @@ pub(crate) struct Portal {
     /// `batch` requests admitted, and the commands they carried.
     pub batch_requests: u64,
     pub batch_commands: u64,
+    /// Names of Open Channels created through `imopenlines.config.add`; the configured ones
+    /// are called "Open Channel {id}".
+    pub line_names: BTreeMap<i64, String>,
     next_id: HashMap<&'static str, u64>,
 }
 
@@ -326,6 +329,7 @@ impl Portal {
             limit_refusals: 0,
             batch_requests: 0,
             batch_commands: 0,
+            line_names: BTreeMap::new(),
             next_id: HashMap::new(),
         }
     }

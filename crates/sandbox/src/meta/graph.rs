@@ -43,6 +43,10 @@ pub fn router(shared: Arc<Shared>, recorder: Recorder) -> Router {
                 .delete(unsubscribe_app),
         )
         .route(
+            "/{version}/{id}/subscriptions",
+            get(super::subscriptions::list).post(super::subscriptions::subscribe),
+        )
+        .route(
             "/{version}/{id}",
             get(get_object).delete(media::delete_media),
         )

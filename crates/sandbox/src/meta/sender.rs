@@ -29,14 +29,24 @@ pub enum Signature {
 #[derive(Debug)]
 pub enum DeliveryError {
     NoTarget,
+    /// The app is not subscribed to the WABA (`POST /{waba-id}/subscribed_apps`): Meta posts
+    /// nothing (§0).
+    NotSubscribed,
     Transport(reqwest::Error),
-    NotAcked { attempts: usize, last: String },
+    NotAcked {
+        attempts: usize,
+        last: String,
+    },
 }
 
 impl fmt::Display for DeliveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoTarget => write!(f, "no webhook target set (FakeMeta::set_webhook_target)"),
+            Self::NotSubscribed => write!(
+                f,
+                "the app is not subscribed to the WhatsApp Business Account, so Meta posts nothing"
+            ),
             Self::Transport(e) => write!(f, "webhook POST failed: {e}"),
             Self::NotAcked { attempts, last } => {
                 write!(
@@ -245,12 +255,13 @@ impl WebhookSender {
         body: &[u8],
         signature: Signature,
     ) -> Result<reqwest::Response, DeliveryError> {
-        let target = self
-            .shared
-            .state()
-            .webhook_target
-            .clone()
-            .ok_or(DeliveryError::NoTarget)?;
+        let target = {
+            let st = self.shared.state();
+            if !st.subscribed {
+                return Err(DeliveryError::NotSubscribed);
+            }
+            st.webhook_target.clone().ok_or(DeliveryError::NoTarget)?
+        };
         let mut req = self
             .shared
             .http

@@ -104,6 +104,8 @@ pub struct State {
     pub failures_at_attempt: HashMap<usize, u32>,
     pub async_failures: VecDeque<u32>,
     pub webhook_target: Option<String>,
+    /// The app's webhooks, as `POST /{app-id}/subscriptions` saved them.
+    pub app_subscriptions: Vec<super::subscriptions::AppSubscription>,
     pub auto_statuses: bool,
     pub subscribed: bool,
     pub graph_versions: Vec<String>,

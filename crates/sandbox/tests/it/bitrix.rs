@@ -990,3 +990,87 @@ async fn batch_is_admitted_once_with_its_own_token() {
     assert!(b.leads().is_empty());
     assert_eq!(b.batches(), (1, 1));
 }
+
+#[tokio::test]
+async fn open_channels_are_listed_and_created() {
+    let b = FakeBitrix::start(BitrixConfig {
+        extra_lines: vec![5],
+        ..BitrixConfig::default()
+    })
+    .await;
+    let (status, list) = call(&b, "imopenlines.config.list.get", json!({})).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list["result"],
+        json!([
+            {"ID": "3", "ACTIVE": "Y", "LINE_NAME": "Open Channel 3"},
+            {"ID": "5", "ACTIVE": "Y", "LINE_NAME": "Open Channel 5"},
+        ])
+    );
+    let (status, added) = call(
+        &b,
+        "imopenlines.config.add",
+        json!({"PARAMS": {"LINE_NAME": "WhatsApp"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["result"], json!(6));
+    let (_, list) = call(&b, "imopenlines.config.list.get", json!({})).await;
+    assert_eq!(
+        list["result"][2],
+        json!({"ID": "6", "ACTIVE": "Y", "LINE_NAME": "WhatsApp"})
+    );
+    // The new line is a line like the others: the connector can be activated on it.
+    let (_, config) = call(&b, "imopenlines.config.get", json!({"CONFIG_ID": 6})).await;
+    assert_eq!(config["result"]["ID"], "6", "{config}");
+}
+
+#[tokio::test]
+async fn the_local_app_page_installs_into_the_path_given() {
+    use axum::{Router, routing::post};
+    let b = FakeBitrix::start(BitrixConfig {
+        preinstalled: false,
+        ..BitrixConfig::default()
+    })
+    .await;
+    // An install page that finishes the install as Bitrix requires.
+    let app = Router::new().route(
+        "/install",
+        post(|| async {
+            axum::response::Html(
+                r#"<script src="https://api.bitrix24.com/api/v1/"></script><script>BX24.init(function(){BX24.installFinish();});</script>"#,
+            )
+        }),
+    );
+    let served = sandbox::serve(app).await;
+    let page = format!(
+        "{}{}",
+        b.portal_url(),
+        sandbox::bitrix::pages::LOCAL_APP_PATH
+    );
+    let http = reqwest::Client::new();
+    let form = http.get(&page).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains("name=\"install_url\""), "{form}");
+    let refused = http
+        .post(&page)
+        .form(&[("install_url", "not a url")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refused.contains("Not a URL"), "{refused}");
+    assert!(!b.installed());
+    let done = http
+        .post(&page)
+        .form(&[("install_url", format!("{}/install", served.url()))])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("data-installed=\"true\""), "{done}");
+    assert!(b.installed());
+}

@@ -7,10 +7,13 @@
 //!   and shaped as the product receives them.
 //! - `pbx`: AstraPBX's login in each answer shape, its tokens' shape and life, every way a
 //!   token stops working, and the API the bridge forwards to.
+//! - `serve`: `switchboard-sandbox serve` comes up with the product, prints its URLs and admin
+//!   token, and stays up until Ctrl-C.
 //! - `wabridges`: the wabridges sender's examples and generated traffic carry exactly the
 //!   documented fields, and it delivers over HTTP without retries.
 
 mod bitrix;
 mod meta;
 mod pbx;
+mod serve;
 mod wabridges;

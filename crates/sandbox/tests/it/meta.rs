@@ -774,3 +774,126 @@ async fn phone_number_node_and_subscribed_apps() {
     client.post(&apps).bearer_auth(&token).send().await.unwrap();
     assert!(meta.is_subscribed());
 }
+
+/// A callback answering Meta's handshake with `token`, as a product would.
+async fn verifying_callback(token: &'static str) -> sandbox::Served {
+    let app = Router::new().route(
+        "/hook",
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                if q.get("hub.verify_token").map(String::as_str) == Some(token) {
+                    (
+                        StatusCode::OK,
+                        q.get("hub.challenge").cloned().unwrap_or_default(),
+                    )
+                } else {
+                    (StatusCode::FORBIDDEN, String::new())
+                }
+            },
+        ),
+    );
+    sandbox::serve(app).await
+}
+
+#[tokio::test]
+async fn app_webhook_subscriptions_need_the_app_token_and_a_verified_callback() {
+    let meta = fake().await;
+    let c = meta.config().clone();
+    let client = reqwest::Client::new();
+    let url = format!("{}/{}/subscriptions", meta.graph_url(), c.app_id);
+    let app_token = format!("{}|{}", c.app_id, c.app_secret);
+    let callback = verifying_callback("s3cret").await;
+    let hook = format!("{}/hook", callback.url());
+    let form = |verify: &str| {
+        vec![
+            ("object", "whatsapp_business_account".to_string()),
+            ("callback_url", hook.clone()),
+            ("verify_token", verify.to_string()),
+            ("fields", "messages".to_string()),
+        ]
+    };
+
+    // The System User token is no app token (#15).
+    let user: Value = client
+        .post(&url)
+        .bearer_auth(&c.access_token)
+        .form(&form("s3cret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["error"]["code"], 15, "{user}");
+
+    // A callback that refuses the handshake is not saved (#2200).
+    let refused = client
+        .post(&url)
+        .bearer_auth(&app_token)
+        .form(&form("other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], 2200, "{refused}");
+    assert!(meta.app_subscriptions().is_empty());
+
+    // A plain-http callback that is not loopback is refused as Meta refuses it.
+    let mut remote = form("s3cret");
+    remote[1].1 = "http://example.com/hook".into();
+    let remote: Value = client
+        .post(&url)
+        .bearer_auth(&app_token)
+        .form(&remote)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(remote["error"]["code"], 100, "{remote}");
+
+    let ok: Value = client
+        .post(&url)
+        .bearer_auth(&app_token)
+        .form(&form("s3cret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok, json!({"success": true}));
+    assert_eq!(meta.webhook_target().as_deref(), Some(hook.as_str()));
+    let listed: Value = client
+        .get(&url)
+        .bearer_auth(&app_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"][0]["callback_url"], hook.as_str());
+    assert_eq!(listed["data"][0]["fields"][0]["name"], "messages");
+}
+
+#[tokio::test]
+async fn no_webhook_flows_while_the_app_is_not_subscribed_to_the_waba() {
+    let meta = FakeMeta::start(MetaConfig {
+        subscribed: false,
+        ..MetaConfig::default()
+    })
+    .await;
+    meta.set_webhook_target("http://127.0.0.1:9/never".to_string());
+    let err = meta
+        .webhooks()
+        .send_inbound(&Customer::new(CUSTOMER, "Anna"), InboundMessage::text("hi"))
+        .await
+        .expect_err("nothing is posted");
+    assert!(
+        matches!(err, sandbox::meta::DeliveryError::NotSubscribed),
+        "{err}"
+    );
+}

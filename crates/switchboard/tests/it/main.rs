@@ -28,6 +28,9 @@ mod faults_order;
 mod faults_outage;
 /// Several processes on one PostgreSQL database behave like one.
 mod faults_scale;
+/// The Bitrix24 + Meta set-up clicked through `/setup` in a real browser, from a fresh
+/// database with only the accounts' credentials typed, until a WhatsApp message arrives.
+mod guided_setup;
 /// The alert rules and the dashboard under deploy/monitoring name only series the product
 /// exports, in the shape it exports them.
 mod monitoring;

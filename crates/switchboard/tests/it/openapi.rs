@@ -24,6 +24,7 @@ const NOT_JSON: &[&str] = &[
     "/docs/{name}",
     "/assets/switchboard.css",
     "/setup",
+    "/setup/{bridge}/{action}",
     "/admin",
     "/admin/sign-in",
     "/admin/credentials",

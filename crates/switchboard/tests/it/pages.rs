@@ -85,13 +85,13 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// A headless Chromium session, or `None` (test skipped) when chromedriver is not installed
 /// outside CI.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: KillOnDrop,
     _profile: tempfile::TempDir,
 }
 
-async fn browser() -> Option<Browser> {
+pub(crate) async fn browser() -> Option<Browser> {
     let Some(driver) = find_on_path("chromedriver") else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("chromedriver is missing: install chromium and chromium-driver (see .ci/run)");
@@ -134,6 +134,11 @@ async fn browser() -> Option<Browser> {
 }
 
 impl Browser {
+    /// Opens `url` as typed into the address bar.
+    pub(crate) async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
     async fn open(&self, server: &Server, path: &str) {
         self.client
             .goto(&format!("{}{path}", server.base))
@@ -141,7 +146,7 @@ impl Browser {
             .unwrap();
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
             .await
@@ -151,7 +156,7 @@ impl Browser {
             .unwrap()
     }
 
-    async fn attr(&self, css: &str, name: &str) -> Option<String> {
+    pub(crate) async fn attr(&self, css: &str, name: &str) -> Option<String> {
         self.client
             .find(Locator::Css(css))
             .await
@@ -161,13 +166,13 @@ impl Browser {
             .unwrap()
     }
 
-    async fn fill(&self, css: &str, value: &str) {
+    pub(crate) async fn fill(&self, css: &str, value: &str) {
         let e = self.client.find(Locator::Css(css)).await.unwrap();
         e.clear().await.unwrap();
         e.send_keys(value).await.unwrap();
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.client
             .find(Locator::Css(css))
             .await
@@ -179,7 +184,7 @@ impl Browser {
 
     /// Clicks a submit button and waits for the page it leads to: a click returns before a
     /// form's navigation has finished, so reading at once could read the old page.
-    async fn submit(&self, css: &str) {
+    pub(crate) async fn submit(&self, css: &str) {
         self.client
             .execute("window.__switchboardOldPage = true", vec![])
             .await
@@ -207,7 +212,7 @@ impl Browser {
         }
     }
 
-    async fn source(&self) -> String {
+    pub(crate) async fn source(&self) -> String {
         self.client.source().await.unwrap()
     }
 
@@ -223,7 +228,7 @@ impl Browser {
         row.attr("data-ok").await.unwrap().as_deref() == Some("true")
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.client.close().await;
     }
 }
