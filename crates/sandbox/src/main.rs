@@ -7,6 +7,8 @@
 //! - `serve`: starts the fakes and the product and stays up until Ctrl-C, printing the URLs, the
 //!   admin token and the fake accounts' credentials, for walking through `/setup` by hand; a
 //!   small console page writes to the WhatsApp number as a customer.
+//! - `fakes`: the fakes alone, their URLs printed, until Ctrl-C, for running the product against
+//!   them with settings of your own (the API check in CI does).
 
 use std::process::Command;
 
@@ -23,8 +25,9 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("demo") => demo().await,
         Some("serve") => serve().await,
+        Some("fakes") => fakes().await,
         _ => {
-            eprintln!("usage: switchboard-sandbox demo | serve");
+            eprintln!("usage: switchboard-sandbox demo | serve | fakes");
             std::process::exit(2);
         }
     }
@@ -368,5 +371,23 @@ async fn serve() -> anyhow::Result<()> {
     drop(console);
     drop(product);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The fakes alone until Ctrl-C: Meta's Graph API, a Bitrix24 portal and AstraPBX (with the
+/// org `demo_org` / `demo_secret`).
+async fn fakes() -> anyhow::Result<()> {
+    let meta = FakeMeta::start(MetaConfig::default()).await;
+    let bitrix = FakeBitrix::start(BitrixConfig::default()).await;
+    let pbx = FakePbx::start().await;
+    pbx.add_org("demo_org", "demo_secret", "Demo Org");
+    println!("fake Meta Graph  {}", meta.url());
+    println!("fake Bitrix24    {}", bitrix.portal_url());
+    println!(
+        "fake AstraPBX    {}  (org demo_org / demo_secret)",
+        pbx.url()
+    );
+    println!("Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }
