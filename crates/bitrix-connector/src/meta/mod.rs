@@ -295,13 +295,7 @@ impl MetaClient {
                 .await,
         )
         .await?;
-        if answer.get("success").and_then(Value::as_bool) == Some(true) {
-            Ok(())
-        } else {
-            Err(MetaError::Unexpected(
-                "subscribed_apps did not answer success".into(),
-            ))
-        }
+        succeeded(&answer, "subscribed_apps")
     }
 
     /// The ids of the apps subscribed to the WABA.
@@ -352,13 +346,7 @@ impl MetaClient {
                 .await,
         )
         .await?;
-        if answer.get("success").and_then(Value::as_bool) == Some(true) {
-            Ok(())
-        } else {
-            Err(MetaError::Unexpected(
-                "subscriptions did not answer success".into(),
-            ))
-        }
+        succeeded(&answer, "subscriptions")
     }
 
     /// The app's webhook for `whatsapp_business_account`, if any: its callback URL and fields.
@@ -444,6 +432,17 @@ pub fn media_copy(bytes: Vec<u8>, mime: String, filename: String) -> Media {
         mime,
         filename,
         bytes,
+    }
+}
+
+/// Graph's answer to an edge that only says whether it worked: `{"success": true}`.
+fn succeeded(answer: &Value, edge: &str) -> Result<(), MetaError> {
+    if answer.get("success").and_then(Value::as_bool) == Some(true) {
+        Ok(())
+    } else {
+        Err(MetaError::Unexpected(format!(
+            "{edge} did not answer success"
+        )))
     }
 }
 
